@@ -1,0 +1,213 @@
+"""Whisper-like log-mel spectrogram, mel filterbank, resampling and mono mixdown.
+
+Conventions (shared with the speech codec):
+
+* Input waves are float32 in [-1, 1] at :data:`SAMPLE_RATE` (16 kHz), shaped
+  ``[N]`` or ``[B, N]``.
+* STFT: Hann window of ``n_fft = MEL_WINDOW = 400`` samples, hop
+  ``MEL_HOP = 160`` (10 ms, 100 Hz), centred frames with reflect padding, and
+  the last frame dropped as in Whisper, so ``N`` samples give exactly
+  ``N // MEL_HOP`` frames; frame ``t`` is centred on sample ``t * MEL_HOP``.
+* Power spectrum ``|X|^2`` -> mel filterbank -> ``log10(max(mel, log_floor))``.
+  When ``dynamic_range`` > 0 the log values are also clamped from below to
+  ``max - dynamic_range`` per utterance (Whisper uses 8.0, i.e. 80 dB).
+  The result is normalised as ``(log + offset) / scale`` (Whisper: 4, 4).
+  With ``dynamic_range == 0`` the map is invertible above the floor
+  (:func:`mel_power_from_log_mel`), which the speech codec relies on.
+* Mel filterbank: ``mel_scale="slaney"`` (linear below 1 kHz, logarithmic
+  above, each triangle area-normalised: Slaney's Auditory Toolbox, the
+  librosa/Whisper default) or ``"htk"`` (``2595 log10(1 + f / 700)``, peak 1).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from fractions import Fraction
+from typing import Optional, Union
+
+import numpy as np
+import scipy.signal
+import torch
+
+from a2llm_ros.configbase import ConfigBase
+from a2llm_ros.constants import MEL_HOP, MEL_WINDOW, SAMPLE_RATE
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+
+#: Slaney mel scale: linear part slope (Hz per mel) and log part start.
+_SLANEY_F_SP = 200.0 / 3.0
+_SLANEY_MIN_LOG_HZ = 1000.0
+_SLANEY_LOG_STEP = math.log(6.4) / 27.0
+
+
+@dataclasses.dataclass
+class MelConfig(ConfigBase):
+    """Log-mel front-end settings (see module docstring for the exact recipe)."""
+
+    sample_rate: int = SAMPLE_RATE
+    n_fft: int = MEL_WINDOW
+    hop: int = MEL_HOP
+    n_mels: int = 80
+    fmin: float = 0.0
+    #: Upper band edge in Hz; ``None`` means ``sample_rate / 2``.
+    fmax: Optional[float] = None
+    mel_scale: str = "slaney"
+    log_floor: float = 1e-10
+    #: Per-utterance dynamic-range clamp in log10 units; 0 disables it.
+    dynamic_range: float = 8.0
+    offset: float = 4.0
+    scale: float = 4.0
+
+    PRESETS = {
+        "tiny": {"n_mels": 80},
+        "edge": {"n_mels": 80},
+        "paper": {"n_mels": 128},
+    }
+
+    def __post_init__(self):
+        if self.mel_scale not in ("slaney", "htk"):
+            raise ValueError(f"MelConfig.mel_scale must be 'slaney' or 'htk', "
+                             f"got {self.mel_scale!r}")
+        if self.n_mels < 1 or self.n_fft < 2 or self.hop < 1:
+            raise ValueError("MelConfig: n_mels, n_fft and hop must be positive")
+
+    @property
+    def n_freqs(self) -> int:
+        """Number of one-sided STFT bins (``n_fft // 2 + 1``)."""
+        return self.n_fft // 2 + 1
+
+    @property
+    def upper_hz(self) -> float:
+        """Upper band edge in Hz."""
+        return float(self.fmax) if self.fmax is not None else self.sample_rate / 2.0
+
+
+# ----------------------------------------------------------------------------- mel scale
+
+def hz_to_mel(hz: np.ndarray, mel_scale: str = "slaney") -> np.ndarray:
+    """Frequency (Hz) -> mel, elementwise."""
+    hz = np.asarray(hz, dtype=np.float64)
+    if mel_scale == "htk":
+        return 2595.0 * np.log10(1.0 + hz / 700.0)
+    min_log_mel = _SLANEY_MIN_LOG_HZ / _SLANEY_F_SP
+    linear = hz / _SLANEY_F_SP
+    logpart = min_log_mel + np.log(np.maximum(hz, 1e-12) / _SLANEY_MIN_LOG_HZ) / _SLANEY_LOG_STEP
+    return np.where(hz >= _SLANEY_MIN_LOG_HZ, logpart, linear)
+
+
+def mel_to_hz(mel: np.ndarray, mel_scale: str = "slaney") -> np.ndarray:
+    """Mel -> frequency (Hz), elementwise (inverse of :func:`hz_to_mel`)."""
+    mel = np.asarray(mel, dtype=np.float64)
+    if mel_scale == "htk":
+        return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+    min_log_mel = _SLANEY_MIN_LOG_HZ / _SLANEY_F_SP
+    linear = mel * _SLANEY_F_SP
+    logpart = _SLANEY_MIN_LOG_HZ * np.exp(_SLANEY_LOG_STEP * (mel - min_log_mel))
+    return np.where(mel >= min_log_mel, logpart, linear)
+
+
+def mel_filterbank(cfg: MelConfig) -> torch.Tensor:
+    """Triangular mel filterbank, float32 ``[n_mels, n_fft // 2 + 1]``.
+
+    Slaney filters are area-normalised (``2 / bandwidth_hz``); HTK filters
+    peak at 1.
+    """
+    fft_hz = np.linspace(0.0, cfg.sample_rate / 2.0, cfg.n_freqs)  # [F]
+    lo, hi = hz_to_mel(cfg.fmin, cfg.mel_scale), hz_to_mel(cfg.upper_hz, cfg.mel_scale)
+    edges_hz = mel_to_hz(np.linspace(lo, hi, cfg.n_mels + 2), cfg.mel_scale)  # [M + 2]
+    left, centre, right = edges_hz[:-2, None], edges_hz[1:-1, None], edges_hz[2:, None]
+    rising = (fft_hz[None, :] - left) / (centre - left)  # [M, F]
+    falling = (right - fft_hz[None, :]) / (right - centre)  # [M, F]
+    weights = np.maximum(0.0, np.minimum(rising, falling))  # [M, F]
+    if cfg.mel_scale == "slaney":
+        weights *= (2.0 / (right - left))
+    empty = int((weights.max(axis=1) <= 0).sum())
+    if empty:
+        warnings.warn(f"mel_filterbank: {empty} empty mel filters (n_mels={cfg.n_mels} too "
+                      f"many for n_fft={cfg.n_fft}, scale {cfg.mel_scale})")
+    return torch.from_numpy(weights.astype(np.float32))
+
+
+# ----------------------------------------------------------------------------- spectra
+
+def hann_window(n_fft: int) -> torch.Tensor:
+    """Periodic Hann window, float32 ``[n_fft]`` (as ``torch.hann_window``)."""
+    return torch.hann_window(n_fft, periodic=True, dtype=torch.float32)
+
+
+def power_spectrogram(wave: torch.Tensor, cfg: MelConfig) -> torch.Tensor:
+    """|STFT|^2 of ``[N]`` or ``[B, N]`` -> ``[F, T]`` or ``[B, F, T]``, ``T = N // hop``."""
+    if wave.shape[-1] <= cfg.n_fft // 2:
+        raise ValueError(f"wave too short for the STFT: {wave.shape[-1]} samples "
+                         f"(need > {cfg.n_fft // 2})")
+    spec = torch.stft(wave.float(), cfg.n_fft, cfg.hop, window=hann_window(cfg.n_fft),
+                      center=True, pad_mode="reflect", return_complex=True)  # [.., F, T + 1]
+    return spec[..., :-1].abs() ** 2  # [.., F, T]
+
+
+def mel_power(wave: torch.Tensor, cfg: MelConfig,
+              filters: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mel power spectrogram ``[.., n_mels, T]`` of a ``[N]`` / ``[B, N]`` wave."""
+    filters = mel_filterbank(cfg) if filters is None else filters  # [M, F]
+    return filters @ power_spectrogram(wave, cfg)  # [.., M, T]
+
+
+def log_mel_spectrogram(wave: ArrayLike, cfg: Optional[MelConfig] = None,
+                        filters: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Normalised log-mel of ``[N]`` or ``[B, N]`` -> float32 ``[.., n_mels, N // hop]``.
+
+    ``filters`` may pass a precomputed :func:`mel_filterbank` for speed.
+    """
+    cfg = cfg or MelConfig()
+    wave = torch.as_tensor(wave, dtype=torch.float32)
+    log = torch.log10(mel_power(wave, cfg, filters).clamp_min(cfg.log_floor))  # [.., M, T]
+    if cfg.dynamic_range > 0:
+        peak = log.amax(dim=(-2, -1), keepdim=True)  # [.., 1, 1]
+        log = torch.maximum(log, peak - cfg.dynamic_range)
+    return (log + cfg.offset) / cfg.scale
+
+
+def mel_power_from_log_mel(log_mel: torch.Tensor, cfg: MelConfig) -> torch.Tensor:
+    """Invert the normalisation: ``[.., M, T]`` log-mel -> mel power (floor removed).
+
+    Exact only for ``cfg.dynamic_range == 0``; values at the floor map to 0.
+    """
+    power = 10.0 ** (log_mel * cfg.scale - cfg.offset)  # [.., M, T]
+    return (power - cfg.log_floor).clamp_min(0.0)
+
+
+# ----------------------------------------------------------------------------- resampling
+
+def resample(wave: ArrayLike, from_rate: int, to_rate: int) -> ArrayLike:
+    """Polyphase resampling along the last axis (``scipy.signal.resample_poly``).
+
+    Accepts numpy arrays or torch tensors shaped ``[N]`` or ``[B, N]`` and
+    returns the same type (float32); output length is
+    ``ceil(N * to_rate / from_rate)``.
+    """
+    if from_rate <= 0 or to_rate <= 0:
+        raise ValueError(f"sample rates must be positive, got {from_rate} -> {to_rate}")
+    is_torch = isinstance(wave, torch.Tensor)
+    data = wave.detach().cpu().numpy() if is_torch else np.asarray(wave)
+    if from_rate == to_rate:
+        out = data.astype(np.float32, copy=True)
+    else:
+        ratio = Fraction(int(to_rate), int(from_rate))
+        out = scipy.signal.resample_poly(data.astype(np.float64), ratio.numerator,
+                                         ratio.denominator, axis=-1).astype(np.float32)
+    return torch.from_numpy(out) if is_torch else out
+
+
+def to_mono(wave: ArrayLike) -> ArrayLike:
+    """Mix ``[N, C]`` (soundfile layout: frames x channels) down to ``[N]``.
+
+    A 1-D ``[N]`` input is returned unchanged (as float32).
+    """
+    if wave.ndim == 1:
+        return wave.float() if isinstance(wave, torch.Tensor) else wave.astype(np.float32)
+    if wave.ndim != 2:
+        raise ValueError(f"to_mono expects [N] or [N, C], got shape {tuple(wave.shape)}")
+    if isinstance(wave, torch.Tensor):
+        return wave.float().mean(dim=1)
+    return np.asarray(wave, dtype=np.float32).mean(axis=1)

@@ -1,0 +1,100 @@
+"""Base for the per-component config dataclasses.
+
+Every component has one dataclass deriving from :class:`ConfigBase` with named
+presets (``tiny`` for CPU tests, ``edge`` for Jetson Orin, ``paper`` for the
+7B setup).  Configs serialise to plain JSON-able dicts; loading a dict whose
+fields do not match the dataclass raises :class:`ConfigMismatchError` naming
+the offending fields.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, ClassVar, Dict, Mapping
+
+PRESETS = ("tiny", "edge", "paper")
+
+
+class ConfigMismatchError(ValueError):
+    """A stored config does not match the code's dataclass."""
+
+    def __init__(self, cls_name: str, unknown=(), missing=(), differing=()):
+        self.unknown = sorted(unknown)
+        self.missing = sorted(missing)
+        self.differing = sorted(differing)
+        parts = []
+        if self.unknown:
+            parts.append("unknown fields: " + ", ".join(self.unknown))
+        if self.missing:
+            parts.append("missing fields: " + ", ".join(self.missing))
+        if self.differing:
+            parts.append("differing fields: " + ", ".join(self.differing))
+        super().__init__(f"{cls_name} config mismatch ({'; '.join(parts)})")
+
+
+@dataclasses.dataclass
+class ConfigBase:
+    """Mixin with dict round-trip, strict loading and presets."""
+
+    #: Subclasses map preset name -> dict of field overrides.
+    PRESETS: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+
+    @classmethod
+    def preset(cls, name: str, **overrides):
+        """Return the named preset, with optional field overrides."""
+        if name not in cls.PRESETS:
+            raise KeyError(f"{cls.__name__}: unknown preset {name!r}; "
+                           f"known: {', '.join(cls.PRESETS)}")
+        values = dict(cls.PRESETS[name])
+        values.update(overrides)
+        return cls(**values)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain-JSON dict (nested configs become nested dicts)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], strict: bool = True):
+        """Build from a dict; with ``strict`` unknown or missing fields raise."""
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(data) - set(fields)
+        required = {n for n, f in fields.items()
+                    if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING}
+        missing = (set(fields) - set(data)) if strict else (required - set(data))
+        if strict and (unknown or missing):
+            raise ConfigMismatchError(cls.__name__, unknown, missing)
+        kwargs = {}
+        for name, value in data.items():
+            if name not in fields:
+                continue
+            hint = hints.get(name)
+            if isinstance(hint, type) and issubclass(hint, ConfigBase) and \
+                    isinstance(value, Mapping):
+                value = hint.from_dict(value, strict=strict)
+            elif isinstance(value, list) and _is_tuple_hint(hint):
+                value = tuple(value)
+            kwargs[name] = value
+        return cls(**kwargs)
+
+    def diff(self, other: "ConfigBase", prefix: str = "") -> list:
+        """Names of fields (dotted for nested configs) that differ."""
+        out = []
+        for f in dataclasses.fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name, None)
+            if isinstance(a, ConfigBase) and isinstance(b, ConfigBase):
+                out.extend(a.diff(b, prefix + f.name + "."))
+            elif a != b:
+                out.append(prefix + f.name)
+        return out
+
+    def check_matches(self, other: "ConfigBase") -> None:
+        """Raise :class:`ConfigMismatchError` naming fields that differ."""
+        differing = self.diff(other)
+        if differing:
+            raise ConfigMismatchError(type(self).__name__, differing=differing)
+
+
+def _is_tuple_hint(hint) -> bool:
+    return hint is tuple or typing.get_origin(hint) is tuple

@@ -1,0 +1,1 @@
+"""Datasets: the FLAME-QA format, the espeak-ng synthetic builder, the real-asset importer."""

@@ -1,0 +1,1 @@
+"""FLAME face parameters: frame layout, head models, meshes."""
