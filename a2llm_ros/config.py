@@ -1,0 +1,82 @@
+"""Aggregate configuration of the whole A²-LLM model (:class:`A2LLMConfig`).
+
+``A2LLMConfig.preset(name)`` builds every component's preset and links the
+shared sizes: the audio adaptor and the motion connector take the LLM hidden
+size, the connector's levels/codebook follow the motion tokenizer, and the
+audio encoder's mel bins follow ``mel``.  ``__post_init__`` re-checks these
+links, so a hand-edited config that breaks them fails early with the field
+names.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from a2llm_ros.audio.features import MelConfig
+from a2llm_ros.configbase import ConfigBase, ConfigMismatchError
+from a2llm_ros.model.audio_encoder import AudioEncoderConfig
+from a2llm_ros.model.audio_llm import InterleaveConfig, LLMConfig
+from a2llm_ros.model.connector import ConnectorConfig
+from a2llm_ros.model.motion_tokenizer import MotionTokenizerConfig
+from a2llm_ros.model.speech_codec import SpeechCodecConfig
+from a2llm_ros.model.text_tokenizer import TextTokenizerConfig
+
+_PARTS = {"text": TextTokenizerConfig, "mel": MelConfig, "audio": AudioEncoderConfig,
+          "llm": LLMConfig, "interleave": InterleaveConfig, "connector": ConnectorConfig,
+          "motion": MotionTokenizerConfig, "codec": SpeechCodecConfig}
+
+
+@dataclass
+class A2LLMConfig(ConfigBase):
+    """All component configs of :class:`a2llm_ros.model.a2llm.A2LLM`."""
+
+    preset_name: str = "tiny"
+    text: TextTokenizerConfig = field(default_factory=lambda: TextTokenizerConfig.preset("tiny"))
+    mel: MelConfig = field(default_factory=lambda: MelConfig.preset("tiny"))
+    audio: AudioEncoderConfig = field(
+        default_factory=lambda: AudioEncoderConfig.preset("tiny"))
+    llm: LLMConfig = field(default_factory=lambda: LLMConfig.preset("tiny"))
+    interleave: InterleaveConfig = field(
+        default_factory=lambda: InterleaveConfig.preset("tiny"))
+    connector: ConnectorConfig = field(
+        default_factory=lambda: ConnectorConfig.preset("tiny", llm_hidden=256))
+    motion: MotionTokenizerConfig = field(
+        default_factory=lambda: MotionTokenizerConfig.preset("tiny"))
+    codec: SpeechCodecConfig = field(default_factory=lambda: SpeechCodecConfig.preset("tiny"))
+
+    PRESETS = {"tiny": {}, "edge": {}, "paper": {}}
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "A2LLMConfig":
+        """Every component's ``name`` preset, linked.
+
+        ``overrides`` maps a part name to a dict of field overrides, e.g.
+        ``A2LLMConfig.preset("edge", llm=dict(hidden_size=64, ...))``.
+        """
+        if name not in cls.PRESETS:
+            raise KeyError(f"A2LLMConfig: unknown preset {name!r}; known: {', '.join(cls.PRESETS)}")
+        unknown = set(overrides) - set(_PARTS)
+        if unknown:
+            raise KeyError(f"A2LLMConfig.preset: unknown parts {sorted(unknown)}")
+        parts = {p: c.preset(name, **overrides.get(p, {})) for p, c in _PARTS.items()}
+        llm, motion = parts["llm"], parts["motion"]
+        links = {"audio": dict(llm_hidden=llm.hidden_size, n_mels=parts["mel"].n_mels),
+                 "connector": dict(llm_hidden=llm.hidden_size, n_levels=motion.n_levels,
+                                   codebook_size=motion.codebook_size)}
+        for part, values in links.items():
+            values = {k: v for k, v in values.items() if k not in overrides.get(part, {})}
+            parts[part] = dataclasses.replace(parts[part], **values)
+        return cls(preset_name=name, **parts)
+
+    def __post_init__(self):
+        checks = {"audio.llm_hidden": (self.audio.llm_hidden, self.llm.hidden_size),
+                  "audio.n_mels": (self.audio.n_mels, self.mel.n_mels),
+                  "connector.llm_hidden": (self.connector.llm_hidden, self.llm.hidden_size),
+                  "connector.n_levels": (self.connector.n_levels, self.motion.n_levels),
+                  "connector.codebook_size": (self.connector.codebook_size,
+                                              self.motion.codebook_size)}
+        bad = [name for name, (a, b) in checks.items() if a != b]
+        if bad:
+            raise ConfigMismatchError("A2LLMConfig (linked sizes)", differing=bad)
+        if self.text.kind == "hf" and not self.llm.hf_path:
+            raise ValueError("A2LLMConfig: text.kind='hf' needs llm.hf_path (tokenizer files)")

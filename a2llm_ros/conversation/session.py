@@ -1,0 +1,443 @@
+"""Conversation turn logic, independent of ROS (run by the a2llm node).
+
+States (reported through ``sink.on_state(state, turn_id, reason)``)::
+
+    idle --user speech confirmed--> listening --utterance end--> thinking
+    thinking --first audio/motion--> speaking --end + playback done--> idle
+    speaking/thinking --barge-in--> interrupted --> listening (user talking)
+    any generator exception --> on_error, then listening/idle ("generator_error")
+
+Threading: the node's executor thread calls :meth:`ConversationSession.submit_audio`
+(bounded queue; when full the oldest or newest chunk is dropped by
+``TurnConfig.queue_drop_policy`` and counted) and :meth:`~ConversationSession.tick`
+(25 fps frame clock; emits listening frames).  One worker thread calls
+:meth:`~ConversationSession.step` in a loop (or :meth:`~ConversationSession.run`):
+it drains the audio queue through the VAD/end-pointer and advances the
+generator.  Generator calls run outside the session lock; state changes and
+sink callbacks run under it, so sink methods must be quick and must not call
+back into the session.
+
+Timing: the session never reads a wall clock.  Speech audio ``start_sample``
+and speech motion ``start_frame`` are relative to the turn; turn frame 0 sits
+at the absolute frame :attr:`ConversationSession.speech_anchor_frame` of the
+tick clock (fixed when ``speaking`` is entered), i.e. absolute sample
+``anchor * SAMPLES_PER_FRAME + start_sample``.  Listening frames carry absolute
+tick-clock frame numbers.  The turn stays ``speaking`` until the generator has
+ended and the tick clock has passed the last speech frame; listening motion
+then resumes with a cross-fade.  On ``interrupted`` the node must flush any
+audio/motion it has scheduled for that turn.
+
+Barge-in (``TurnConfig.barge_in``): ``off`` ignores the user while the avatar
+thinks or speaks (the end-pointer is reset afterwards, so the avatar's own
+voice is not taken as a question); ``stop`` interrupts once the user has been
+voiced for ``barge_in_min_speech_ms``; ``duck`` additionally scales the
+emitted audio by ``duck_gain`` from the first voiced chunk until the
+interruption is confirmed (or the voice stops, restoring gain 1).  Without
+acoustic echo cancellation the avatar's own voice may trigger barge-in.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+from typing import Any, Callable, Deque, Dict, List, Optional, Protocol, Tuple
+
+import numpy as np
+import scipy.signal
+
+from a2llm_ros.configbase import ConfigBase
+from a2llm_ros.constants import FLAME_FPS, SAMPLE_RATE
+from a2llm_ros.conversation.listening import ListeningConfig, ListeningFace
+from a2llm_ros.conversation.turns import Activity, SpeechStart, TurnDetector, UtteranceEnd
+from a2llm_ros.conversation.vad import CHUNK_MS, StreamingVad, VadConfig
+
+__all__ = ["TurnConfig", "SessionSink", "NullSink", "TurnGenerator",
+           "ConversationSession", "STATES", "SAMPLES_PER_FRAME"]
+
+STATES = ("idle", "listening", "thinking", "speaking", "interrupted")
+BARGE_IN_MODES = ("off", "stop", "duck")
+SAMPLES_PER_FRAME = SAMPLE_RATE // FLAME_FPS  # 640
+#: Input gaps up to this many samples are filled with zeros; longer ones reset.
+MAX_GAP_FILL = SAMPLE_RATE
+
+
+@dataclasses.dataclass
+class TurnConfig(ConfigBase):
+    """Turn-taking settings."""
+
+    barge_in: str = "stop"
+    barge_in_min_speech_ms: float = 200.0
+    duck_gain: float = 0.3
+    max_response_s: float = 30.0
+    audio_queue_max: int = 200
+    queue_drop_policy: str = "oldest"
+    #: At most this many listening frames are emitted per tick (clock jumps skip).
+    max_catchup_frames: int = 25
+
+    PRESETS = {"tiny": {}, "edge": {}, "paper": {}}
+
+    def __post_init__(self):
+        if self.barge_in not in BARGE_IN_MODES:
+            raise ValueError(f"TurnConfig.barge_in must be one of {BARGE_IN_MODES}, "
+                             f"got {self.barge_in!r}")
+        if self.queue_drop_policy not in ("oldest", "newest"):
+            raise ValueError("TurnConfig.queue_drop_policy must be 'oldest' or 'newest'")
+        if self.audio_queue_max < 1 or self.max_response_s <= 0:
+            raise ValueError("TurnConfig: audio_queue_max >= 1 and max_response_s > 0")
+
+
+class SessionSink:
+    """Output interface; subclass and override (defaults do nothing)."""
+
+    def on_state(self, state: str, turn_id: int, reason: str) -> None:
+        """State change; ``reason`` says why (e.g. ``barge_in``, ``end``)."""
+
+    def on_text(self, turn_id: int, text: str, final: bool) -> None:
+        """Text delta (``final=False``) or the whole answer text (``final=True``)."""
+
+    def on_audio(self, turn_id: int, samples: np.ndarray, start_sample: int) -> None:
+        """16 kHz float32 ``[n]`` speech starting at turn sample ``start_sample``."""
+
+    def on_flame(self, turn_id: int, frames: np.ndarray, start_frame: int,
+                 source: str) -> None:
+        """``frames`` [n, 58]; ``source`` 'speech' (turn frames) or 'listening'."""
+
+    def on_error(self, turn_id: int, message: str) -> None:
+        """A generator failure (the session has recovered)."""
+
+
+NullSink = SessionSink
+
+
+class TurnGenerator(Protocol):
+    """What the session needs from ``generation.StreamingGenerator``.
+
+    ``step()`` returns events recognised by attribute: ``frames`` (motion),
+    ``samples`` (+ ``sample_rate``, ``start_sample``), ``text``, ``reason`` (end).
+    """
+
+    def start(self, question_wave: np.ndarray) -> Any: ...
+
+    def step(self) -> List[Any]: ...
+
+    def cancel(self) -> None: ...
+
+    def reset(self) -> None: ...
+
+
+@dataclasses.dataclass
+class _Turn:
+    """Book-keeping of the response being generated/played."""
+
+    turn_id: int
+    text: List[str] = dataclasses.field(default_factory=list)
+    anchor: Optional[int] = None       # absolute frame of turn frame 0
+    n_frames: int = 0                  # speech motion frames emitted
+    n_samples: int = 0                 # speech audio samples emitted
+    last_frame: Optional[np.ndarray] = None
+    gen_done: bool = False
+    end_reason: str = "end"
+    #: Utterance waiting to be passed to ``generator.start`` (worker, no lock).
+    question: Optional[np.ndarray] = None
+
+
+class ConversationSession:
+    """Turn logic over a VAD end-pointer, a generator and a listening face."""
+
+    def __init__(self, generator_factory: Callable[[], TurnGenerator],
+                 sink: Optional[SessionSink] = None,
+                 turn_config: Optional[TurnConfig] = None,
+                 vad_config: Optional[VadConfig] = None,
+                 listening_config: Optional[ListeningConfig] = None,
+                 vad_backend=None):
+        self.config = turn_config or TurnConfig()
+        self.sink = sink or SessionSink()
+        self._factory = generator_factory
+        self._gen: Optional[TurnGenerator] = None
+        vad_config = vad_config or VadConfig()
+        self.detector = TurnDetector(vad_config, StreamingVad(vad_config, vad_backend))
+        self.listening = ListeningFace(listening_config)
+        self._lock = threading.RLock()
+        self._queue: Deque[Tuple[np.ndarray, Optional[int]]] = collections.deque()
+        self._qlock = threading.Lock()
+        self._wake = threading.Event()
+        self.counters: Dict[str, int] = collections.defaultdict(int)
+        self.state = "idle"
+        self.turn_id = 0
+        self._turn: Optional[_Turn] = None
+        self._next_sample = 0        # expected start of the next input chunk
+        self._clock = -1             # last tick frame
+        self._listen_next = 0        # next absolute frame for listening motion
+        self._voiced_ms = 0.0        # consecutive voiced time while thinking/speaking
+        self._gain = 1.0
+
+    # ------------------------------------------------------------------ inputs
+
+    def submit_audio(self, samples: np.ndarray, start_sample: Optional[int] = None) -> bool:
+        """Queue 16 kHz mono float32 ``[n]`` (any thread); False if it was dropped."""
+        item = (np.asarray(samples, dtype=np.float32).reshape(-1), start_sample)
+        with self._qlock:
+            accepted = True
+            if len(self._queue) >= self.config.audio_queue_max:
+                self.counters["dropped_audio_chunks"] += 1
+                if self.config.queue_drop_policy == "newest":
+                    accepted = False
+                else:
+                    self._queue.popleft()
+            if accepted:
+                self._queue.append(item)
+        self._wake.set()
+        return accepted
+
+    @property
+    def queue_depth(self) -> int:
+        with self._qlock:
+            return len(self._queue)
+
+    @property
+    def speech_anchor_frame(self) -> Optional[int]:
+        """Absolute tick frame of turn frame 0 of the current response, if speaking."""
+        turn = self._turn
+        return None if turn is None else turn.anchor
+
+    def tick(self, now_frame: int) -> int:
+        """Advance the 25 fps clock; emit due listening frames; return how many."""
+        with self._lock:
+            self._clock = int(now_frame)
+            last = self._clock
+            turn = self._turn
+            if turn is not None and turn.anchor is not None:
+                last = min(last, turn.anchor - 1)  # speech motion owns later frames
+            n = last - self._listen_next + 1
+            if n > self.config.max_catchup_frames:
+                skip = n - self.config.max_catchup_frames
+                self.counters["skipped_listening_frames"] += skip
+                self._listen_next += skip
+                n -= skip
+            if n <= 0:
+                return 0
+            frames = self.listening.next_frames(n)  # [n, 58]
+            self.sink.on_flame(self.turn_id, frames, self._listen_next, "listening")
+            self._listen_next += n
+            return n
+
+    # ------------------------------------------------------------------ worker
+
+    def step(self) -> bool:
+        """One unit of worker work: drain audio, advance the generator."""
+        worked = self.process_audio() > 0
+        if self._turn is not None and not self._turn.gen_done:
+            self._step_generator()
+            worked = True
+        self._check_playback_done()
+        return worked
+
+    def run(self, stop: threading.Event, idle_wait_s: float = 0.01) -> None:
+        """Call :meth:`step` until ``stop`` is set (the node's worker thread)."""
+        while not stop.is_set():
+            if not self.step():
+                self._wake.wait(idle_wait_s)
+                self._wake.clear()
+
+    def process_audio(self) -> int:
+        """Run queued audio through the end-pointer; return chunks processed."""
+        n = 0
+        while True:
+            with self._qlock:
+                if not self._queue:
+                    return n
+                samples, start = self._queue.popleft()
+            self._feed(samples, start)
+            n += 1
+
+    def _feed(self, samples: np.ndarray, start: Optional[int]) -> None:
+        if start is not None and start != self._next_sample:
+            gap = start - self._next_sample
+            self.counters["audio_gaps"] += 1
+            if 0 < gap <= MAX_GAP_FILL:
+                self._feed(np.zeros(gap, dtype=np.float32), None)
+            else:
+                self.detector.reset(start)
+                self._next_sample = start
+        self._next_sample += len(samples)
+        for event in self.detector.process(samples):
+            with self._lock:
+                self._on_turn_event(event)
+        with self._lock:
+            if self.state == "listening" and self.detector.state == "silence":
+                self._set_state("idle", "no_speech")
+
+    # ---------------------------------------------------------- turn events
+
+    def _on_turn_event(self, event) -> None:
+        busy = self.state in ("thinking", "speaking")
+        if isinstance(event, Activity):
+            self.listening.set_user_speaking(event.voiced)
+            if busy:
+                self._barge_in_check(event.voiced)
+        elif busy:
+            return
+        elif isinstance(event, SpeechStart) and self.state == "idle":
+            self.turn_id += 1
+            self._set_state("listening", "speech_start")
+        elif isinstance(event, UtteranceEnd) and self.state == "listening":
+            self._start_turn(event)
+
+    def _barge_in_check(self, voiced: bool) -> None:
+        cfg = self.config
+        if cfg.barge_in == "off":
+            return
+        if not voiced:
+            self._voiced_ms, self._gain = 0.0, 1.0
+            return
+        self._voiced_ms += CHUNK_MS
+        if cfg.barge_in == "duck":
+            self._gain = cfg.duck_gain
+        if self._voiced_ms >= cfg.barge_in_min_speech_ms:
+            self._interrupt("barge_in")
+
+    def _set_state(self, state: str, reason: str) -> None:
+        self.state = state
+        self.sink.on_state(state, self.turn_id, reason)
+
+    def _start_turn(self, utterance: UtteranceEnd) -> None:
+        self._set_state("thinking", "forced_end" if utterance.forced else "utterance_end")
+        self._turn = _Turn(self.turn_id, question=utterance.segment)
+        self._voiced_ms, self._gain = 0.0, 1.0
+
+    def _interrupt(self, reason: str) -> None:
+        self.counters["barge_ins"] += 1
+        self._set_state("interrupted", reason)
+        self._close_turn(cancel=True)
+        self.turn_id += 1
+        self._set_state("listening", reason)
+
+    def _close_turn(self, cancel: bool) -> None:
+        """Stop output of the current turn; listening motion resumes now."""
+        turn, self._turn = self._turn, None
+        self._voiced_ms, self._gain = 0.0, 1.0
+        if cancel and self._gen is not None:
+            try:
+                self._gen.cancel()
+            except Exception as err:  # noqa: BLE001
+                self.sink.on_error(self.turn_id, f"generator cancel failed: {err!r}")
+                self._gen = None
+        if turn is not None and turn.last_frame is not None:
+            self.listening.resume_after_speech(turn.last_frame)
+        self._listen_next = max(self._listen_next, self._clock + 1)
+        if self.config.barge_in == "off":
+            self.detector.reset(self._next_sample)
+
+    def _fail(self, err: BaseException) -> None:
+        self.counters["generator_errors"] += 1
+        self.sink.on_error(self.turn_id, f"generator failed: {err!r}")
+        self._close_turn(cancel=False)
+        try:
+            if self._gen is not None:
+                self._gen.cancel()
+                self._gen.reset()
+        except Exception:  # noqa: BLE001 (rebuilt by the factory next turn)
+            self._gen = None
+        talking = self.detector.state != "silence"
+        if talking:
+            self.turn_id += 1
+        self._set_state("listening" if talking else "idle", "generator_error")
+
+    # ---------------------------------------------------------- generator
+
+    def _step_generator(self) -> None:
+        """Start or step the generator outside the lock; emit under it."""
+        turn = self._turn
+        try:
+            if turn.question is not None:
+                if self._gen is None:
+                    self._gen = self._factory()
+                question, turn.question = turn.question, None
+                self._gen.start(question)
+                events = []
+            else:
+                events = self._gen.step()
+        except Exception as err:  # noqa: BLE001 (generator failures are recovered)
+            with self._lock:
+                if self._turn is turn:
+                    self._fail(err)
+            return
+        with self._lock:
+            for event in events or ():
+                if self._turn is not turn:  # interrupted meanwhile: drop
+                    self.counters["dropped_events"] += 1
+                    continue
+                self._on_generator_event(turn, event)
+
+    def _on_generator_event(self, turn: _Turn, event) -> None:
+        if hasattr(event, "frames"):
+            self._emit_motion(turn, event)
+        elif hasattr(event, "samples"):
+            self._emit_audio(turn, event)
+        elif hasattr(event, "text"):
+            turn.text.append(str(event.text))
+            self.sink.on_text(turn.turn_id, str(event.text), False)
+        elif hasattr(event, "reason"):
+            turn.gen_done, turn.end_reason = True, str(event.reason)
+            self.sink.on_text(turn.turn_id, "".join(turn.text), True)
+
+    def _begin_speaking(self, turn: _Turn) -> None:
+        if turn.anchor is None:
+            turn.anchor = max(self._listen_next, self._clock + 1)
+            self._set_state("speaking", "first_output")
+
+    def _emit_audio(self, turn: _Turn, event) -> None:
+        samples = np.asarray(event.samples, dtype=np.float32).reshape(-1)
+        start = int(getattr(event, "start_sample", turn.n_samples))
+        rate = int(getattr(event, "sample_rate", SAMPLE_RATE))
+        if rate != SAMPLE_RATE:
+            samples = scipy.signal.resample_poly(samples, SAMPLE_RATE, rate).astype(np.float32)
+            start = start * SAMPLE_RATE // rate
+        self._begin_speaking(turn)
+        limit = int(self.config.max_response_s * SAMPLE_RATE)
+        if start + len(samples) > limit:
+            samples = samples[:max(0, limit - start)]
+            self._end_early(turn, "max_response")
+        if len(samples):
+            turn.n_samples = max(turn.n_samples, start + len(samples))
+            self.sink.on_audio(turn.turn_id, samples * self._gain, start)
+
+    def _emit_motion(self, turn: _Turn, event) -> None:
+        frames = np.asarray(event.frames, dtype=np.float32)  # [n, 58]
+        start = int(getattr(event, "start_frame", turn.n_frames))
+        self._begin_speaking(turn)
+        limit = int(self.config.max_response_s * FLAME_FPS)
+        if start + len(frames) > limit:
+            frames = frames[:max(0, limit - start)]
+            self._end_early(turn, "max_response")
+        if len(frames):
+            frames = self.listening.crossfade_into_speech(frames, start)
+            turn.n_frames = max(turn.n_frames, start + len(frames))
+            turn.last_frame = frames[-1].copy()
+            self.sink.on_flame(turn.turn_id, frames, start, "speech")
+
+    def _end_early(self, turn: _Turn, reason: str) -> None:
+        if not turn.gen_done:
+            turn.gen_done, turn.end_reason = True, reason
+            try:
+                self._gen.cancel()
+            except Exception as err:  # noqa: BLE001
+                self.sink.on_error(turn.turn_id, f"generator cancel failed: {err!r}")
+                self._gen = None
+            self.sink.on_text(turn.turn_id, "".join(turn.text), True)
+
+    def _check_playback_done(self) -> None:
+        with self._lock:
+            turn = self._turn
+            if turn is None or not turn.gen_done:
+                return
+            if turn.anchor is None:  # ended without any output
+                self._close_turn(cancel=False)
+                self._set_state("idle", "empty_response")
+                return
+            n_frames = max(turn.n_frames, -(-turn.n_samples // SAMPLES_PER_FRAME))
+            end_frame = turn.anchor + n_frames
+            if self._clock >= end_frame - 1:
+                self._close_turn(cancel=False)
+                self._listen_next = max(self._listen_next, end_frame)
+                self._set_state("idle", turn.end_reason)

@@ -1,0 +1,148 @@
+"""End-pointing: turn a 16 kHz stream into user utterances.
+
+:class:`TurnDetector` runs a :class:`~.vad.StreamingVad` and a small state
+machine over its 32 ms decisions:
+
+``silence`` -> (voiced chunk) -> ``candidate`` -> (voiced for ``min_speech_ms``)
+-> ``speech`` [emit :class:`SpeechStart`] -> (unvoiced for ``min_silence_ms``)
+-> ``silence`` [emit :class:`UtteranceEnd`].
+
+A candidate interrupted by an unvoiced chunk is a blip and is forgotten.  Once
+in speech, chunks count as voiced down to ``threshold - hysteresis``.  An
+utterance reaching ``max_utterance_s`` is force-ended (``forced=True``).  The
+returned segment runs from ``speech_pad_ms`` before the onset (pre-roll) to
+``speech_pad_ms`` after the last voiced chunk.  Every decision is also returned
+as an :class:`Activity` event (used for nods and barge-in).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Optional, Union
+
+import numpy as np
+
+from a2llm_ros.constants import SAMPLE_RATE
+from a2llm_ros.conversation.vad import CHUNK_MS, StreamingVad, VadConfig, VadFrame
+
+__all__ = ["SpeechStart", "UtteranceEnd", "Activity", "TurnEvent", "TurnDetector"]
+
+
+@dataclasses.dataclass
+class SpeechStart:
+    """Confirmed speech; ``sample`` is the onset (first voiced chunk)."""
+
+    sample: int
+
+
+@dataclasses.dataclass
+class UtteranceEnd:
+    """A finished utterance: ``segment`` [n] float32 covers [start_sample, end_sample)."""
+
+    segment: np.ndarray
+    start_sample: int
+    end_sample: int
+    forced: bool = False
+
+
+@dataclasses.dataclass
+class Activity:
+    """One VAD decision (every 32 ms)."""
+
+    sample: int
+    prob: float
+    voiced: bool
+
+
+TurnEvent = Union[SpeechStart, UtteranceEnd, Activity]
+
+
+def _ms_to_samples(ms: float) -> int:
+    return int(round(ms * SAMPLE_RATE / 1000.0))
+
+
+class TurnDetector:
+    """Streaming end-pointer (see module docstring); feed contiguous audio."""
+
+    def __init__(self, config: Optional[VadConfig] = None, vad: Optional[StreamingVad] = None):
+        self.config = config or VadConfig()
+        self.vad = vad if vad is not None else StreamingVad(self.config)
+        self._pad = _ms_to_samples(self.config.speech_pad_ms)
+        self.reset()
+
+    def reset(self, start_sample: int = 0) -> None:
+        """Forget audio and state; the clock restarts at ``start_sample``."""
+        self.vad.reset(start_sample)
+        self._buf = np.zeros(0, dtype=np.float32)
+        self._buf_start = int(start_sample)
+        self.state = "silence"
+        self._onset = 0          # first voiced sample of the candidate/utterance
+        self._voiced_ms = 0.0    # voiced time of the candidate
+        self._silence_ms = 0.0   # unvoiced run inside speech
+        self._last_voiced_end = 0
+
+    @property
+    def in_speech(self) -> bool:
+        return self.state == "speech"
+
+    @property
+    def buffered_samples(self) -> int:
+        return len(self._buf)
+
+    def process(self, samples: np.ndarray) -> List[TurnEvent]:
+        """Feed ``[n]`` 16 kHz float32 samples; return events in time order."""
+        self._buf = np.concatenate([self._buf, np.asarray(samples, np.float32).reshape(-1)])
+        events: List[TurnEvent] = []
+        for frame in self.vad.process(samples):
+            self._on_frame(frame, events)
+        self._trim()
+        return events
+
+    def _voiced(self, prob: float) -> bool:
+        cfg = self.config
+        limit = cfg.threshold - cfg.hysteresis if self.state == "speech" else cfg.threshold
+        return prob >= limit
+
+    def _on_frame(self, frame: VadFrame, events: List[TurnEvent]) -> None:
+        voiced = self._voiced(frame.prob)
+        events.append(Activity(frame.start_sample, frame.prob, voiced))
+        if self.state == "speech":
+            self._in_speech(frame, voiced, events)
+        elif voiced:
+            if self.state == "silence":
+                self.state, self._onset, self._voiced_ms = "candidate", frame.start_sample, 0.0
+            self._voiced_ms += CHUNK_MS
+            if self._voiced_ms >= self.config.min_speech_ms:
+                self.state, self._silence_ms = "speech", 0.0
+                self._last_voiced_end = frame.end_sample
+                events.append(SpeechStart(self._onset))
+        else:
+            self.state = "silence"  # blip (or nothing) forgotten
+
+    def _in_speech(self, frame: VadFrame, voiced: bool, events: List[TurnEvent]) -> None:
+        cfg = self.config
+        if voiced:
+            self._silence_ms, self._last_voiced_end = 0.0, frame.end_sample
+        else:
+            self._silence_ms += CHUNK_MS
+        if self._silence_ms >= cfg.min_silence_ms:
+            events.append(self._cut(self._last_voiced_end + self._pad, forced=False))
+        elif frame.end_sample - self._onset >= cfg.max_utterance_s * SAMPLE_RATE:
+            events.append(self._cut(frame.end_sample, forced=True))
+
+    def _cut(self, end: int, forced: bool) -> UtteranceEnd:
+        start = max(self._onset - self._pad, self._buf_start)
+        end = min(end, self._buf_start + len(self._buf))
+        segment = self._buf[start - self._buf_start:end - self._buf_start].copy()
+        self.state = "silence"
+        return UtteranceEnd(segment, start, end, forced)
+
+    def _trim(self) -> None:
+        # Keep pre-roll + the candidate in silence/candidate; everything in speech.
+        if self.state in ("speech", "candidate"):
+            keep_from = self._onset - self._pad
+        else:
+            keep_from = self.vad.next_sample - self._pad
+        drop = max(0, keep_from - self._buf_start)
+        if drop:
+            self._buf = self._buf[drop:]
+            self._buf_start += drop

@@ -1,0 +1,552 @@
+"""Streaming generation: question audio -> text, speech audio and FLAME frames, in lockstep.
+
+:class:`StreamingGenerator` runs one answer ("turn") at a time with an
+explicit :class:`GeneratorState`:
+
+* :meth:`~StreamingGenerator.start` validates the question wave, computes its
+  log-mel, runs the audio encoder and prefills the LLM with
+  ``<bos> <audio_in_start> audio <audio_in_end> <answer>``.
+* :meth:`~StreamingGenerator.step` samples ONE answer token (logits masked to
+  the kind the :class:`~a2llm_ros.model.audio_llm.Schedule` expects), feeds it
+  to the LLM with the KV cache and returns the events it caused, in time
+  order: a :class:`TextEvent` per text token; every ``SPEECH_TOKENS_PER_SEGMENT``
+  (5) speech tokens one :class:`AudioEvent` (Token2Wav.step, 5 x 640 samples =
+  200 ms) followed by one :class:`FlameEvent` (connector step on the five
+  speech tokens' hidden states -> 6 RVQ codes -> MotionTokenizer.decode_step
+  -> 5 frames); finally an :class:`EndEvent`.
+* :meth:`~StreamingGenerator.cancel` (barge-in) ends the turn at once with
+  reason ``"cancel"``; :meth:`~StreamingGenerator.reset` drops all state.
+
+Timing is derived from counts, never from the wall clock: after N speech
+tokens the audio covers exactly ``N * 640`` samples (N x 40 ms) and the
+motion N frames at 25 fps.  When the answer ends after a partial group of
+r < 5 speech tokens, their audio is decoded as is and the motion segment is
+completed by repeating the last speech token's hidden state; only the first
+r of its 5 frames are kept, so FLAME frames == audio seconds x 25 exactly.
+
+The answer ends with ``"eos"`` once both ``<text_end>`` and ``<speech_end>``
+were generated, or with ``"cap"`` after ``max_speech_tokens`` speech tokens
+(``max_text_tokens`` forces ``<text_end>``).
+
+All model calls go through the small :class:`Backend` interface
+(:class:`TorchBackend` here); an ONNX Runtime or TensorRT engine implements
+the same methods.  :func:`generate_batch` is the non-incremental reference
+(full-sequence forward passes without KV cache, whole-utterance decoders) used
+to test the streaming path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, List, Optional, Union
+
+import numpy as np
+import torch
+
+from a2llm_ros.configbase import ConfigBase
+from a2llm_ros.constants import (FLAME_FPS, MEL_WINDOW, SAMPLE_RATE,
+                                 SAMPLES_PER_SPEECH_TOKEN, SPEECH_TOKENS_PER_SEGMENT)
+from a2llm_ros.model.a2llm import PROMPT_PREFIX, PROMPT_SUFFIX, A2LLM
+from a2llm_ros.model.audio_llm import (SPEECH, TEXT, Schedule, llm_hidden_and_logits,
+                                       new_cache)
+from a2llm_ros.model.connector import sample_codes
+
+#: Shortest accepted question (seconds).
+MIN_QUESTION_SECONDS = 0.1
+
+
+@dataclass
+class GenerationConfig(ConfigBase):
+    """Sampling and length limits of one answer."""
+
+    max_speech_tokens: int = 750      # 30 s cap on the answer audio
+    max_text_tokens: int = 256
+    min_speech_tokens: int = 0        # <speech_end> is masked before this many
+    temperature: float = 0.8
+    top_k: int = 50
+    seed: int = 0
+    greedy: bool = False
+    motion_temperature: float = 0.0   # connector sampling; 0 = greedy
+    motion_top_k: int = 0
+
+    PRESETS = {"tiny": {}, "edge": {}, "paper": {}}
+
+    def __post_init__(self):
+        if self.max_speech_tokens < 1 or self.max_text_tokens < 0:
+            raise ValueError("GenerationConfig: max_speech_tokens >= 1, max_text_tokens >= 0")
+
+
+# ----------------------------------------------------------------------------- events
+
+@dataclass
+class TextEvent:
+    """New answer text (``text`` is the increment); ``token_index`` counts text tokens."""
+
+    turn_id: int
+    text: str
+    token_index: int
+
+
+@dataclass
+class AudioEvent:
+    """Answer audio samples float32 [n] starting at ``start_sample`` of the turn."""
+
+    turn_id: int
+    samples: np.ndarray
+    sample_rate: int
+    start_time: float
+    start_sample: int
+
+
+@dataclass
+class FlameEvent:
+    """FLAME frames float32 [n, D] starting at ``start_frame`` of the turn."""
+
+    turn_id: int
+    frames: np.ndarray
+    fps: int
+    start_time: float
+    start_frame: int
+
+
+@dataclass
+class EndEvent:
+    """End of a turn: ``reason`` is ``"eos"``, ``"cap"`` or ``"cancel"``."""
+
+    turn_id: int
+    reason: str
+    n_speech_tokens: int
+    n_frames: int
+
+
+Event = Union[TextEvent, AudioEvent, FlameEvent, EndEvent]
+
+
+@dataclass
+class TurnResult:
+    """Everything one turn produced."""
+
+    text: str
+    text_ids: List[int]
+    speech_codes: List[int]
+    audio: np.ndarray          # float32 [n_speech * 640]
+    frames: np.ndarray         # float32 [n_speech, D]
+    end_reason: str
+    events: List[Event] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- backend
+
+class Backend:
+    """Per-step model calls used by the generator (Torch, ONNX Runtime, TensorRT...).
+
+    Shapes: H = LLM hidden, V = vocabulary, L = RVQ levels, D = FLAME dims.
+    """
+
+    model: A2LLM  # tokenizers, vocabulary, configs and codec metadata
+
+    def encode_audio(self, mel: torch.Tensor) -> torch.Tensor:
+        """Log-mel [M, T] -> audio embeddings [1, A, H]."""
+        raise NotImplementedError
+
+    def embed_tokens(self, ids: List[int]) -> torch.Tensor:
+        """Token ids -> embeddings [1, n, H]."""
+        raise NotImplementedError
+
+    def prefill(self, embeds: torch.Tensor):
+        """Prompt embeddings [1, P, H] -> (logits [V], hidden [H], cache)."""
+        raise NotImplementedError
+
+    def decode(self, token_id: int, cache):
+        """Feed one token -> (logits [V], hidden [H], cache)."""
+        raise NotImplementedError
+
+    def init_connector_state(self) -> Any:
+        raise NotImplementedError
+
+    def connector_step(self, hidden: torch.Tensor, state, temperature: float,
+                       generator: Optional[torch.Generator], top_k: int):
+        """Hidden [1, 5, H] -> (codes [1, L], state)."""
+        raise NotImplementedError
+
+    def init_motion_state(self) -> Any:
+        raise NotImplementedError
+
+    def motion_decode_step(self, codes: torch.Tensor, state):
+        """Codes [1, n, L] -> (frames [1, 5n, D], state)."""
+        raise NotImplementedError
+
+    def init_token2wav_state(self) -> Any:
+        raise NotImplementedError
+
+    def token2wav_step(self, tokens: torch.Tensor, state):
+        """Speech codes [n] -> (audio float32 [n * 640], state)."""
+        raise NotImplementedError
+
+
+class TorchBackend(Backend):
+    """The PyTorch model, with the Hugging Face KV cache for incremental decoding."""
+
+    def __init__(self, model: A2LLM):
+        self.model = model.eval()
+
+    @torch.no_grad()
+    def encode_audio(self, mel):
+        mel = mel.to(self.model.device)[None]  # [1, M, T]
+        return self.model.audio_encoder(mel)  # [1, A, H]
+
+    @torch.no_grad()
+    def embed_tokens(self, ids):
+        return self.model.embed_ids(list(ids))[None]  # [1, n, H]
+
+    @torch.no_grad()
+    def prefill(self, embeds):
+        cache = new_cache(self.model.llm)
+        hidden, logits = llm_hidden_and_logits(self.model.llm, embeds, cache=cache)
+        return logits[0, -1].float(), hidden[0, -1], cache
+
+    @torch.no_grad()
+    def decode(self, token_id, cache):
+        embeds = self.embed_tokens([token_id])  # [1, 1, H]
+        hidden, logits = llm_hidden_and_logits(self.model.llm, embeds, cache=cache)
+        return logits[0, -1].float(), hidden[0, -1], cache
+
+    @torch.no_grad()
+    def forward_full(self, embeds):
+        """Reference path without cache: embeds [1, T, H] -> (logits [T, V], hidden [T, H])."""
+        hidden, logits = llm_hidden_and_logits(self.model.llm, embeds)
+        return logits[0].float(), hidden[0]
+
+    def init_connector_state(self):
+        return self.model.connector.init_state(1)
+
+    @torch.no_grad()
+    def connector_step(self, hidden, state, temperature, generator, top_k):
+        return self.model.connector.step(hidden, state, temperature, generator, top_k)
+
+    def init_motion_state(self):
+        return self.model.motion_tokenizer.init_decode_state(1)
+
+    @torch.no_grad()
+    def motion_decode_step(self, codes, state):
+        return self.model.motion_tokenizer.decode_step(codes, state)
+
+    def init_token2wav_state(self):
+        return self.model.token2wav.init_state()
+
+    def token2wav_step(self, tokens, state):
+        return self.model.token2wav.step(tokens.cpu(), state)
+
+
+def as_backend(model_or_backend: Union[A2LLM, Backend]) -> Backend:
+    """A :class:`Backend` for a model (TorchBackend) or the backend itself."""
+    if isinstance(model_or_backend, Backend):
+        return model_or_backend
+    return TorchBackend(model_or_backend)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def check_question(wave) -> np.ndarray:
+    """Validate a question wave: float32 mono [N], finite, at least 0.1 s."""
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim != 1:
+        raise ValueError(f"question audio must be mono [N], got shape {wave.shape}")
+    if wave.size < max(int(MIN_QUESTION_SECONDS * SAMPLE_RATE), MEL_WINDOW):
+        raise ValueError(f"question audio too short: {wave.size} samples "
+                         f"(need >= {MIN_QUESTION_SECONDS} s)")
+    if not np.isfinite(wave).all():
+        raise ValueError("question audio contains NaN or Inf samples")
+    return wave
+
+
+def prompt_embeds(backend: Backend, wave) -> torch.Tensor:
+    """Question wave -> prompt embeddings [1, P, H]."""
+    model = backend.model
+    mel = model.log_mel(check_question(wave))  # [M, T]
+    audio = backend.encode_audio(mel)  # [1, A, H]
+    pre = backend.embed_tokens([model.vocab.special(t) for t in PROMPT_PREFIX])
+    suf = backend.embed_tokens([model.vocab.special(t) for t in PROMPT_SUFFIX])
+    return torch.cat([pre, audio.to(pre.dtype), suf], dim=1)
+
+
+class TokenChooser:
+    """Masks logits to the scheduled kind and samples (shared by both paths)."""
+
+    def __init__(self, model: A2LLM, cfg: GenerationConfig):
+        self.vocab, self.cfg = model.vocab, cfg
+        n_text = model.text_tokenizer.vocab_size
+        self.masks = {TEXT: self.vocab.kind_mask(TEXT, n_text),
+                      SPEECH: self.vocab.kind_mask(SPEECH)}
+        self.text_end = self.vocab.special("<text_end>")
+        self.speech_end = self.vocab.special("<speech_end>")
+
+    def end_id(self, kind: str) -> int:
+        return self.text_end if kind == TEXT else self.speech_end
+
+    def choose(self, logits, schedule: Schedule, generator) -> int:
+        """Logits [V] -> token id of ``schedule.next_kind()``."""
+        kind, cfg = schedule.next_kind(), self.cfg
+        mask = self.masks[kind].to(logits.device)
+        if kind == TEXT and schedule.n_text >= cfg.max_text_tokens:
+            return self.text_end
+        if kind == SPEECH and schedule.n_speech < cfg.min_speech_tokens:
+            mask = mask.clone()
+            mask[self.speech_end] = False
+        logits = logits.float().masked_fill(~mask, float("-inf"))[None]  # [1, V]
+        temperature = 0.0 if cfg.greedy else cfg.temperature
+        return int(sample_codes(logits, temperature, generator, cfg.top_k)[0])
+
+
+def _generators(cfg: GenerationConfig):
+    """Separate seeded generators for the LLM and the connector (order-independent)."""
+    return (torch.Generator().manual_seed(int(cfg.seed)),
+            torch.Generator().manual_seed(int(cfg.seed) + 1))
+
+
+# ----------------------------------------------------------------------------- streaming
+
+@dataclass
+class GeneratorState:
+    """Everything one turn of :class:`StreamingGenerator` carries between steps."""
+
+    turn_id: int = 0
+    active: bool = False
+    schedule: Optional[Schedule] = None
+    cache: Any = None
+    logits: Optional[torch.Tensor] = None        # [V] logits for the next token
+    text_ids: List[int] = field(default_factory=list)
+    text_emitted: str = ""
+    speech_codes: List[int] = field(default_factory=list)
+    pending_codes: List[int] = field(default_factory=list)        # not yet vocoded
+    pending_hidden: List[torch.Tensor] = field(default_factory=list)  # [H] each
+    n_samples: int = 0
+    n_frames: int = 0
+    t2w_state: Any = None
+    connector_state: Any = None
+    motion_state: Any = None
+    llm_generator: Optional[torch.Generator] = None
+    motion_generator: Optional[torch.Generator] = None
+    end_reason: Optional[str] = None
+
+
+class StreamingGenerator:
+    """Incremental answer generation with explicit state (see module docstring)."""
+
+    def __init__(self, model: Union[A2LLM, Backend], cfg: Optional[GenerationConfig] = None):
+        self.backend = as_backend(model)
+        self.model = self.backend.model
+        self.cfg = cfg or GenerationConfig()
+        self.chooser = TokenChooser(self.model, self.cfg)
+        self.state = GeneratorState()
+        self._next_turn = 0
+
+    @property
+    def active(self) -> bool:
+        return self.state.active
+
+    def start(self, question_wave, turn_id: Optional[int] = None) -> int:
+        """Prefill with a (complete) question; returns the new turn id."""
+        embeds = prompt_embeds(self.backend, question_wave)  # [1, P, H]
+        logits, _, cache = self.backend.prefill(embeds)
+        turn = self._next_turn if turn_id is None else int(turn_id)
+        self._next_turn = turn + 1
+        llm_gen, motion_gen = _generators(self.cfg)
+        b = self.backend
+        self.state = GeneratorState(
+            turn_id=turn, active=True, schedule=Schedule.from_config(self.model.cfg.interleave),
+            cache=cache, logits=logits, t2w_state=b.init_token2wav_state(),
+            connector_state=b.init_connector_state(), motion_state=b.init_motion_state(),
+            llm_generator=llm_gen, motion_generator=motion_gen)
+        return turn
+
+    def step(self) -> List[Event]:
+        """Generate one token; returns the events it caused (empty when idle)."""
+        s = self.state
+        if not s.active:
+            return []
+        kind = s.schedule.next_kind()
+        tok = self.chooser.choose(s.logits, s.schedule, s.llm_generator)
+        is_end = tok == self.chooser.end_id(kind)
+        s.schedule.push(is_end)
+        is_speech = kind == SPEECH and not is_end
+        events: List[Event] = []
+        if kind == TEXT and not is_end:
+            events += self._text(tok)
+        if is_speech:
+            s.speech_codes.append(int(self.model.vocab.speech_code(tok)))
+            s.pending_codes.append(s.speech_codes[-1])
+            if len(s.pending_codes) == SPEECH_TOKENS_PER_SEGMENT:
+                events += self._audio()
+        finished = s.schedule.finished
+        capped = is_speech and len(s.speech_codes) >= self.cfg.max_speech_tokens
+        if not finished:
+            s.logits, hidden, s.cache = self.backend.decode(tok, s.cache)
+            if is_speech:
+                s.pending_hidden.append(hidden)
+                if len(s.pending_hidden) == SPEECH_TOKENS_PER_SEGMENT:
+                    events += self._motion()
+        if finished or capped:
+            events += self._finish("eos" if finished else "cap")
+        return events
+
+    def cancel(self) -> List[Event]:
+        """Barge-in: stop the running turn now (no flush); returns its EndEvent."""
+        s = self.state
+        if not s.active:
+            return []
+        s.active, s.end_reason = False, "cancel"
+        s.cache = None
+        return [EndEvent(s.turn_id, "cancel", len(s.speech_codes), s.n_frames)]
+
+    def reset(self) -> None:
+        """Forget the current turn (a new :meth:`start` is needed)."""
+        self.state = GeneratorState()
+
+    def events(self) -> Iterator[Event]:
+        """Step until the turn ends, yielding events."""
+        while self.state.active:
+            yield from self.step()
+
+    def generate(self, question_wave) -> TurnResult:
+        """Run a whole turn with the streaming path and collect the results."""
+        self.start(question_wave)
+        result = collect(self.events(), self.model)
+        result.text_ids = list(self.state.text_ids)
+        result.speech_codes = list(self.state.speech_codes)
+        return result
+
+    # -- event builders -------------------------------------------------------------------
+    def _text(self, tok: int) -> List[Event]:
+        s = self.state
+        s.text_ids.append(tok)
+        full = self.model.text_tokenizer.decode(s.text_ids)
+        if full.endswith("\ufffd") and self.model.text_tokenizer.kind == "hf":
+            return []  # incomplete multi-byte character: wait for the next token
+        delta = full[len(s.text_emitted):] if full.startswith(s.text_emitted) else full
+        s.text_emitted = full
+        return [TextEvent(s.turn_id, delta, len(s.text_ids) - 1)] if delta else []
+
+    def _audio(self) -> List[Event]:
+        s = self.state
+        codes = torch.tensor(s.pending_codes, dtype=torch.long)  # [n]
+        audio, s.t2w_state = self.backend.token2wav_step(codes, s.t2w_state)  # [n * 640]
+        s.pending_codes = []
+        start = s.n_samples
+        s.n_samples += audio.shape[0]
+        return [AudioEvent(s.turn_id, audio.detach().cpu().numpy().astype(np.float32),
+                           SAMPLE_RATE, start / SAMPLE_RATE, start)]
+
+    def _motion(self, keep: int = SPEECH_TOKENS_PER_SEGMENT) -> List[Event]:
+        s = self.state
+        hidden = torch.stack(s.pending_hidden)[None]  # [1, 5, H]
+        s.pending_hidden = []
+        codes, s.connector_state = self.backend.connector_step(
+            hidden, s.connector_state, self.cfg.motion_temperature, s.motion_generator,
+            self.cfg.motion_top_k)  # [1, L]
+        frames, s.motion_state = self.backend.motion_decode_step(codes[:, None], s.motion_state)
+        frames = frames[0, :keep].detach().float().cpu().numpy()  # [keep, D]
+        start = s.n_frames
+        s.n_frames += frames.shape[0]
+        return [FlameEvent(s.turn_id, frames, FLAME_FPS, start / FLAME_FPS, start)]
+
+    def _finish(self, reason: str) -> List[Event]:
+        s = self.state
+        events: List[Event] = []
+        if s.pending_codes:
+            events += self._audio()
+        if s.pending_hidden:
+            r = len(s.pending_hidden)
+            s.pending_hidden += [s.pending_hidden[-1]] * (SPEECH_TOKENS_PER_SEGMENT - r)
+            events += self._motion(keep=r)
+        s.active, s.end_reason, s.cache = False, reason, None
+        events.append(EndEvent(s.turn_id, reason, len(s.speech_codes), s.n_frames))
+        return events
+
+
+def collect(events, model: A2LLM) -> TurnResult:
+    """Gather a turn's events into a :class:`TurnResult`."""
+    evs = list(events)
+    text = "".join(e.text for e in evs if isinstance(e, TextEvent))
+    audio = [e.samples for e in evs if isinstance(e, AudioEvent)]
+    frames = [e.frames for e in evs if isinstance(e, FlameEvent)]
+    end = [e for e in evs if isinstance(e, EndEvent)]
+    D = model.layout.dim
+    return TurnResult(
+        text=text, text_ids=[], speech_codes=[],
+        audio=np.concatenate(audio) if audio else np.zeros(0, np.float32),
+        frames=np.concatenate(frames) if frames else np.zeros((0, D), np.float32),
+        end_reason=end[-1].reason if end else "", events=evs)
+
+
+# ----------------------------------------------------------------------------- reference
+
+@torch.no_grad()
+def generate_batch(model: Union[A2LLM, TorchBackend], question_wave,
+                   cfg: Optional[GenerationConfig] = None) -> TurnResult:
+    """Non-incremental reference: full forward passes (no KV cache) for every token,
+    then one full pass for the speech hidden states, ``connector.generate``,
+    whole-sequence motion decode and ``token2wav.decode``."""
+    backend = as_backend(model)
+    model, cfg = backend.model, cfg or GenerationConfig()
+    chooser, (llm_gen, motion_gen) = TokenChooser(model, cfg), _generators(cfg)
+    schedule = Schedule.from_config(model.cfg.interleave)
+    embeds = prompt_embeds(backend, question_wave)  # [1, P, H]
+    P, fed, speech_pos, text_ids, codes = embeds.shape[1], [], [], [], []
+    reason = "eos"
+    while True:
+        logits, _ = backend.forward_full(
+            torch.cat([embeds, backend.embed_tokens(fed)], dim=1) if fed else embeds)
+        kind = schedule.next_kind()
+        tok = chooser.choose(logits[-1], schedule, llm_gen)
+        is_end = tok == chooser.end_id(kind)
+        schedule.push(is_end)
+        if kind == TEXT and not is_end:
+            text_ids.append(tok)
+        if kind == SPEECH and not is_end:
+            codes.append(int(model.vocab.speech_code(tok)))
+            speech_pos.append(P + len(fed))
+        if schedule.finished:
+            break
+        fed.append(tok)
+        if kind == SPEECH and not is_end and len(codes) >= cfg.max_speech_tokens:
+            reason = "cap"
+            break
+    full = torch.cat([embeds, backend.embed_tokens(fed)], dim=1) if fed else embeds
+    _, hidden = backend.forward_full(full)  # [T, H]
+    frames = _batch_motion(model, hidden[speech_pos], cfg, motion_gen)
+    audio = model.token2wav.decode(torch.tensor(codes, dtype=torch.long))
+    text = model.text_tokenizer.decode(text_ids)
+    return TurnResult(text, text_ids, codes, audio.numpy().astype(np.float32), frames, reason)
+
+
+def _batch_motion(model: A2LLM, hidden, cfg: GenerationConfig, generator) -> np.ndarray:
+    """Speech hidden [n, H] -> frames [n, D] (last partial segment padded with the last state)."""
+    n, P = hidden.shape[0], SPEECH_TOKENS_PER_SEGMENT
+    if n == 0:
+        return np.zeros((0, model.layout.dim), np.float32)
+    pad = (-n) % P
+    hidden = torch.cat([hidden, hidden[-1:].expand(pad, -1)])[None]  # [1, 5S, H]
+    codes = model.connector.generate(hidden, cfg.motion_temperature, generator,
+                                     cfg.motion_top_k)  # [1, S, L]
+    frames = model.motion_tokenizer.decode(codes)[0, :n]  # [n, D]
+    return frames.float().cpu().numpy()
+
+
+def event_to_json(event: Event) -> dict:
+    """JSON-able summary of an event (sizes and times, not the raw samples/frames)."""
+    if isinstance(event, TextEvent):
+        return {"type": "text", "turn_id": event.turn_id, "text": event.text,
+                "token_index": event.token_index}
+    if isinstance(event, AudioEvent):
+        n = int(event.samples.shape[0])
+        return {"type": "audio", "turn_id": event.turn_id, "start_time": event.start_time,
+                "start_sample": event.start_sample, "n_samples": n,
+                "sample_rate": event.sample_rate, "duration": n / event.sample_rate}
+    if isinstance(event, FlameEvent):
+        n = int(event.frames.shape[0])
+        return {"type": "flame", "turn_id": event.turn_id, "start_time": event.start_time,
+                "start_frame": event.start_frame, "n_frames": n, "fps": event.fps,
+                "dim": int(event.frames.shape[1]), "duration": n / event.fps}
+    return {"type": "end", "turn_id": event.turn_id, "reason": event.reason,
+            "n_speech_tokens": event.n_speech_tokens, "n_frames": event.n_frames,
+            "duration": event.n_speech_tokens * SAMPLES_PER_SPEECH_TOKEN / SAMPLE_RATE}

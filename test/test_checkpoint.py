@@ -1,0 +1,167 @@
+"""Checkpoint save/load: round trip, strict errors, HF-layout (edge) backbone, LoRA."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from a2llm_ros.checkpoint import (CheckpointError, init_model, load_checkpoint,
+                                  resolve_checkpoint, save_checkpoint)
+from a2llm_ros.config import A2LLMConfig
+from a2llm_ros.configbase import ConfigMismatchError
+from a2llm_ros.generation import GenerationConfig, StreamingGenerator
+
+torch.set_num_threads(1)
+GEN = GenerationConfig(greedy=True, max_speech_tokens=12)
+WORDS = ["hello", "there", "robot", "yes", "no", "the", "library", "is", "open", "today"]
+#: edge preset structure with tiny sizes
+EDGE_TINY = dict(
+    llm=dict(hidden_size=64, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=128,
+             max_position_embeddings=1024, text_vocab_size=16, hf_path="llm"),
+    audio=dict(d_model=64, n_layers=1, n_heads=4, ff=128, adaptor_hidden=64),
+    connector=dict(d_model=64, n_layers=1, n_heads=4, ff=128, max_segments=16),
+    motion=dict(latent_dim=32, hidden=64, enc_depth=1, dec_depth=1))
+
+
+def question(seconds=1.0, seed=0):
+    rng = np.random.default_rng(seed)
+    return (0.1 * rng.standard_normal(int(16000 * seconds))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("tiny"))
+    model = init_model(A2LLMConfig.preset("tiny"), seed=1)
+    save_checkpoint(model, out)
+    return out, model
+
+
+def write_hf_backbone(path, cfg):
+    """A tiny Qwen2 backbone + WordLevel tokenizer in Hugging Face layout."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    vocab = {w: i for i, w in enumerate(["[UNK]"] + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(path)
+    torch.manual_seed(5)
+    llm = cfg.llm
+    Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=llm.text_vocab_size, hidden_size=llm.hidden_size,
+        intermediate_size=llm.intermediate_size, num_hidden_layers=llm.n_layers,
+        num_attention_heads=llm.n_heads, num_key_value_heads=llm.n_kv_heads,
+        tie_word_embeddings=True)).save_pretrained(path)
+
+
+def test_round_trip_same_outputs(tiny_dir):
+    out, model = tiny_dir
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "tokenizer.json"]
+    meta = json.load(open(os.path.join(out, "config.json")))
+    assert meta["preset"] == "tiny" and meta["flame_layout"]["dim"] == 58
+    assert set(meta["versions"]) == {"a2llm_ros", "torch", "transformers"}
+    loaded = load_checkpoint(out, expected_config=A2LLMConfig.preset("tiny"))
+    a = StreamingGenerator(model, GEN).generate(question())
+    b = StreamingGenerator(loaded, GEN).generate(question())
+    assert a.text == b.text and a.speech_codes == b.speech_codes
+    np.testing.assert_array_equal(a.audio, b.audio)
+    np.testing.assert_array_equal(a.frames, b.frames)
+    mt_a, mt_b = model.motion_tokenizer, loaded.motion_tokenizer
+    assert torch.equal(mt_a.norm_std, mt_b.norm_std)
+    assert torch.equal(mt_a.quantizer.codebooks, mt_b.quantizer.codebooks)
+
+
+def test_tiny_size_budget(tiny_dir):
+    out, model = tiny_dir
+    assert model.n_params() <= 20_000_000
+    assert os.path.getsize(os.path.join(out, "model.safetensors")) <= 30e6
+
+
+def test_config_mismatch_names_fields(tiny_dir, tmp_path):
+    out, _ = tiny_dir
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in os.listdir(out):
+        (bad / name).write_bytes(open(os.path.join(out, name), "rb").read())
+    meta = json.load(open(bad / "config.json"))
+    meta["config"]["llm"]["flash_widgets"] = 3
+    del meta["config"]["connector"]["n_heads"]
+    json.dump(meta, open(bad / "config.json", "w"))
+    with pytest.raises(ConfigMismatchError) as err:
+        load_checkpoint(str(bad))
+    assert "flash_widgets" in str(err.value) or "n_heads" in str(err.value)
+    with pytest.raises(ConfigMismatchError, match="hidden_size"):
+        load_checkpoint(out, expected_config=A2LLMConfig.preset(
+            "tiny", llm=dict(hidden_size=128)))
+
+
+def test_weight_errors_name_keys(tiny_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+    out, _ = tiny_dir
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in os.listdir(out):
+        (bad / name).write_bytes(open(os.path.join(out, name), "rb").read())
+    tensors = load_file(str(bad / "model.safetensors"))
+    del tensors["connector.bos"]
+    tensors["extra.thing"] = torch.zeros(2)
+    tensors["audio_encoder.conv1.bias"] = torch.zeros(3)
+    save_file(tensors, str(bad / "model.safetensors"))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(str(bad))
+    msg = str(err.value)
+    assert "connector.bos" in msg and "extra.thing" in msg and "audio_encoder.conv1.bias" in msg
+
+
+def test_resolve_default_and_missing(tmp_path):
+    from a2llm_ros import checkpoint
+    if not os.path.isdir(checkpoint.DEFAULT_CHECKPOINT):
+        with pytest.raises(FileNotFoundError, match="a2llm init"):
+            resolve_checkpoint("default")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        resolve_checkpoint(str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        resolve_checkpoint(str(tmp_path))
+
+
+def test_edge_layout_hf_backbone(tmp_path):
+    cfg = A2LLMConfig.preset("edge", **EDGE_TINY)
+    ckpt = tmp_path / "ckpt"
+    write_hf_backbone(str(ckpt / "llm"), cfg)
+    model = init_model(cfg, seed=2, base_dir=str(ckpt))
+    assert model.text_tokenizer.kind == "hf"
+    assert model.text_tokenizer.encode("hello robot") == [1, 3]
+    assert model.llm.get_input_embeddings().weight.shape[0] == model.vocab.size
+    save_checkpoint(model, str(ckpt))
+    from safetensors.torch import load_file
+    stored = load_file(str(ckpt / "model.safetensors"))
+    assert not any(k.startswith("llm.") for k in stored)  # backbone stays in llm/
+    assert stored["llm_ext.embed_rows"].shape == (model.vocab.size - 16, 64)
+    loaded = load_checkpoint(str(ckpt))
+    gen = GenerationConfig(greedy=True, max_speech_tokens=10, max_text_tokens=4)
+    a = StreamingGenerator(model, gen).generate(question())
+    b = StreamingGenerator(loaded, gen).generate(question())
+    assert a.text_ids == b.text_ids and a.speech_codes == b.speech_codes
+    np.testing.assert_allclose(a.frames, b.frames, atol=1e-6)
+    # a backbone of the wrong shape is named clearly
+    bad = A2LLMConfig.preset("edge", **{**EDGE_TINY, "llm": {**EDGE_TINY["llm"],
+                                                             "n_layers": 3}})
+    with pytest.raises(ValueError, match="n_layers"):
+        init_model(bad, base_dir=str(ckpt))
+
+
+def test_lora_adapter_saved_and_loaded(tiny_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    _, _ = tiny_dir
+    model = init_model(A2LLMConfig.preset("tiny"), seed=3)
+    model.llm = get_peft_model(model.llm, LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                     init_lora_weights=False))
+    out = str(tmp_path / "lora_ckpt")
+    save_checkpoint(model, out)
+    assert os.path.isfile(os.path.join(out, "lora", "adapter_config.json"))
+    loaded = load_checkpoint(out)
+    assert hasattr(loaded.llm, "peft_config")
+    a = StreamingGenerator(model, GEN).generate(question())
+    b = StreamingGenerator(loaded, GEN).generate(question())
+    assert a.speech_codes == b.speech_codes
+    np.testing.assert_allclose(a.frames, b.frames, atol=1e-5)

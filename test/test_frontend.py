@@ -1,0 +1,155 @@
+"""Tests for ROS audio message decoding, streaming resampling and the front-end."""
+import numpy as np
+import pytest
+import scipy.signal
+
+from a2llm_ros.audio.frontend import (AudioFormat, AudioFormatError, AudioFrontEnd,
+                                      FrontEndConfig, StreamingResampler, decode_pcm, downmix,
+                                      mgonzs13_field)
+from a2llm_ros.constants import SAMPLE_RATE
+
+
+def _sine(freq, seconds, rate, amp=0.5):
+    t = np.arange(int(seconds * rate)) / rate
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def test_format_constructors():
+    fmt = AudioFormat.from_ros_drivers(2, 44100, "s16le", "WAVE")
+    assert fmt == AudioFormat(2, 44100, "S16LE", "wave")
+    assert fmt.frame_bytes == 4
+    m = AudioFormat.from_mgonzs13(8, 1, 16000)
+    assert (m.sample_format, m.channels, m.sample_rate) == ("S16LE", 1, 16000)
+    assert AudioFormat.from_mgonzs13(1, 1, 48000).sample_format == "F32LE"
+    assert mgonzs13_field(32) == "uint8_data"
+    with pytest.raises(AudioFormatError) as err:
+        AudioFormat.from_mgonzs13(4, 1, 16000)  # paInt24: unsupported
+    assert err.value.reason == "unsupported_sample_format"
+
+
+@pytest.mark.parametrize("sample_format,dtype,scale,offset", [
+    ("S16LE", "<i2", 32768.0, 0), ("S32LE", "<i4", 2 ** 31, 0), ("F32LE", "<f4", 1.0, 0),
+    ("U8", "u1", 128.0, 128), ("S8", "i1", 128.0, 0)])
+def test_decode_pcm_formats(sample_format, dtype, scale, offset):
+    ref = np.array([[0.0, 0.5], [-0.5, 0.25], [0.75, -1.0]])  # [3 frames, 2 ch]
+    ints = np.round(ref * scale + offset)
+    ints = np.clip(ints, np.iinfo(dtype).min, np.iinfo(dtype).max) if dtype != "<f4" else ref
+    raw = ints.astype(dtype).tobytes()
+    fmt = AudioFormat(2, 16000, sample_format, "wave")
+    out = decode_pcm(raw, fmt)
+    assert out.shape == (3, 2) and out.dtype == np.float32
+    np.testing.assert_allclose(out, ref, atol=1.0 / scale + 1e-7)
+    typed = decode_pcm(ints.astype(dtype).reshape(-1), fmt)  # mgonzs13 typed array
+    np.testing.assert_allclose(typed, out)
+
+
+@pytest.mark.parametrize("fmt,data,reason", [
+    (AudioFormat(1, 16000, "S16LE", "mp3"), b"\x00" * 64, "unsupported_coding"),
+    (AudioFormat(1, 16000, "S24LE", "wave"), b"\x00" * 64, "unsupported_sample_format"),
+    (AudioFormat(2, 16000, "S16LE", "wave"), b"\x00" * 6, "odd_byte_count"),
+    (AudioFormat(1, 16000, "S16LE", "wave"), b"", "empty"),
+    (AudioFormat(1, 16000, "F32LE", "wave"),
+     np.array([0.1, np.nan], "<f4").tobytes(), "non_finite"),
+    (AudioFormat(1, 100, "S16LE", "wave"), b"\x00" * 2002, "oversized"),
+])
+def test_decode_pcm_errors(fmt, data, reason):
+    with pytest.raises(AudioFormatError) as err:
+        decode_pcm(data, fmt)
+    assert err.value.reason == reason
+    assert reason in str(err.value)
+
+
+def test_oversized_by_bytes():
+    with pytest.raises(AudioFormatError) as err:
+        decode_pcm(b"\x00" * 4096, AudioFormat(1, 16000, "S16LE"), max_bytes=1024)
+    assert err.value.reason == "oversized"
+
+
+def test_downmix():
+    frames = np.array([[1.0, 0.0], [0.5, -0.5]], np.float32)
+    np.testing.assert_allclose(downmix(frames), [0.5, 0.0])
+
+
+@pytest.mark.parametrize("rate", [44100, 48000, 22050, 8000, 16000])
+def test_streaming_resampler_chunked_equals_whole(rate):
+    x = np.random.default_rng(0).standard_normal(rate // 2).astype(np.float32) * 0.3
+    whole = StreamingResampler(rate)
+    ref = np.concatenate([whole.process(x), whole.flush()])
+    chunked = StreamingResampler(rate)
+    rng = np.random.default_rng(1)
+    parts, i = [], 0
+    while i < len(x):
+        n = int(rng.integers(1, 2000))
+        parts.append(chunked.process(x[i:i + n]))
+        i += n
+    parts.append(chunked.flush())
+    out = np.concatenate(parts)
+    assert len(out) == len(ref) == -(-len(x) * SAMPLE_RATE // rate)
+    np.testing.assert_allclose(out, ref, atol=1e-6)
+    if rate != SAMPLE_RATE:  # same filter family as scipy's one-shot resample_poly
+        up, down = whole.up, whole.down
+        np.testing.assert_allclose(out, scipy.signal.resample_poly(x, up, down), atol=1e-5)
+
+
+def test_resampler_preserves_tone():
+    x = _sine(440.0, 1.0, 44100)
+    r = StreamingResampler(44100)
+    y = np.concatenate([r.process(x[:20000]), r.process(x[20000:]), r.flush()])
+    np.testing.assert_allclose(y[1000:-1000], _sine(440.0, 1.0, SAMPLE_RATE)[1000:-1000],
+                               atol=2e-3)
+
+
+def _s16(wave):
+    return (np.clip(wave, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def test_frontend_stereo_48k_to_16k_with_clock():
+    fe = AudioFrontEnd()
+    fmt = AudioFormat(2, 48000, "S16LE", "wave")
+    mono = _sine(300.0, 1.0, 48000)
+    stereo = np.stack([mono, mono], axis=1)
+    chunks = [fe.process(_s16(stereo[i:i + 4800]), fmt) for i in range(0, 48000, 4800)]
+    starts = [c.start_sample for c in chunks]
+    lengths = [len(c.samples) for c in chunks]
+    assert starts == list(np.cumsum([0] + lengths[:-1]))
+    total = sum(lengths)
+    assert SAMPLE_RATE - 20 <= total <= SAMPLE_RATE and fe.sample_count == total
+    out = np.concatenate([c.samples for c in chunks])
+    np.testing.assert_allclose(out[500:15000], _sine(300.0, 1.0, SAMPLE_RATE)[500:15000],
+                               atol=3e-3)
+
+
+def test_frontend_odd_bytes_are_carried_not_lost():
+    problems = []
+    fe = AudioFrontEnd(on_problem=lambda r, m: problems.append(r))
+    fmt = AudioFormat(1, 16000, "S16LE", "wave")
+    wave = _sine(200.0, 0.1, 16000)
+    raw = _s16(wave)
+    cuts = [0, 101, 333, 334, 2001, len(raw)]
+    out = [fe.process(raw[a:b], fmt) for a, b in zip(cuts[:-1], cuts[1:])]
+    samples = np.concatenate([c.samples for c in out if c is not None])
+    np.testing.assert_allclose(samples, np.frombuffer(raw, "<i2") / 32768.0, atol=1e-6)
+    assert fe.counters["odd_byte_count"] == problems.count("odd_byte_count") >= 2
+
+
+def test_frontend_drops_bad_messages_and_counts():
+    fe = AudioFrontEnd(FrontEndConfig(max_message_seconds=1.0))
+    good = AudioFormat(1, 16000, "F32LE", "wave")
+    assert fe.process(b"\x00" * 100, AudioFormat(1, 16000, "S16LE", "mp3")) is None
+    assert fe.process(np.array([np.inf] * 10, "<f4").tobytes(), good) is None
+    assert fe.process(np.zeros(20000, "<f4").tobytes(), good) is None
+    chunk = fe.process(np.full(160, 0.25, "<f4").tobytes(), good)
+    assert chunk.start_sample == 0 and len(chunk.samples) == 160
+    assert fe.counters == {"unsupported_coding": 1, "non_finite": 1, "oversized": 1}
+
+
+def test_frontend_format_change_flushes_and_continues_clock():
+    fe = AudioFrontEnd()
+    a = AudioFormat(1, 44100, "S16LE", "wave")
+    b = AudioFormat(1, 16000, "S16LE", "wave")
+    first = fe.process(_s16(_sine(300.0, 0.5, 44100)), a)
+    second = fe.process(_s16(_sine(300.0, 0.5, 16000)), b)
+    assert fe.counters["format_change"] == 1
+    assert second.start_sample == len(first.samples)
+    # flushed tail of the 44.1 kHz stream + 8000 new samples
+    assert len(first.samples) + len(second.samples) == 8000 + 8000
