@@ -150,9 +150,8 @@ def test_edge_layout_hf_backbone(tmp_path):
         init_model(bad, base_dir=str(ckpt))
 
 
-def test_lora_adapter_saved_and_loaded(tiny_dir, tmp_path):
+def test_lora_adapter_saved_and_loaded(tmp_path):
     from peft import LoraConfig, get_peft_model
-    _, _ = tiny_dir
     model = init_model(A2LLMConfig.preset("tiny"), seed=3)
     model.llm = get_peft_model(model.llm, LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
                                                      init_lora_weights=False))
@@ -161,6 +160,9 @@ def test_lora_adapter_saved_and_loaded(tiny_dir, tmp_path):
     assert os.path.isfile(os.path.join(out, "lora", "adapter_config.json"))
     loaded = load_checkpoint(out)
     assert hasattr(loaded.llm, "peft_config")
+    lora = {k: v for k, v in model.llm.state_dict().items() if "lora_B" in k}
+    got = loaded.llm.state_dict()
+    assert lora and all(v.abs().sum() > 0 and torch.equal(v, got[k]) for k, v in lora.items())
     a = StreamingGenerator(model, GEN).generate(question())
     b = StreamingGenerator(loaded, GEN).generate(question())
     assert a.speech_codes == b.speech_codes

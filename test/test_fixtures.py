@@ -160,3 +160,14 @@ def test_cli_info_and_export(fixture_dir, tmp_path, capsys):
     assert soundfile.info(str(wav)).samplerate == 8000
     assert main(["bag", "fixtures", "--out", str(tmp_path / "fx"), "--names", "noisy"]) == 0
     assert (tmp_path / "fx" / "noisy.json").exists()
+
+
+def test_ensure_fixtures_reuses_cache(tmp_path):
+    from a2llm_ros.bags.fixtures import ensure_fixtures
+
+    out = ensure_fixtures(tmp_path / "cache", seed=1, names=["noisy"])
+    mcap = out / "noisy" / "noisy.mcap"
+    first = mcap.stat().st_mtime_ns
+    assert ensure_fixtures(out, seed=1, names=["noisy"]) == out
+    assert mcap.stat().st_mtime_ns == first  # not rewritten
+    assert json.loads((out / "noisy.json").read_text())["seed"] == 1

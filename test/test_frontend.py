@@ -59,6 +59,17 @@ def test_decode_pcm_errors(fmt, data, reason):
     assert reason in str(err.value)
 
 
+def test_rclpy_array_types():
+    import array
+    fmt = AudioFormat(1, 16000, "S16LE", "wave")
+    ints = np.array([0, 16384, -16384], "<i2")
+    raw_u8 = array.array("B", ints.tobytes())     # ros-drivers uint8[] field
+    typed = array.array("h", ints.tolist())        # mgonzs13 int16_data field
+    expected = [[0.0], [0.5], [-0.5]]
+    np.testing.assert_allclose(decode_pcm(raw_u8, fmt), expected)
+    np.testing.assert_allclose(decode_pcm(typed, fmt), expected)
+
+
 def test_oversized_by_bytes():
     with pytest.raises(AudioFormatError) as err:
         decode_pcm(b"\x00" * 4096, AudioFormat(1, 16000, "S16LE"), max_bytes=1024)

@@ -129,7 +129,13 @@ def mgonzs13_field(format: int) -> str:
 
 def _as_bytes(data: Union[bytes, bytearray, memoryview, np.ndarray, list],
               fmt: AudioFormat) -> bytes:
-    """Typed arrays (mgonzs13) become little-endian bytes of ``fmt``'s dtype."""
+    """Message data -> little-endian bytes of ``fmt``'s sample dtype.
+
+    ``bytes``-like data and uint8 arrays (ros-drivers ``uint8[] data``, e.g. an
+    ``array.array('B')``) are taken as raw bytes; other arrays (mgonzs13 typed
+    fields such as ``int16_data``) are cast to the sample dtype.  Plain lists of
+    ints are cast too, so pass ros-drivers data as bytes/uint8 arrays.
+    """
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data)
     dtype = SAMPLE_FORMATS[fmt.sample_format][0]

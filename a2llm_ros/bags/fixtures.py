@@ -58,6 +58,9 @@ RD_INFO_TOPIC = "/audio/audio_info"
 MG_AUDIO_TOPIC = "/audio"
 MG_CHUNK = 512
 FRAME_ID = "mic"
+#: Bumped whenever fixture content changes; cached fixtures of another version are remade.
+FIXTURE_VERSION = 1
+CACHE_ENV = "A2LLM_FIXTURE_CACHE"
 
 #: Fallback questions (answer_id -1) when the project's Q/A set is absent.
 _FALLBACK = {"What is your name?": -1}
@@ -320,9 +323,10 @@ def make_fixture(name: str, out_dir: PathLike, seed: int = 0,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     bag = out / name
+    cached = _cached_sidecar(out, name, seed)
+    if cached is not None and not overwrite:
+        return cached
     if bag.exists():
-        if not overwrite:
-            return json.loads((out / f"{name}.json").read_text())
         shutil.rmtree(bag)
     if name == "malformed":
         meta = write_malformed_bag(bag, seed)
@@ -330,9 +334,35 @@ def make_fixture(name: str, out_dir: PathLike, seed: int = 0,
         fix = fixture_audio(name, seed)
         meta = sidecar(fix, bag, write_audio_bag(fix, bag))
     meta["seed"] = seed
+    meta["fixture_version"] = FIXTURE_VERSION
     meta["bytes"] = sum(p.stat().st_size for p in bag.iterdir())
     (out / f"{name}.json").write_text(json.dumps(meta, indent=1))
     return meta
+
+
+def _cached_sidecar(out: Path, name: str, seed: int) -> Optional[dict]:
+    path = out / f"{name}.json"
+    if not (path.exists() and (out / name / "metadata.yaml").exists()):
+        return None
+    meta = json.loads(path.read_text())
+    ok = meta.get("seed") == seed and meta.get("fixture_version") == FIXTURE_VERSION
+    return meta if ok else None
+
+
+def default_cache_dir(seed: int = 0) -> Path:
+    """``$A2LLM_FIXTURE_CACHE`` or ``~/.cache/a2llm_ros/fixtures``, plus ``seed<N>``."""
+    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "a2llm_ros" / "fixtures"
+    return Path(root) / f"seed{seed}"
+
+
+def ensure_fixtures(cache_dir: Optional[PathLike] = None, seed: int = 0,
+                    names: Optional[Iterable[str]] = None) -> Path:
+    """Make the fixtures in ``cache_dir`` (default :func:`default_cache_dir`) unless they are
+    already there for this seed and :data:`FIXTURE_VERSION`; returns the directory."""
+    out = Path(cache_dir) if cache_dir is not None else default_cache_dir(seed)
+    for name in (DEFAULT_FIXTURES if names is None else names):
+        make_fixture(name, out, seed, overwrite=False)
+    return out
 
 
 def make_fixtures(out_dir: PathLike, seed: int = 0,

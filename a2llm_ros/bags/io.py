@@ -19,6 +19,18 @@ latched (reliable, transient local, depth 1), mgonzs13 ``AudioStamped`` uses
 SensorDataQoS (best effort, volatile, depth 5), everything else reliable,
 volatile, depth 10.
 
+Checked without ROS: the layout against rosbag2's own sources (jazzy branch
+``rosbag2_storage/yaml.hpp``/``qos.cpp``: v9 reads ``offered_qos_profiles`` as
+a list of named policies, v<=8 as a string with integers; humble branch
+``metadata_io.cpp``: version-5 reader wants the string form and does not reject
+newer versions), and the MCAP files with the independent ``mcap`` +
+``mcap-ros2-support`` decoders (profile ``ros2``, ``ros2msg`` schemas,
+per-channel ``offered_qos_profiles`` metadata, ``rosbag2`` metadata record).
+Not checked (no ROS 2 install here): the real ``ros2 bag info/play`` on these
+files, that the RIHS01 hashes rosbags computes equal rosidl's for the
+project's own messages, and Humble's sqlite3 plugin with the schema-4 tables
+rosbags writes (use MCAP on Humble if in doubt).
+
 :func:`read_bag` iterates ``(topic, msgtype, timestamp_ns, message)`` in
 timestamp order, deserialising with the bag's own embedded definitions when it
 has them, else with :func:`~a2llm_ros.bags.types.typestore_for`.

@@ -14,6 +14,7 @@ Both flavours use the package name ``audio_common_msgs`` and define
 """
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Dict, Iterable
@@ -72,9 +73,21 @@ def msg_types_from_dir(msg_dir: Path, package: str) -> Dict[str, object]:
     return types
 
 
+def project_msg_dir() -> Path:
+    """``msg/`` of the source tree, else ``share/a2llm_ros/msg`` of an ament prefix."""
+    if PROJECT_MSG_DIR.is_dir():
+        return PROJECT_MSG_DIR
+    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
+        candidate = Path(prefix) / "share" / PROJECT_PACKAGE / "msg"
+        if prefix and candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"no msg/ directory for {PROJECT_PACKAGE} "
+                            f"(looked in {PROJECT_MSG_DIR} and AMENT_PREFIX_PATH)")
+
+
 def project_msg_types() -> Dict[str, object]:
     """The ``a2llm_ros/msg/*`` definitions."""
-    return msg_types_from_dir(PROJECT_MSG_DIR, PROJECT_PACKAGE)
+    return msg_types_from_dir(project_msg_dir(), PROJECT_PACKAGE)
 
 
 def audio_msg_types(flavour: str = ROS_DRIVERS) -> Dict[str, object]:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import inspect
 import threading
 from typing import Any, Callable, Deque, Dict, List, Optional, Protocol, Tuple
 
@@ -112,6 +113,8 @@ NullSink = SessionSink
 class TurnGenerator(Protocol):
     """What the session needs from ``generation.StreamingGenerator``.
 
+    ``start`` may also accept ``turn_id=`` (then the session's turn id is passed).
+
     ``step()`` returns events recognised by attribute: ``frames`` (motion),
     ``samples`` (+ ``sample_rate``, ``start_sample``), ``text``, ``reason`` (end).
     """
@@ -123,6 +126,14 @@ class TurnGenerator(Protocol):
     def cancel(self) -> None: ...
 
     def reset(self) -> None: ...
+
+
+def _takes_turn_id(gen) -> bool:
+    """Whether ``gen.start`` accepts ``turn_id=`` (StreamingGenerator does)."""
+    try:
+        return "turn_id" in inspect.signature(gen.start).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclasses.dataclass
@@ -220,6 +231,16 @@ class ConversationSession:
             self.sink.on_flame(self.turn_id, frames, self._listen_next, "listening")
             self._listen_next += n
             return n
+
+    def reset(self) -> None:
+        """Cancel any turn, drop queued audio, restart VAD/end-pointer (worker thread)."""
+        with self._qlock:
+            self._queue.clear()
+        with self._lock:
+            self._close_turn(cancel=self._turn is not None)
+            self.detector.reset(self._next_sample)
+            self.listening.set_user_speaking(False)
+            self._set_state("idle", "reset")
 
     # ------------------------------------------------------------------ worker
 
@@ -353,7 +374,10 @@ class ConversationSession:
                 if self._gen is None:
                     self._gen = self._factory()
                 question, turn.question = turn.question, None
-                self._gen.start(question)
+                if _takes_turn_id(self._gen):
+                    self._gen.start(question, turn_id=turn.turn_id)
+                else:
+                    self._gen.start(question)
                 events = []
             else:
                 events = self._gen.step()
@@ -434,6 +458,7 @@ class ConversationSession:
             if turn.anchor is None:  # ended without any output
                 self._close_turn(cancel=False)
                 self._set_state("idle", "empty_response")
+                self._resume_user_speech()
                 return
             n_frames = max(turn.n_frames, -(-turn.n_samples // SAMPLES_PER_FRAME))
             end_frame = turn.anchor + n_frames
@@ -441,3 +466,10 @@ class ConversationSession:
                 self._close_turn(cancel=False)
                 self._listen_next = max(self._listen_next, end_frame)
                 self._set_state("idle", turn.end_reason)
+                self._resume_user_speech()
+
+    def _resume_user_speech(self) -> None:
+        """The user is mid-utterance (not a barge-in): it becomes the next turn."""
+        if self.state == "idle" and self.detector.in_speech:
+            self.turn_id += 1
+            self._set_state("listening", "speech_start")

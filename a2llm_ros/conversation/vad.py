@@ -17,6 +17,7 @@ Backends (chosen by :attr:`VadConfig.backend`):
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import os
 import warnings
@@ -27,7 +28,7 @@ import numpy as np
 from a2llm_ros.configbase import ConfigBase
 from a2llm_ros.constants import SAMPLE_RATE
 
-__all__ = ["VadConfig", "VadFrame", "SileroOnnxBackend", "EnergyBackend",
+__all__ = ["VadConfig", "VadFrame", "silero_model_path", "SileroOnnxBackend", "EnergyBackend",
            "make_backend", "StreamingVad", "CHUNK_SAMPLES", "CHUNK_MS"]
 
 #: Samples per VAD decision at 16 kHz (Silero's fixed window).
@@ -85,6 +86,20 @@ class VadFrame:
         return self.start_sample + CHUNK_SAMPLES
 
 
+def silero_model_path() -> str:
+    """Path of the ONNX model in the installed ``silero-vad`` wheel.
+
+    Found without importing ``silero_vad`` (its ``__init__`` imports torch).
+    """
+    spec = importlib.util.find_spec("silero_vad")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the silero-vad package is not installed")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "data", _SILERO_MODEL)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Silero VAD model not found at {path}")
+    return path
+
+
 class SileroOnnxBackend:
     """Silero VAD ONNX model with carried state and context (torch-free)."""
 
@@ -93,9 +108,7 @@ class SileroOnnxBackend:
     def __init__(self, model_path: Optional[str] = None):
         import onnxruntime
         if model_path is None:
-            import silero_vad.data
-            model_path = os.path.join(os.path.dirname(silero_vad.data.__file__),
-                                      _SILERO_MODEL)
+            model_path = silero_model_path()
         opts = onnxruntime.SessionOptions()
         opts.inter_op_num_threads = 1
         opts.intra_op_num_threads = 1

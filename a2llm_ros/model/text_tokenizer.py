@@ -15,6 +15,7 @@ change meaning.
 from __future__ import annotations
 
 import json
+import os
 import string
 from dataclasses import dataclass
 from typing import Iterable, List, Sequence
@@ -107,15 +108,37 @@ class CharTokenizer(TextTokenizer):
         return cls(data["chars"])
 
 
+#: ``tokenizer_class`` values meaning "a plain tokenizer.json" (not tied to a model type).
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def load_hf_tokenizer(path: str):
+    """Tokenizer of a local HF directory, without downloads.
+
+    ``AutoTokenizer`` normally; when ``tokenizer_config.json`` declares a
+    generic fast tokenizer it is loaded as ``PreTrainedTokenizerFast``
+    (``AutoTokenizer`` would pick the model type's class from ``config.json``
+    and ignore a custom ``tokenizer.json``).
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    cfg_path = os.path.join(path, "tokenizer_config.json")
+    declared = None
+    if os.path.isfile(cfg_path):
+        with open(cfg_path, encoding="utf-8") as f:
+            declared = json.load(f).get("tokenizer_class")
+    if declared in GENERIC_TOKENIZER_CLASSES:
+        return PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
 class HFTokenizer(TextTokenizer):
     """A Hugging Face tokenizer from a local directory (no downloads)."""
 
     kind = "hf"
 
     def __init__(self, path: str):
-        from transformers import AutoTokenizer
         self.path = path
-        self.tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.tok = load_hf_tokenizer(path)
 
     @property
     def vocab_size(self) -> int:

@@ -1,0 +1,134 @@
+"""Streaming generation: equals the non-incremental reference, lockstep timing, cancel, cap."""
+import numpy as np
+import pytest
+import torch
+
+from a2llm_ros.checkpoint import init_model
+from a2llm_ros.config import A2LLMConfig
+from a2llm_ros.generation import (AudioEvent, EndEvent, FlameEvent, GenerationConfig,
+                                  StreamingGenerator, TextEvent, TorchBackend, check_question,
+                                  generate_batch)
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return init_model(A2LLMConfig.preset("tiny"), seed=4)
+
+
+def question(seconds=1.5, seed=0):
+    rng = np.random.default_rng(seed)
+    return (0.1 * rng.standard_normal(int(16000 * seconds))).astype(np.float32)
+
+
+@pytest.mark.parametrize("cfg", [
+    GenerationConfig(greedy=True, max_speech_tokens=33),
+    GenerationConfig(seed=7, temperature=1.0, top_k=20, max_speech_tokens=27,
+                     motion_temperature=1.0, motion_top_k=8),
+])
+def test_streaming_equals_batch(model, cfg):
+    stream = StreamingGenerator(model, cfg).generate(question())
+    batch = generate_batch(model, question(), cfg)
+    assert stream.text == batch.text and stream.text_ids == batch.text_ids
+    assert stream.speech_codes == batch.speech_codes
+    assert stream.end_reason == batch.end_reason
+    np.testing.assert_allclose(stream.audio, batch.audio, atol=1e-6, rtol=0)
+    assert stream.frames.shape == batch.frames.shape
+    np.testing.assert_allclose(stream.frames, batch.frames, atol=1e-5, rtol=0)
+
+
+def test_lockstep_timing_and_cap(model):
+    cfg = GenerationConfig(greedy=True, max_speech_tokens=23)
+    gen = StreamingGenerator(model, cfg)
+    gen.start(question())
+    n_audio = n_frames = 0
+    order = []
+    while gen.active:
+        events = gen.step()
+        for e in events:
+            order.append(type(e).__name__)
+            if isinstance(e, AudioEvent):
+                assert e.start_sample == n_audio and e.start_time == n_audio / 16000
+                n_audio += e.samples.shape[0]
+                assert e.samples.dtype == np.float32
+            if isinstance(e, FlameEvent):
+                assert e.start_frame == n_frames and e.frames.shape[1] == 58
+                n_frames += e.frames.shape[0]
+                # motion never runs ahead of the audio
+                assert n_frames * 640 <= n_audio
+    assert order[-1] == "EndEvent"
+    n_speech = len(gen.state.speech_codes)
+    assert n_speech == 23 and gen.state.end_reason == "cap"
+    assert n_audio == n_speech * 640  # N tokens -> exactly N x 40 ms
+    assert n_frames == n_speech  # 25 fps == 25 Hz speech tokens (partial group padded)
+
+
+def test_every_full_segment_emits_audio_then_flame(model):
+    gen = StreamingGenerator(model, GenerationConfig(greedy=True, max_speech_tokens=15))
+    gen.start(question())
+    while gen.active:
+        events = gen.step()
+        kinds = [type(e) for e in events]
+        if AudioEvent in kinds and EndEvent not in kinds:
+            assert kinds[-2:] == [AudioEvent, FlameEvent]
+            assert events[-1].frames.shape[0] == 5 and events[-2].samples.shape[0] == 3200
+
+
+def test_cancel_then_reset_new_turn(model):
+    gen = StreamingGenerator(model, GenerationConfig(greedy=True, max_speech_tokens=40))
+    first = gen.start(question())
+    for _ in range(12):
+        gen.step()
+    events = gen.cancel()
+    assert len(events) == 1 and isinstance(events[0], EndEvent)
+    assert events[0].reason == "cancel" and events[0].turn_id == first
+    assert gen.step() == [] and not gen.active
+    gen.reset()
+    second = gen.start(question(seed=1))
+    result = list(gen.events())
+    assert second == first + 1
+    assert all(e.turn_id == second for e in result)
+    assert isinstance(result[-1], EndEvent) and result[-1].reason in ("eos", "cap")
+
+
+def test_eos_and_text_cap(model):
+    """min/max limits: no <speech_end> before min, <text_end> forced at max_text_tokens."""
+    cfg = GenerationConfig(greedy=True, max_speech_tokens=30, min_speech_tokens=30,
+                           max_text_tokens=3)
+    res = StreamingGenerator(model, cfg).generate(question())
+    texts = [e for e in res.events if isinstance(e, TextEvent)]
+    assert len(texts) <= 3 and len(res.speech_codes) == 30
+
+
+def test_same_seed_same_answer_different_seed_differs(model):
+    cfg = GenerationConfig(seed=3, max_speech_tokens=20, temperature=1.0, top_k=0)
+    a = StreamingGenerator(model, cfg).generate(question())
+    b = StreamingGenerator(model, cfg).generate(question())
+    c = StreamingGenerator(model, GenerationConfig(seed=4, max_speech_tokens=20,
+                                                   temperature=1.0, top_k=0)).generate(question())
+    assert a.speech_codes == b.speech_codes and a.text == b.text
+    assert a.speech_codes != c.speech_codes
+
+
+def test_backend_interface_used(model):
+    calls = []
+
+    class Spy(TorchBackend):
+        def decode(self, token_id, cache):
+            calls.append(token_id)
+            return super().decode(token_id, cache)
+
+    res = StreamingGenerator(Spy(model), GenerationConfig(greedy=True,
+                                                          max_speech_tokens=10)).generate(
+        question())
+    speech = [model.vocab.speech_code(c) for c in calls if model.vocab.is_speech(c)]
+    assert speech == res.speech_codes  # every speech token went through Backend.decode
+    assert [c for c in calls if model.vocab.is_text(c)] == res.text_ids
+
+
+def test_bad_question_rejected():
+    with pytest.raises(ValueError, match="too short"):
+        check_question(np.zeros(100, np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        check_question(np.full(4000, np.nan, np.float32))
