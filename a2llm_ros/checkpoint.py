@@ -188,8 +188,8 @@ def _check_keys(ckpt_dir: str, stored: Dict[str, torch.Tensor],
     for label, names in (("missing", missing), ("unexpected", unexpected),
                          ("shape mismatch", shapes)):
         if names:
-            shown = ", ".join(names[:20]) + (f" ... (+{len(names) - 20})" if len(names) > 20
-                                              else "")
+            more = f" ... (+{len(names) - 20})" if len(names) > 20 else ""
+            shown = ", ".join(names[:20]) + more
             parts.append(f"{label} weights: {shown}")
     if parts:
         raise CheckpointError(f"{ckpt_dir}/{WEIGHTS_FILE} does not fit the model: "

@@ -54,7 +54,8 @@ class A2LLMConfig(ConfigBase):
         ``A2LLMConfig.preset("edge", llm=dict(hidden_size=64, ...))``.
         """
         if name not in cls.PRESETS:
-            raise KeyError(f"A2LLMConfig: unknown preset {name!r}; known: {', '.join(cls.PRESETS)}")
+            raise KeyError(f"A2LLMConfig: unknown preset {name!r}; "
+                           f"known: {', '.join(cls.PRESETS)}")
         unknown = set(overrides) - set(_PARTS)
         if unknown:
             raise KeyError(f"A2LLMConfig.preset: unknown parts {sorted(unknown)}")

@@ -277,6 +277,8 @@ class TokenChooser:
         n_text = model.text_tokenizer.vocab_size
         self.masks = {TEXT: self.vocab.kind_mask(TEXT, n_text),
                       SPEECH: self.vocab.kind_mask(SPEECH)}
+        if model.text_tokenizer.kind == "char":
+            self.masks[TEXT][0] = False  # the char tokenizer's unknown character
         self.text_end = self.vocab.special("<text_end>")
         self.speech_end = self.vocab.special("<speech_end>")
 
@@ -286,21 +288,22 @@ class TokenChooser:
     def choose(self, logits, schedule: Schedule, generator) -> int:
         """Logits [V] -> token id of ``schedule.next_kind()``."""
         kind, cfg = schedule.next_kind(), self.cfg
-        mask = self.masks[kind].to(logits.device)
+        mask = self.masks[kind]
         if kind == TEXT and schedule.n_text >= cfg.max_text_tokens:
             return self.text_end
         if kind == SPEECH and schedule.n_speech < cfg.min_speech_tokens:
             mask = mask.clone()
             mask[self.speech_end] = False
-        logits = logits.float().masked_fill(~mask, float("-inf"))[None]  # [1, V]
+        # sampling runs on the CPU with a CPU generator (same draws on every device)
+        logits = logits.detach().float().cpu().masked_fill(~mask, float("-inf"))[None]  # [1, V]
         temperature = 0.0 if cfg.greedy else cfg.temperature
         return int(sample_codes(logits, temperature, generator, cfg.top_k)[0])
 
 
-def _generators(cfg: GenerationConfig):
-    """Separate seeded generators for the LLM and the connector (order-independent)."""
+def _generators(cfg: GenerationConfig, device):
+    """Separate seeded generators: LLM tokens (CPU) and connector codes (model device)."""
     return (torch.Generator().manual_seed(int(cfg.seed)),
-            torch.Generator().manual_seed(int(cfg.seed) + 1))
+            torch.Generator(device=device).manual_seed(int(cfg.seed) + 1))
 
 
 # ----------------------------------------------------------------------------- streaming
@@ -345,12 +348,17 @@ class StreamingGenerator:
         return self.state.active
 
     def start(self, question_wave, turn_id: Optional[int] = None) -> int:
-        """Prefill with a (complete) question; returns the new turn id."""
+        """Prefill with a (complete) question; returns the new turn id.
+
+        Raises RuntimeError while a turn is running (call :meth:`cancel` first).
+        """
+        if self.state.active:
+            raise RuntimeError(f"turn {self.state.turn_id} is still running; cancel() it first")
         embeds = prompt_embeds(self.backend, question_wave)  # [1, P, H]
         logits, _, cache = self.backend.prefill(embeds)
         turn = self._next_turn if turn_id is None else int(turn_id)
         self._next_turn = turn + 1
-        llm_gen, motion_gen = _generators(self.cfg)
+        llm_gen, motion_gen = _generators(self.cfg, self.model.device)
         b = self.backend
         self.state = GeneratorState(
             turn_id=turn, active=True, schedule=Schedule.from_config(self.model.cfg.interleave),
@@ -488,10 +496,11 @@ def generate_batch(model: Union[A2LLM, TorchBackend], question_wave,
     whole-sequence motion decode and ``token2wav.decode``."""
     backend = as_backend(model)
     model, cfg = backend.model, cfg or GenerationConfig()
-    chooser, (llm_gen, motion_gen) = TokenChooser(model, cfg), _generators(cfg)
+    chooser = TokenChooser(model, cfg)
+    llm_gen, motion_gen = _generators(cfg, model.device)
     schedule = Schedule.from_config(model.cfg.interleave)
     embeds = prompt_embeds(backend, question_wave)  # [1, P, H]
-    P, fed, speech_pos, text_ids, codes = embeds.shape[1], [], [], [], []
+    fed, text_ids, codes = [], [], []
     reason = "eos"
     while True:
         logits, _ = backend.forward_full(
@@ -504,19 +513,36 @@ def generate_batch(model: Union[A2LLM, TorchBackend], question_wave,
             text_ids.append(tok)
         if kind == SPEECH and not is_end:
             codes.append(int(model.vocab.speech_code(tok)))
-            speech_pos.append(P + len(fed))
         if schedule.finished:
             break
         fed.append(tok)
         if kind == SPEECH and not is_end and len(codes) >= cfg.max_speech_tokens:
             reason = "cap"
             break
-    full = torch.cat([embeds, backend.embed_tokens(fed)], dim=1) if fed else embeds
-    _, hidden = backend.forward_full(full)  # [T, H]
-    frames = _batch_motion(model, hidden[speech_pos], cfg, motion_gen)
+    hidden = hidden_states_for_connector(backend, embeds, fed)  # [n_speech, H]
+    assert hidden.shape[0] == len(codes)
+    frames = _batch_motion(model, hidden, cfg, motion_gen)
     audio = model.token2wav.decode(torch.tensor(codes, dtype=torch.long))
     text = model.text_tokenizer.decode(text_ids)
     return TurnResult(text, text_ids, codes, audio.numpy().astype(np.float32), frames, reason)
+
+
+@torch.no_grad()
+def hidden_states_for_connector(backend: TorchBackend, prompt: torch.Tensor,
+                                answer_ids: List[int]) -> torch.Tensor:
+    """LLM last hidden states [n_speech, H] at the input positions of the speech tokens.
+
+    ``prompt`` [1, P, H] from :func:`prompt_embeds`; ``answer_ids`` are the
+    answer tokens fed after it.  This is the connector's input, the same as
+    ``A2LLM.forward_train`` uses and as :meth:`Backend.decode` returns step
+    by step (an exported engine can be checked against it).
+    """
+    vocab = backend.model.vocab
+    full = torch.cat([prompt, backend.embed_tokens(answer_ids)], dim=1) if answer_ids \
+        else prompt
+    _, hidden = backend.forward_full(full)  # [T, H]
+    pos = [prompt.shape[1] + i for i, t in enumerate(answer_ids) if vocab.is_speech(t)]
+    return hidden[pos]
 
 
 def _batch_motion(model: A2LLM, hidden, cfg: GenerationConfig, generator) -> np.ndarray:

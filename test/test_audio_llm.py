@@ -84,6 +84,22 @@ def test_audio_encoder_rates():
     assert n_positions(200) == 25  # 2 s of mel -> 12.5 Hz
 
 
+def test_audio_encoder_padding_exact():
+    """Batched (padded) outputs equal each sample encoded alone."""
+    torch.manual_seed(0)
+    enc = AudioEncoder(AudioEncoderConfig.preset("tiny")).eval()
+    lengths = [203, 150, 97]
+    mels = [torch.randn(80, n) for n in lengths]
+    batch = torch.zeros(3, 80, 203)
+    for i, m in enumerate(mels):
+        batch[i, :, :m.shape[1]] = m
+    with torch.no_grad():
+        out = enc(batch, torch.tensor(lengths))
+        for i, m in enumerate(mels):
+            alone = enc(m[None])[0]  # [n, H]
+            torch.testing.assert_close(out[i, :alone.shape[0]], alone, atol=1e-5, rtol=1e-5)
+
+
 def test_presets_link_sizes():
     for name, hidden in (("tiny", 256), ("edge", 896), ("paper", 3584)):
         cfg = A2LLMConfig.preset(name)

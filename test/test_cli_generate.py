@@ -5,8 +5,11 @@ import os
 import numpy as np
 import pytest
 import soundfile
+import torch
 
 from a2llm_ros.cli import main
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

@@ -132,3 +132,13 @@ def test_bad_question_rejected():
         check_question(np.zeros(100, np.float32))
     with pytest.raises(ValueError, match="NaN"):
         check_question(np.full(4000, np.nan, np.float32))
+
+
+def test_bench_core_smoke(model):
+    from a2llm_ros.bench_core import benchmark, synthetic_question
+    res = benchmark(model, synthetic_question(1.0), speech_tokens=10, runs=1, warmup=0)
+    assert res["audio_s"]["mean"] == pytest.approx(0.4)
+    assert res["decode_ms"]["n"] >= 10 and res["token2wav_ms"]["n"] == 2
+    for key in ("ttft_ms", "ttfa_ms", "ttff_ms", "rtf", "prefill_ms"):
+        assert res[key]["mean"] > 0
+    assert res["ttff_ms"]["mean"] >= res["ttfa_ms"]["mean"]

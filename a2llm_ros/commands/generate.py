@@ -23,6 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=50)
     parser.add_argument("--max-speech-tokens", type=int, default=750,
                         help="cap on the answer length in 40 ms speech tokens (default 750)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: the tiny model's small ops run "
+                             "fastest single-threaded, and far slower on a busy machine "
+                             "with more)")
     parser.add_argument("--min-speech-tokens", type=int, default=0,
                         help="suppress <speech_end> before this many speech tokens")
 
@@ -48,6 +52,8 @@ def write_outputs(out_dir: str, result, layout) -> dict:
 
 
 def run(args) -> int:
+    import torch
+
     from a2llm_ros.audio.io import read_wav
     from a2llm_ros.generation import GenerationConfig, StreamingGenerator, check_question
     try:
@@ -56,6 +62,7 @@ def run(args) -> int:
         print(f"a2llm generate: bad input audio: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     from a2llm_ros.checkpoint import load_checkpoint
+    torch.set_num_threads(max(1, args.threads))
     try:
         model = load_checkpoint(args.checkpoint)
         cfg = GenerationConfig(max_speech_tokens=args.max_speech_tokens,

@@ -30,7 +30,7 @@ from a2llm_ros.constants import SPEECH_TOKENS_PER_SEGMENT
 from a2llm_ros.flame.layout import FlameLayout
 from a2llm_ros.model.audio_encoder import AudioEncoder, n_positions
 from a2llm_ros.model.audio_llm import (IGNORE_INDEX, VocabLayout, build_answer_sequence,
-                                       build_llm, llm_hidden_and_logits)
+                                       build_llm, llm_hidden, llm_logits)
 from a2llm_ros.model.connector import MotionConnector
 from a2llm_ros.model.motion_tokenizer import MotionTokenizer
 from a2llm_ros.model.speech_codec import make_codec
@@ -152,6 +152,11 @@ class A2LLM(nn.Module):
             batch.motion_codes[i, :n_seg[i]] = c[:n_seg[i]]
         return batch
 
+    def collate_samples(self, samples: Sequence) -> TrainBatch:
+        """Same as :meth:`collate` for a list of (wave, text, speech codes, motion codes)."""
+        waves, texts, speech, motion = zip(*samples)
+        return self.collate(waves, texts, speech, motion)
+
     # -- training ----------------------------------------------------------------------
     def _assemble(self, batch: TrainBatch):
         """Full input embeddings [B, T, H], attention mask [B, T] and answer offsets [B]."""
@@ -175,7 +180,7 @@ class A2LLM(nn.Module):
         """Losses: ``text_ce``, ``speech_ce``, ``lm`` (sum of both), ``motion_ce``, and
         ``motion_ce_level{l}``; ``total`` = lm + motion_ce."""
         embeds, mask, offsets = self._assemble(batch)
-        hidden, logits = llm_hidden_and_logits(self.llm, embeds, mask)  # [B, T, H], [B, T, V]
+        hidden = llm_hidden(self.llm, embeds, mask)  # [B, T, H]
         B, T = mask.shape
         labels_text = torch.full((B, T), IGNORE_INDEX, dtype=torch.long, device=mask.device)
         labels_speech = labels_text.clone()
@@ -189,9 +194,11 @@ class A2LLM(nn.Module):
             labels_speech[i, o - 1:o - 1 + n] = torch.where(is_text, IGNORE_INDEX, ids)
             pos = o + torch.nonzero(batch.answer_is_speech[i, :n])[:, 0]  # speech inputs
             speech_hidden.append(hidden[i, pos])  # [n_speech_i, H]
-        flat = logits.float().flatten(0, 1)
-        text_ce = F.cross_entropy(flat, labels_text.flatten(), ignore_index=IGNORE_INDEX)
-        speech_ce = F.cross_entropy(flat, labels_speech.flatten(), ignore_index=IGNORE_INDEX)
+        # LM head only where there is a target (the prompt positions have none)
+        used = (labels_text != IGNORE_INDEX) | (labels_speech != IGNORE_INDEX)  # [B, T]
+        logits = llm_logits(self.llm, hidden[used]).float()  # [N, V]
+        text_ce = F.cross_entropy(logits, labels_text[used], ignore_index=IGNORE_INDEX)
+        speech_ce = F.cross_entropy(logits, labels_speech[used], ignore_index=IGNORE_INDEX)
         out = {"text_ce": text_ce, "speech_ce": speech_ce, "lm": text_ce + speech_ce}
         out.update(self._motion_loss(speech_hidden, batch))
         out["total"] = out["lm"] + out["motion_ce"]

@@ -126,29 +126,56 @@ class AudioEncoder(nn.Module):
                                          nn.GELU(), nn.Linear(cfg.llm_hidden, cfg.llm_hidden))
 
     def encode(self, mel, lengths=None):
-        """mel [B, M, T] -> encoder states [B, ceil(T/2), d] at 50 Hz (before pooling)."""
+        """mel [B, M, T] -> (states [B, ceil(T/2), d] at 50 Hz, valid mask [B, T50] or None).
+
+        With frame ``lengths`` [B] every valid output equals the output of the
+        unpadded sample alone (padding is zeroed between stages, as the convs'
+        own zero padding would be).
+        """
         if mel.shape[1] != self.cfg.n_mels:
             raise ValueError(f"expected {self.cfg.n_mels} mel bins, got {mel.shape[1]}")
         x = F.gelu(self.conv1(mel))  # [B, d, T]
+        valid50 = None
+        if lengths is not None:
+            x = x * _valid(lengths, x.shape[-1])[:, None].to(x.dtype)
+            valid50 = _valid((lengths + 1) // 2, (x.shape[-1] + 1) // 2)  # [B, T50]
         x = F.gelu(self.conv2(x)).transpose(1, 2)  # [B, T50, d]
         if x.shape[1] > self.cfg.max_positions:
             raise ValueError(f"audio too long: {x.shape[1]} encoder frames > "
                              f"{self.cfg.max_positions} ({self.cfg.max_positions / 50:.0f} s)")
         x = x + self.pos[:x.shape[1]].to(x.dtype)
-        pad = None
-        if lengths is not None:
-            n50 = (lengths + 1) // 2  # [B]
-            pad = torch.arange(x.shape[1], device=x.device)[None] >= n50[:, None]  # [B, T50]
+        pad = None if valid50 is None else ~valid50
         for layer in self.layers:
             x = layer(x, pad)
-        return self.ln_post(x)
+        return self.ln_post(x), valid50
 
     def forward(self, mel, lengths=None):
         """mel [B, M, T] (+ frame ``lengths`` [B]) -> embeddings [B, n_positions(T), H]."""
-        x = self.encode(mel, lengths).transpose(1, 2)  # [B, d, T50]
-        x = F.avg_pool1d(x, 2, 2, ceil_mode=True)  # [B, d, T25] at AUDIO_ENCODER_RATE
-        x = F.gelu(self.adaptor_conv(x)).transpose(1, 2)  # [B, T12.5, a]
+        x, valid50 = self.encode(mel, lengths)  # [B, T50, d]
+        x = _pair_mean(x, valid50)  # [B, T25, d] at AUDIO_ENCODER_RATE
+        if lengths is not None:
+            n25 = ((lengths + 1) // 2 + 1) // 2
+            x = x * _valid(n25, x.shape[1])[..., None].to(x.dtype)
+        x = F.gelu(self.adaptor_conv(x.transpose(1, 2))).transpose(1, 2)  # [B, T12.5, a]
         return self.adaptor_mlp(x)  # [B, T12.5, H]
+
+
+def _valid(lengths, size: int):
+    """Bool [B, size]: position < length."""
+    return torch.arange(size, device=lengths.device)[None] < lengths[:, None]
+
+
+def _pair_mean(x, valid=None):
+    """Average pool 2 -> 1 along time of [B, T, d] (ceil mode; padding excluded)."""
+    B, T, d = x.shape
+    if valid is None:
+        valid = torch.ones(B, T, dtype=torch.bool, device=x.device)
+    w = valid.to(x.dtype)[..., None]  # [B, T, 1]
+    if T % 2:
+        x, w = F.pad(x, (0, 0, 0, 1)), F.pad(w, (0, 0, 0, 1))
+    total = (x * w).reshape(B, -1, 2, d).sum(2)  # [B, ceil(T/2), d]
+    count = w.reshape(B, -1, 2, 1).sum(2).clamp_min(1.0)
+    return total / count
 
 
 __all__ = ["AudioEncoderConfig", "AudioEncoder", "n_positions", "AUDIO_ENCODER_RATE",

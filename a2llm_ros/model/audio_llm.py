@@ -303,16 +303,28 @@ def base_causal_lm(llm):
     return llm.get_base_model() if hasattr(llm, "peft_config") else llm
 
 
-def llm_hidden_and_logits(llm, inputs_embeds, attention_mask=None, cache=None):
-    """Run the backbone: -> (last hidden [B, T, H] after the final norm, logits [B, T, V]).
+def llm_hidden(llm, inputs_embeds, attention_mask=None, cache=None):
+    """Backbone without the LM head: -> last hidden [B, T, H] after the final norm.
 
     ``cache`` (a ``transformers`` ``DynamicCache``) is extended in place.
     """
     lm = base_causal_lm(llm)
+    if hasattr(llm, "peft_config"):  # route through the PEFT wrapper's injected layers
+        lm = llm.get_base_model()
     out = lm.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                    cache=cache, use_cache=cache is not None)
-    hidden = out.last_hidden_state  # [B, T, H]
-    return hidden, lm.lm_head(hidden)
+    return out.last_hidden_state
+
+
+def llm_logits(llm, hidden):
+    """LM head: hidden [..., H] -> logits [..., V]."""
+    return base_causal_lm(llm).lm_head(hidden)
+
+
+def llm_hidden_and_logits(llm, inputs_embeds, attention_mask=None, cache=None):
+    """Run the backbone: -> (last hidden [B, T, H] after the final norm, logits [B, T, V])."""
+    hidden = llm_hidden(llm, inputs_embeds, attention_mask, cache)  # [B, T, H]
+    return hidden, llm_logits(llm, hidden)
 
 
 def new_cache(llm):
