@@ -167,3 +167,11 @@ def test_lora_adapter_saved_and_loaded(tmp_path):
     b = StreamingGenerator(loaded, GEN).generate(question())
     assert a.speech_codes == b.speech_codes
     np.testing.assert_allclose(a.frames, b.frames, atol=1e-5)
+    # the adapter is active in the generation path
+    from a2llm_ros.model.audio_llm import llm_hidden
+    x = torch.randn(1, 7, 256)
+    with torch.no_grad():
+        on = llm_hidden(loaded.llm, x)
+        with loaded.llm.disable_adapter():
+            off = llm_hidden(loaded.llm, x)
+    assert (on - off).abs().max() > 1e-4

@@ -80,6 +80,8 @@ def test_cancel_then_reset_new_turn(model):
     first = gen.start(question())
     for _ in range(12):
         gen.step()
+    with pytest.raises(RuntimeError, match="cancel"):
+        gen.start(question())
     events = gen.cancel()
     assert len(events) == 1 and isinstance(events[0], EndEvent)
     assert events[0].reason == "cancel" and events[0].turn_id == first

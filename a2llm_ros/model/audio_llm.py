@@ -308,9 +308,7 @@ def llm_hidden(llm, inputs_embeds, attention_mask=None, cache=None):
 
     ``cache`` (a ``transformers`` ``DynamicCache``) is extended in place.
     """
-    lm = base_causal_lm(llm)
-    if hasattr(llm, "peft_config"):  # route through the PEFT wrapper's injected layers
-        lm = llm.get_base_model()
+    lm = base_causal_lm(llm)  # PEFT injects its LoRA layers into this model in place
     out = lm.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                    cache=cache, use_cache=cache is not None)
     return out.last_hidden_state
