@@ -42,9 +42,10 @@ def ros_checks() -> List[Check]:
     rclpy, err = _import("rclpy")
     out.append(("rclpy", rclpy is not None, "importable" if rclpy else err))
     out.append(("rmw", True, os.environ.get("RMW_IMPLEMENTATION", "default of the distro")))
+    scope = os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "")
+    domain = os.environ.get("ROS_DOMAIN_ID", "0 (default)")
     out.append(("dds scope", True,
-                f"ROS_AUTOMATIC_DISCOVERY_RANGE={os.environ.get('ROS_AUTOMATIC_DISCOVERY_RANGE', '')}"
-                f" ROS_DOMAIN_ID={os.environ.get('ROS_DOMAIN_ID', '0 (default)')}"))
+                f"ROS_AUTOMATIC_DISCOVERY_RANGE={scope} ROS_DOMAIN_ID={domain}"))
     for pkg in ("a2llm_ros.msg", "audio_common_msgs.msg", "std_msgs.msg", "sensor_msgs.msg",
                 "diagnostic_msgs.msg", "visualization_msgs.msg", "lifecycle_msgs.msg"):
         mod, err = _import(pkg)
@@ -62,7 +63,8 @@ def backend_checks() -> List[Check]:
     if torch is None:
         out.append(("torch (cpu)", False, err))
     else:
-        out.append(("torch (cpu)", True, f"{torch.__version__}, {torch.get_num_threads()} threads"))
+        threads = torch.get_num_threads()
+        out.append(("torch (cpu)", True, f"{torch.__version__}, {threads} threads"))
         cuda = torch.cuda.is_available()
         detail = torch.cuda.get_device_name(0) if cuda else (
             "CPU-only torch build" if torch.version.cuda is None else "no CUDA device/driver")

@@ -48,8 +48,9 @@ def _samples():
         "FlameChunk": FlameChunk(header=_header(), frame_rate=25.0, turn_id=7,
                                  first_frame_index=10, source=FlameChunk.SOURCE_SPEECH,
                                  frames=[_flame_frame(i) for i in range(5)]),
-        "ConversationState": ConversationState(header=_header(), state=ConversationState.SPEAKING,
-                                               turn_id=3, reason="answer started"),
+        "ConversationState": ConversationState(
+            header=_header(), state=ConversationState.SPEAKING, turn_id=3,
+            reason="answer started"),
         "ResponseText": ResponseText(header=_header(), turn_id=3, text="Hello, I am a robot.",
                                      final=True),
     }
@@ -65,8 +66,8 @@ def _samples():
         from audio_common_msgs.msg import Audio, AudioData, AudioInfo, AudioStamped
         data = AudioData(int16_data=list(range(512)))
         info = AudioInfo(format=8, channels=1, rate=16000, chunk=512)
-        out["AudioStamped"] = AudioStamped(header=_header(), audio=Audio(audio_data=data,
-                                                                          info=info))
+        audio = Audio(audio_data=data, info=info)
+        out["AudioStamped"] = AudioStamped(header=_header(), audio=audio)
     return out
 
 
@@ -86,7 +87,10 @@ def ros_nodes():
 
 
 def test_audio_flavour_detected():
-    assert detect_audio_flavour() in ("ros_drivers", "mgonzs13")
+    flavour = detect_audio_flavour()
+    assert flavour in ("ros_drivers", "mgonzs13"), (
+        f"audio_common_msgs not importable ({flavour}): run through `make test` or source "
+        ".venv/a2llm_env.sh")
 
 
 @pytest.mark.parametrize("name", ["FlameFrame", "FlameChunk", "ConversationState",

@@ -237,7 +237,8 @@ def colcon_build(mode: str) -> None:
     fallback = not system_has_audio_msgs(mode)
     inputs = [ROOT / "msg", ROOT / "CMakeLists.txt", ROOT / "package.xml", ROOT / "scripts",
               VENDOR_AUDIO_MSGS]
-    key = digest(inputs, extra=f"{mode}:{fallback}:{os.environ.get('ROS_DISTRO', '')}")
+    distro = os.environ.get("ROS_DISTRO", "") if mode == "system" else ""
+    key = digest(inputs, extra=f"{mode}:{fallback}:{distro}")
     if stamp_ok("colcon", key) and (WS / "install" / "local_setup.sh").exists():
         return
     if mode == "wheels":
@@ -289,7 +290,9 @@ def write_env_file(mode: str) -> None:
         f"export A2LLM_ROS_MODE='{mode}'",
         # Loopback-only DDS by default; a robot's owner overrides these.
         'export ROS_AUTOMATIC_DISCOVERY_RANGE="${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"',
-        'if [ "$ROS_DISTRO" = "humble" ]; then export ROS_LOCALHOST_ONLY="${ROS_LOCALHOST_ONLY:-1}"; fi',
+        'if [ "$ROS_DISTRO" = "humble" ]; then',
+        '  export ROS_LOCALHOST_ONLY="${ROS_LOCALHOST_ONLY:-1}"',
+        'fi',
     ]
     text = "\n".join(lines) + "\n"
     if not ENV_SH.exists() or ENV_SH.read_text() != text:
