@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from a2llm_ros.audio import frontend
 from a2llm_ros.bags import types as T
 from a2llm_ros.bags.io import PathLike, read_bag
 
@@ -70,13 +71,34 @@ def encode_pcm(audio: np.ndarray, sample_format: str) -> bytes:
     return ints.astype(dtype).tobytes()
 
 
+#: AudioFormatError reasons of the node front-end -> the exporter's skip reasons.
+_FRONTEND_REASONS = {"unsupported_coding": "unsupported_coding",
+                     "unsupported_sample_format": "unsupported_format",
+                     "invalid_format": "bad_info", "odd_byte_count": "bad_length",
+                     "empty": "empty", "non_finite": "non_finite", "oversized": "oversize"}
+
+
 def decode_pcm(raw, sample_format: str, channels: int) -> np.ndarray:
-    """Raw interleaved bytes -> float32 [N, channels]; raises :class:`SkipMessage`."""
+    """Raw interleaved bytes -> float32 [N, channels]; raises :class:`SkipMessage`.
+
+    The formats the node accepts go through the node's own decoder
+    (:func:`a2llm_ros.audio.frontend.decode_pcm`), so bag export and live input
+    agree sample for sample; S24LE and F64LE, which only appear in recorded
+    files, are decoded here.
+    """
     if sample_format not in PCM_FORMATS:
         raise SkipMessage("unsupported_format", sample_format)
     if channels < 1:
         raise SkipMessage("bad_info", f"channels={channels}")
     buf = _as_bytes(raw)
+    if sample_format in frontend.SAMPLE_FORMATS:
+        fmt = frontend.AudioFormat(channels=channels, sample_rate=1,
+                                   sample_format=sample_format)
+        try:
+            return frontend.decode_pcm(buf.tobytes(), fmt, max_seconds=float("inf"),
+                                       max_bytes=1 << 62)
+        except frontend.AudioFormatError as exc:
+            raise SkipMessage(_FRONTEND_REASONS[exc.reason], str(exc)) from exc
     dtype, scale, offset = PCM_FORMATS[sample_format]
     width = S24_BYTES if dtype is None else np.dtype(dtype).itemsize
     if buf.size == 0:
