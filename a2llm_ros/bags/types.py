@@ -22,6 +22,7 @@ from typing import Dict, Iterable
 from rosbags.typesys import Stores, get_typestore, get_types_from_msg
 
 from a2llm_ros._vendor import MGONZS13_AUDIO_MSGS, ROS_DRIVERS_AUDIO_MSGS
+from a2llm_ros.audio.frontend import MGONZS13_FIELDS
 
 #: Directory with the project's own ``.msg`` files (package root ``msg/``).
 PROJECT_MSG_DIR = Path(__file__).resolve().parents[2] / "msg"
@@ -57,9 +58,8 @@ MG_FORMAT_I16 = 8
 MG_FORMAT_I8 = 16
 MG_FORMAT_U8 = 32
 #: mgonzs13 format code -> AudioData field holding the samples.
-MG_FORMAT_FIELDS = {MG_FORMAT_F32: "float32_data", MG_FORMAT_I32: "int32_data",
-                    MG_FORMAT_I16: "int16_data", MG_FORMAT_I8: "int8_data",
-                    MG_FORMAT_U8: "uint8_data"}
+#: The audio front-end owns the format-code -> typed-field table.
+MG_FORMAT_FIELDS = MGONZS13_FIELDS
 
 
 def msg_types_from_dir(msg_dir: Path, package: str) -> Dict[str, object]:
