@@ -11,7 +11,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE ROS_DOMAIN_ID
 ENV := . .venv/a2llm_env.sh &&
 PYTEST_ARGS ?=
 
-.PHONY: env test demo lint doctor clean shell
+.PHONY: env test demo lint doctor clean shell default-checkpoint eval
 
 env:
 	@$(PYTHON) tools/bootstrap.py
@@ -22,6 +22,18 @@ test: env
 
 demo: env
 	@$(ENV) a2llm demo --out demo_out
+
+# The shipped default checkpoint, reproduced: synthetic FLAME-QA set + curriculum (tiny).
+DATA_DIR ?= .a2llm_data/flameqa_synth
+TRAIN_DIR ?= .a2llm_data/train_tiny
+default-checkpoint: env
+	@$(ENV) a2llm data synth --out $(DATA_DIR) --seed 0 --n-pairs 50 --n-voices 6 && \
+	  a2llm train --config config/train_tiny.yaml --data $(DATA_DIR) --out $(TRAIN_DIR) \
+	    --install-default
+
+eval: env
+	@$(ENV) a2llm eval --checkpoint default --data $(DATA_DIR) --split test \
+	  --json $(TRAIN_DIR)/eval_test.json --markdown $(TRAIN_DIR)/eval_test.md
 
 lint: env
 	@$(ENV) flake8 a2llm_ros test tools scripts launch
@@ -34,7 +46,7 @@ shell: env
 	  bash --rcfile <(echo '. ~/.bashrc 2>/dev/null; . .venv/a2llm_env.sh; PS1="(a2llm) $$PS1"')
 
 clean:
-	rm -rf .a2llm_ws demo_out
+	rm -rf .a2llm_ws demo_out .a2llm_data
 
 distclean: clean
 	rm -rf .venv

@@ -22,7 +22,7 @@ def model():
 
 def test_vocab_layout_ranges():
     v = VocabLayout(n_text=128, n_speech=256)
-    assert v.special("<pad>") == 128 and v.speech_start == 136 and v.size == 392
+    assert v.special("<pad>") == 128 and v.speech_start == 137 and v.size == 393
     assert v.speech_code(v.speech_id(17)) == 17 and v.is_speech(v.speech_id(255))
     assert v.is_text(127) and not v.is_text(v.special("<bos>"))
     m = v.kind_mask(TEXT, n_text_used=96)

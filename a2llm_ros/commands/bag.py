@@ -4,17 +4,23 @@
 * ``a2llm bag export BAG --audio-topic T --out x.wav [--info-topic I] [--rate R]``
 * ``a2llm bag export BAG --flame-topic T --out x.npz``
 * ``a2llm bag info BAG [--json]``
+* ``a2llm bag record TOPIC... | --all [-o BAG] [--storage mcap|sqlite3] [--duration S]``
+* ``a2llm bag play BAG [--rate R] [--loop] [--clock [HZ]] [--topics T...] ...``
 
-Live subcommands (``record``, ``play``) talk to a running ROS graph and are
-registered by the ROS layer: :data:`SUBCOMMANDS` maps an action to its
-``(add_arguments, run)`` pair, and :func:`add_arguments` builds one subparser
-per entry, so adding them is two more entries.
+``record`` and ``play`` talk to a live ROS graph: their code is in
+:mod:`a2llm_ros.ros.bag_record` / :mod:`a2llm_ros.ros.bag_play` and is imported
+only when they run (they need the ROS environment, ``.venv/a2llm_env.sh``);
+their arguments are defined here so the parser never imports rclpy.
+:data:`SUBCOMMANDS` maps an action to ``(add_arguments, run, help)``.
 """
 from __future__ import annotations
 
 import json
 
-HELP = "Make fixture bags, export bag topics to WAV/NPZ, or summarise a bag"
+HELP = "Record, play, summarise or export rosbag2 bags, and make fixture bags"
+STORAGE_CHOICES = ("mcap", "sqlite3")
+DISTRO_CHOICES = ("kilted", "jazzy", "humble")
+DEFAULT_CLOCK_HZ = 100.0
 
 
 def _add_fixtures(p) -> None:
@@ -94,11 +100,73 @@ def _info(args) -> int:
     return 0
 
 
-#: action -> (add_arguments, run, help); the ROS layer adds "record" and "play" here.
+def add_record_arguments(p) -> None:
+    """Arguments of ``a2llm bag record`` (and ``python -m a2llm_ros.ros.bag_record``)."""
+    p.add_argument("topics", nargs="*", help="topics to record")
+    p.add_argument("-a", "--all", action="store_true",
+                   help="record every topic (not /rosout, /parameter_events, hidden ones)")
+    p.add_argument("-o", "--output", default=None,
+                   help="bag directory to create (default rosbag2_<date>-<time>)")
+    p.add_argument("-s", "--storage", choices=STORAGE_CHOICES, default="mcap")
+    p.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="stop after S seconds (default: until Ctrl-C)")
+    p.add_argument("-e", "--exclude", default=None, metavar="REGEX",
+                   help="skip topics matching this regular expression")
+    p.add_argument("--distro", choices=DISTRO_CHOICES, default="kilted",
+                   help="rosbag2 metadata layout (humble: version 8)")
+
+
+def add_play_arguments(p) -> None:
+    """Arguments of ``a2llm bag play`` (and ``python -m a2llm_ros.ros.bag_play``)."""
+    p.add_argument("bag", help="bag directory (MCAP or sqlite3)")
+    p.add_argument("-r", "--rate", type=float, default=1.0, help="playback speed factor")
+    p.add_argument("-l", "--loop", action="store_true", help="replay until Ctrl-C")
+    p.add_argument("--clock", nargs="?", type=float, const=DEFAULT_CLOCK_HZ, default=None,
+                   metavar="HZ", help="publish /clock from bag time "
+                   f"(default {DEFAULT_CLOCK_HZ:g} Hz) for use_sim_time nodes")
+    p.add_argument("--topics", nargs="+", default=None, help="only these topics")
+    p.add_argument("--start-offset", type=float, default=0.0, metavar="S",
+                   help="start S seconds into the bag")
+    p.add_argument("-d", "--delay", type=float, default=0.0, metavar="S",
+                   help="wait S seconds before playing")
+    p.add_argument("--wait-for-subscribers", type=float, default=0.0, metavar="S",
+                   help="wait up to S seconds for every topic to have a subscriber")
+    p.add_argument("--remap", nargs="+", default=(), metavar="FROM:=TO",
+                   help="publish bag topic FROM on topic TO")
+
+
+def _ros_module(name: str):
+    """Import ``a2llm_ros.ros.<name>``; None (with a hint) outside the ROS environment."""
+    import importlib
+    import sys
+
+    try:
+        return importlib.import_module(f"a2llm_ros.ros.{name}")
+    except ImportError as exc:
+        print(f"a2llm bag: this action needs ROS 2 (rclpy): {exc}. Enter the environment "
+              "with `. .venv/a2llm_env.sh` (or `make shell`).", file=sys.stderr)
+        return None
+
+
+def _record(args) -> int:
+    module = _ros_module("bag_record")
+    return 1 if module is None else module.run(args)
+
+
+def _play(args) -> int:
+    module = _ros_module("bag_play")
+    return 1 if module is None else module.run(args)
+
+
+#: action -> (add_arguments, run, help).
 SUBCOMMANDS = {
     "fixtures": (_add_fixtures, _fixtures, "write the deterministic fixture bags"),
     "export": (_add_export, _export, "export an audio topic to WAV or a FLAME topic to NPZ"),
     "info": (_add_info, _info, "print topics, types, counts, QoS and duration"),
+    "record": (add_record_arguments, _record,
+               "record live topics to an MCAP (or sqlite3) bag (needs ROS 2)"),
+    "play": (add_play_arguments, _play,
+             "publish a bag with its original timing, --rate, --loop, /clock (needs ROS 2)"),
 }
 
 

@@ -24,6 +24,10 @@ backbones the base model's embedding rows).
 
 Sequence and interleaving (:class:`Schedule`)
 ---------------------------------------------
+(Training also uses ``... <audio_in_end> <transcribe> question text <text_end>``,
+an auxiliary speech-recognition task that teaches the audio path what was
+said; generation always continues after ``<answer>``.)
+
 ``<bos> <audio_in_start> [audio embeddings, 12.5 Hz] <audio_in_end> <answer>``
 then groups of ``text_per_group`` text tokens followed by ``speech_per_group``
 speech tokens.  The text stream is the answer's text ids followed by
@@ -54,7 +58,7 @@ import torch
 from a2llm_ros.configbase import ConfigBase
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<audio_in_start>", "<audio_in_end>",
-                  "<answer>", "<text_end>", "<speech_end>")
+                  "<answer>", "<text_end>", "<speech_end>", "<transcribe>")
 TEXT, SPEECH = "text", "speech"
 #: Label value ignored by the cross-entropy.
 IGNORE_INDEX = -100

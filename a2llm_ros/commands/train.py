@@ -1,0 +1,91 @@
+"""``a2llm train``: the curriculum (stage 0 tokenizers/base, 1 connector, 2 LoRA reset,
+3 affective tuning) on a FLAME-QA directory."""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+
+HELP = "train stages 0-3 on a FLAME-QA set (resumable); --install-default ships the result"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="FLAME-QA directory (a2llm data synth)")
+    parser.add_argument("--out", required=True, help="training output directory")
+    parser.add_argument("--stage", default="all",
+                        help="0, 1, 2, 3, a comma list, or 'all' (default)")
+    parser.add_argument("--preset", default=None, choices=("tiny", "edge", "paper"),
+                        help="training preset (default: the config file's, else tiny)")
+    parser.add_argument("--config", default=None,
+                        help="training config YAML (e.g. config/train_tiny.yaml)")
+    parser.add_argument("--init", default=None,
+                        help="checkpoint to start from (edge/paper: `a2llm init` output "
+                             "with the pretrained backbone); default: random init")
+    parser.add_argument("--steps-scale", type=float, default=1.0,
+                        help="multiply every run's steps (smoke tests)")
+    parser.add_argument("--limit", type=int, default=0,
+                        help="use at most this many training samples (smoke tests)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (overrides the config; use 1 on a busy machine)")
+    parser.add_argument("--no-resume", action="store_true",
+                        help="ignore saved resumable state (unfinished runs restart)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--install-default", action="store_true",
+                        help="copy the final checkpoint to the package's default checkpoint")
+
+
+def parse_stages(text: str):
+    """'all' | '2' | '0,1' -> sorted stage numbers."""
+    if text == "all":
+        return [0, 1, 2, 3]
+    try:
+        stages = sorted({int(s) for s in text.split(",") if s.strip()})
+    except ValueError:
+        raise SystemExit(f"--stage: expected 0-3, a comma list or 'all', got {text!r}")
+    if not stages or any(s not in (0, 1, 2, 3) for s in stages):
+        raise SystemExit(f"--stage: stages are 0, 1, 2, 3; got {text!r}")
+    return stages
+
+
+def _scaled(cfg, scale: float):
+    from a2llm_ros.training.config import STAGES, replace_stage
+    if scale == 1.0:
+        return cfg
+    for run in STAGES:
+        sc = cfg.stage(run)
+        steps = max(1, int(round(sc.steps * scale))) if sc.steps else 0
+        cfg = replace_stage(cfg, run, steps=steps, warmup_steps=min(sc.warmup_steps, steps),
+                            log_every=max(1, min(sc.log_every, steps)),
+                            checkpoint_every=max(1, min(sc.checkpoint_every, steps)))
+    return cfg
+
+
+def run(args) -> int:
+    import time
+
+    from a2llm_ros.checkpoint import DEFAULT_CHECKPOINT
+    from a2llm_ros.training.config import load_train_config
+    from a2llm_ros.training.data import TrainData
+    from a2llm_ros.training.plot import plot_losses
+    from a2llm_ros.training.stages import Trainer
+    stages = parse_stages(args.stage)
+    overrides = {"threads": args.threads} if args.threads is not None else None
+    cfg = _scaled(load_train_config(args.config, args.preset, overrides), args.steps_scale)
+    t0 = time.time()
+    data = TrainData(args.data, splits=("train",), limit=args.limit or None)
+    print(f"training data: {len(data)} samples from {args.data}"
+          + (f" ({len(data.rejected)} rejected)" if data.rejected else ""))
+    trainer = Trainer(cfg, data, args.out, init=args.init, progress=not args.no_progress,
+                      resume=not args.no_resume)
+    for stage in stages:
+        for summary in trainer.run_stage(stage):
+            print(f"{summary['run']}: {summary['steps']} steps, {summary['seconds']} s")
+    png = plot_losses(args.out)
+    final = trainer.finalize()
+    print(f"final checkpoint: {final}" + (f"; loss plot: {png}" if png else ""))
+    if args.install_default:
+        shutil.rmtree(DEFAULT_CHECKPOINT, ignore_errors=True)
+        shutil.copytree(final, DEFAULT_CHECKPOINT)
+        print(f"installed as the default checkpoint: {DEFAULT_CHECKPOINT}")
+    print(f"total {time.time() - t0:.0f} s")
+    return 0

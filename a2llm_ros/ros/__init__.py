@@ -1,0 +1,17 @@
+"""ROS 2 layer of a2llm_ros: thin nodes around the ROS-free core.
+
+Modules (only this sub-package imports ``rclpy`` and message packages):
+
+* :mod:`.a2llm_node` -- lifecycle node: microphone in, speech + FLAME out.
+* :mod:`.flame_retarget_node` -- FLAME -> robot face commands (JointState).
+* :mod:`.face_preview_node` -- FLAME -> RViz ``Marker`` triangle mesh.
+* :mod:`.bringup` -- all nodes in one process (``a2llm bringup``).
+* :mod:`.params` -- config dataclasses <-> ROS parameters, with validation.
+* :mod:`.output` -- presentation-time output scheduling (ROS-free).
+* :mod:`.msgconv` -- message <-> numpy conversions.
+* :mod:`.qos` -- the QoS profile of every topic.
+* :mod:`.paths` -- where config/ and launch/ are (install share or checkout).
+* :mod:`.bag_play`, :mod:`.bag_record` -- ``a2llm bag play|record``.
+
+Nothing is imported here, so ``import a2llm_ros.ros`` stays cheap.
+"""

@@ -1,0 +1,635 @@
+"""``a2llm_node``: microphone in -> A²-LLM -> speech audio, FLAME and text out.
+
+A lifecycle node (``autostart:=true`` configures and activates it by itself):
+
+* **on_configure** validates the parameters, loads the checkpoint/engine
+  (``a2llm_ros.engines.load_backend``), warms it up, creates the publishers and
+  starts two threads: the *worker* (VAD/end-pointing and generation via
+  :class:`~a2llm_ros.conversation.session.ConversationSession`) and the
+  *clock* (25 fps tick, listening face, paced publication).  From here on a
+  FLAME frame is published every 40 ms until cleanup/shutdown.
+* **on_activate** subscribes to the microphone; **on_deactivate** unsubscribes
+  and cancels any answer; **on_cleanup**/**on_shutdown** stop the threads and
+  free the model (and CUDA cache).
+
+The executor thread only converts messages: audio callbacks decode/resample
+(:class:`~a2llm_ros.audio.frontend.AudioFrontEnd`) and queue 16 kHz samples.
+Outputs are placed on one timeline (see :mod:`a2llm_ros.ros.output`): FLAME
+frame ``f`` and speech sample ``640 f`` carry the same stamp, and both are
+published ``output.lead_s`` before that time.  Topics, QoS and parameters are
+listed in ``docs/ros_interfaces.md``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import sys
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import rclpy
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+
+from a2llm_ros.audio.frontend import AudioFormat, AudioFormatError, AudioFrontEnd
+from a2llm_ros.constants import SAMPLE_RATE
+from a2llm_ros.conversation.session import (SAMPLES_PER_FRAME, ConversationSession,
+                                            SessionSink)
+from a2llm_ros.interfaces import detect_audio_flavour
+from a2llm_ros.ros import msgconv as mc
+from a2llm_ros.ros.output import NS_PER_FRAME, Item, OutputScheduler
+from a2llm_ros.ros.params import (LIVE_PARAMETERS, A2llmNodeConfig, AudioInputParams,
+                                  ParameterBinding, ParamError)
+from a2llm_ros.ros.qos import latched_qos, output_qos, sensor_qos, volatile_info_qos
+
+__all__ = ["A2llmNode", "load_backend_for", "main"]
+
+NODE_NAME = "a2llm_node"
+#: The clock thread wakes at least this often (s).
+CLOCK_POLL_S = 0.01
+#: A backwards ROS-clock jump larger than this re-bases the output timeline.
+CLOCK_JUMP_NS = 1_000_000_000
+#: Minimum interval between two warnings of the same kind (s).
+WARN_INTERVAL_S = 5.0
+#: mgonzs13 audio_capturer_node's topic, used when audio.topic keeps its ros-drivers default.
+MGONZS13_TOPIC = "/audio"
+#: Warm-up: steps at most / question length (s).
+WARMUP_MAX_STEPS = 60
+WARMUP_SECONDS = 1.0
+
+
+def load_backend_for(checkpoint: str, backend_cfg) -> Any:
+    """Backend for ``checkpoint`` as configured by ``backend_cfg``.
+
+    Uses ``a2llm_ros.engines.load_backend``; while that module is not
+    available, a PyTorch backend (only ``kind`` auto/torch).
+    """
+    from a2llm_ros.checkpoint import resolve_checkpoint
+    ckpt = resolve_checkpoint(checkpoint)
+    try:
+        from a2llm_ros.engines import BackendConfig, load_backend
+    except ImportError:
+        return _torch_fallback(ckpt, backend_cfg)
+    if not isinstance(backend_cfg, BackendConfig):
+        backend_cfg = BackendConfig(**dataclasses.asdict(backend_cfg))
+    return load_backend(ckpt, backend_cfg)
+
+
+def _torch_fallback(ckpt: str, backend_cfg):
+    # Temporary: used only until a2llm_ros.engines is importable.
+    if backend_cfg.kind not in ("auto", "torch"):
+        raise RuntimeError(f"backend.kind {backend_cfg.kind!r} needs a2llm_ros.engines, "
+                           "which is not installed")
+    from a2llm_ros.checkpoint import load_checkpoint
+    from a2llm_ros.generation import TorchBackend
+    return TorchBackend(load_checkpoint(ckpt))
+
+
+def warm_up(backend, gen_cfg) -> float:
+    """Run a short dummy turn (prefill + decode until the first motion segment); seconds."""
+    from a2llm_ros.generation import FlameEvent, StreamingGenerator
+    t0 = time.monotonic()
+    gen = StreamingGenerator(backend, gen_cfg)
+    rng = np.random.default_rng(0)
+    gen.start((0.01 * rng.standard_normal(int(WARMUP_SECONDS * SAMPLE_RATE))).astype(np.float32))
+    for _ in range(WARMUP_MAX_STEPS):
+        if not gen.active or any(isinstance(e, FlameEvent) for e in gen.step()):
+            break
+    gen.cancel()
+    gen.reset()
+    return time.monotonic() - t0
+
+
+class _Sink(SessionSink):
+    """Session callbacks (worker/clock threads, under the session lock): queue outputs."""
+
+    def __init__(self, node: "A2llmNode", rt: "_Runtime"):
+        self.node, self.rt = node, rt
+
+    def on_state(self, state, turn_id, reason):
+        rt = self.rt
+        now = time.monotonic()
+        was_busy = rt.stats.get("state") in ("thinking", "speaking")
+        rt.stats["state"] = state
+        if state == "thinking":
+            rt.stats.update(t_think=now, t_first=None, audio_s=0.0, answer_turn=turn_id)
+        elif state == "speaking" and rt.stats.get("t_think") is not None:
+            rt.stats["t_first"] = now
+            rt.stats["first_output_latency_ms"] = 1000.0 * (now - rt.stats["t_think"])
+        if state == "interrupted" or (was_busy and reason in ("reset", "generator_error")):
+            # The answer stops: drop what is not yet published, close its text.
+            # (After a generator error the session may already count the next turn.)
+            answer = rt.stats.get("answer_turn", turn_id)
+            rt.out.flush_turn(answer)
+            if answer not in rt.final_sent:
+                self._final_text(answer)
+        rt.out.push_now("state", turn_id, state=state, reason=reason)
+        rt.wake_clock.set()
+
+    def _final_text(self, turn_id):
+        self.rt.final_sent.add(turn_id)
+        self.rt.out.push_now("text", turn_id, text="", final=True)
+
+    def on_text(self, turn_id, text, final):
+        if final:
+            if turn_id not in self.rt.final_sent:
+                self._final_text(turn_id)
+        elif text:
+            self.rt.out.push_now("text", turn_id, text=text, final=False)
+        self.rt.wake_clock.set()
+
+    def on_audio(self, turn_id, samples, start_sample):
+        rt = self.rt
+        anchor = rt.session.speech_anchor_frame
+        if anchor is None:
+            return
+        rt.out.push_audio(turn_id, samples, anchor * SAMPLES_PER_FRAME + int(start_sample),
+                          gain=rt.session_gain())
+        rt.stats["audio_s"] = rt.stats.get("audio_s", 0.0) + len(samples) / SAMPLE_RATE
+        if rt.stats.get("t_first") is not None and rt.stats["audio_s"] > 0:
+            wall = time.monotonic() - rt.stats["t_think"]
+            rt.stats["generation_rtf"] = wall / rt.stats["audio_s"]
+
+    def on_flame(self, turn_id, frames, start_frame, source):
+        rt = self.rt
+        if source == "speech":
+            anchor = rt.session.speech_anchor_frame
+            if anchor is None:
+                return
+            rt.out.push_flame(turn_id, frames, anchor + int(start_frame), int(start_frame),
+                              "speech")
+        else:
+            rt.out.push_flame(0, frames, int(start_frame), int(start_frame), "listening")
+
+    def on_error(self, turn_id, message):
+        self.rt.stats["errors"] = self.rt.stats.get("errors", 0) + 1
+        self.node.get_logger().error(f"turn {turn_id}: {message}")
+
+
+@dataclasses.dataclass
+class _Runtime:
+    """Everything on_configure builds and on_cleanup frees."""
+
+    cfg: A2llmNodeConfig
+    backend: Any
+    layout: Any
+    flavour: str
+    frontend: AudioFrontEnd
+    out: OutputScheduler
+    session: Optional[ConversationSession] = None
+    pubs: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    timers: List[Any] = dataclasses.field(default_factory=list)
+    threads: List[threading.Thread] = dataclasses.field(default_factory=list)
+    stop: threading.Event = dataclasses.field(default_factory=threading.Event)
+    wake_worker: threading.Event = dataclasses.field(default_factory=threading.Event)
+    wake_clock: threading.Event = dataclasses.field(default_factory=threading.Event)
+    commands: List[Any] = dataclasses.field(default_factory=list)
+    origin_ns: Optional[int] = None
+    last_frame: int = -1
+    final_sent: set = dataclasses.field(default_factory=set)
+    stats: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    warmup_s: float = 0.0
+
+    def session_gain(self) -> float:
+        # Barge-in "duck": the session's current output gain (1.0 otherwise).
+        return float(getattr(self.session, "_gain", 1.0))
+
+
+class A2llmNode(LifecycleNode):
+    """Lifecycle node running the conversation (see module docstring)."""
+
+    def __init__(self, node_name: str = NODE_NAME, **kwargs):
+        super().__init__(node_name, **kwargs)
+        self._rt: Optional[_Runtime] = None
+        self._subs: List[Any] = []
+        self._active = False
+        self._in_format: Optional[AudioFormat] = None
+        self._warned: Dict[str, float] = {}
+        self.declare_parameter("autostart", False)
+        self.params = ParameterBinding(self, A2llmNodeConfig(), live=LIVE_PARAMETERS,
+                                       locked=lambda: self._rt is not None,
+                                       on_live_change=self._on_live_change)
+        self._autostart_timer = None
+        if self.get_parameter("autostart").value:
+            self._autostart_timer = self.create_timer(0.0, self._autostart)
+
+    # ------------------------------------------------------------------ public helpers
+    @property
+    def runtime(self) -> Optional[_Runtime]:
+        """The configured runtime (None while unconfigured)."""
+        return self._rt
+
+    @property
+    def lifecycle_state(self) -> str:
+        return self._state_machine.current_state[1]
+
+    def _autostart(self) -> None:
+        self.destroy_timer(self._autostart_timer)
+        self._autostart_timer = None
+        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            self.trigger_activate()
+
+    def _warn(self, key: str, message: str) -> None:
+        if not self.context.ok():
+            return  # rclpy is shutting down (Ctrl-C): publishing fails, nothing to report
+        now = time.monotonic()
+        if now - self._warned.get(key, -1e9) >= WARN_INTERVAL_S:
+            self._warned[key] = now
+            self.get_logger().warning(message)
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_configure(self, state) -> TransitionCallbackReturn:
+        try:
+            cfg = self.params.config()
+        except ParamError as err:
+            self.get_logger().error(f"configure refused: {err}")
+            return TransitionCallbackReturn.FAILURE
+        try:
+            self._rt = self._build_runtime(cfg)
+        except Exception as err:  # noqa: BLE001 (report, stay unconfigured)
+            self.get_logger().error(f"configure failed: {err}")
+            self._teardown()
+            return TransitionCallbackReturn.FAILURE
+        rt = self._rt
+        self.get_logger().info(
+            f"configured: backend {type(rt.backend).__name__}, checkpoint "
+            f"{cfg.model.checkpoint!r}, audio flavour {rt.flavour}, warm-up "
+            f"{rt.warmup_s:.2f} s")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state) -> TransitionCallbackReturn:
+        try:
+            self._subscribe(self._rt.cfg)
+        except Exception as err:  # noqa: BLE001
+            self.get_logger().error(f"activate failed: {err}")
+            self._unsubscribe()
+            return TransitionCallbackReturn.FAILURE
+        self._active = True
+        rt = self._rt
+        rt.out.push_now("state", rt.session.turn_id, state=rt.session.state, reason="activated")
+        rt.wake_clock.set()
+        return super().on_activate(state)
+
+    def on_deactivate(self, state) -> TransitionCallbackReturn:
+        self._deactivate()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state) -> TransitionCallbackReturn:
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state) -> TransitionCallbackReturn:
+        self._deactivate()
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state) -> TransitionCallbackReturn:
+        self._deactivate()
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def shutdown_runtime(self) -> None:
+        """Stop threads and free the model whatever the lifecycle state (process exit)."""
+        self._deactivate()
+        self._teardown()
+
+    def destroy_node(self):
+        """Stop the threads first (also when rclpy's shutdown destroys the node)."""
+        if getattr(self, "_destroyed", False):
+            return None
+        self._destroyed = True
+        self.shutdown_runtime()
+        return super().destroy_node()
+
+    # ------------------------------------------------------------------ configure
+    def _build_runtime(self, cfg: A2llmNodeConfig) -> _Runtime:
+        flavour = detect_audio_flavour()
+        if flavour not in ("ros_drivers", "mgonzs13"):
+            raise RuntimeError("audio_common_msgs is not importable (install the "
+                               "ros-drivers or mgonzs13 audio_common_msgs)")
+        if cfg.model.threads > 0:
+            import torch
+            torch.set_num_threads(cfg.model.threads)
+        backend = load_backend_for(cfg.model.checkpoint, cfg.backend)
+        frontend = AudioFrontEnd(cfg.audio.frontend, on_problem=self._on_audio_problem)
+        chunk = max(1, int(round(cfg.output.audio_chunk_ms * SAMPLE_RATE / 1000.0)))
+        rt = _Runtime(cfg=cfg, backend=backend, layout=backend.model.layout, flavour=flavour,
+                      frontend=frontend, out=OutputScheduler(int(cfg.output.lead_s * 1e9), chunk))
+        rt.out.gain = rt.session_gain
+        rt.warmup_s = warm_up(backend, cfg.generation) if cfg.model.warmup else 0.0
+        rt.session = ConversationSession(self._generator_factory(backend, cfg.generation),
+                                         _Sink(self, rt), cfg.turn, cfg.vad, cfg.listening)
+        self._rt = rt
+        self._in_format = None
+        self._make_publishers(rt)
+        rt.timers.append(self.create_timer(cfg.output.diagnostics_period_s,
+                                           self._publish_diagnostics))
+        for target, name in ((self._worker_loop, "a2llm_worker"),
+                             (self._clock_loop, "a2llm_clock")):
+            thread = threading.Thread(target=target, args=(rt,), name=name, daemon=True)
+            rt.threads.append(thread)
+            thread.start()
+        return rt
+
+    @staticmethod
+    def _generator_factory(backend, gen_cfg) -> Callable[[], Any]:
+        from a2llm_ros.generation import StreamingGenerator
+        return lambda: StreamingGenerator(backend, gen_cfg)
+
+    def _make_publishers(self, rt: _Runtime) -> None:
+        import audio_common_msgs.msg as am
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        from a2llm_ros.msg import ConversationState, FlameChunk, FlameFrame, ResponseText
+        out, depth = rt.cfg.output, rt.cfg.output.qos_depth
+        pubs = rt.pubs
+        pubs["state"] = self.create_publisher(ConversationState, "conversation_state",
+                                              output_qos(depth))
+        pubs["text"] = self.create_publisher(ResponseText, "response_text", output_qos(depth))
+        pubs["flame_chunk"] = self.create_publisher(FlameChunk, "flame/chunks",
+                                                    output_qos(depth))
+        if out.publish_flame_frames:
+            pubs["flame_frame"] = self.create_publisher(FlameFrame, "flame/frames",
+                                                        output_qos(depth))
+        if rt.flavour == "mgonzs13":
+            pubs["audio_stamped"] = self.create_publisher(am.AudioStamped,
+                                                          "speech/audio_stamped",
+                                                          output_qos(depth))
+        else:
+            pubs["audio_stamped"] = self.create_publisher(am.AudioDataStamped,
+                                                          "speech/audio_stamped",
+                                                          output_qos(depth))
+            if out.publish_unstamped_audio:
+                pubs["audio"] = self.create_publisher(am.AudioData, "speech/audio",
+                                                      output_qos(depth))
+            pubs["audio_info"] = self.create_publisher(am.AudioInfo, "speech/audio_info",
+                                                       latched_qos())
+            pubs["audio_info"].publish(mc.audio_info_msg(out.sample_format))
+        pubs["diagnostics"] = self.create_publisher(DiagnosticArray, "/diagnostics",
+                                                    output_qos(10))
+
+    # ------------------------------------------------------------------ activate
+    def _input_message(self, cfg: A2llmNodeConfig, flavour: str) -> str:
+        message = cfg.audio.message
+        if message == "auto":
+            return "mgonzs13" if flavour == "mgonzs13" else "stamped"
+        if (message == "mgonzs13") != (flavour == "mgonzs13"):
+            raise RuntimeError(f"audio.message {message!r} does not fit the installed "
+                               f"audio_common_msgs flavour ({flavour})")
+        return message
+
+    def _subscribe(self, cfg: A2llmNodeConfig) -> None:
+        import audio_common_msgs.msg as am
+        message = self._input_message(cfg, self._rt.flavour)
+        qos = sensor_qos(cfg.audio.qos_depth)
+        if message == "mgonzs13":
+            topic = cfg.audio.topic
+            if topic == AudioInputParams().topic:
+                topic = MGONZS13_TOPIC  # the ros-drivers default makes no sense here
+            self._subs.append(self.create_subscription(am.AudioStamped, topic,
+                                                       self._on_mgonzs13, qos))
+            return
+        cls, cb = ((am.AudioDataStamped, self._on_audio_stamped) if message == "stamped"
+                   else (am.AudioData, self._on_audio_unstamped))
+        self._subs.append(self.create_subscription(cls, cfg.audio.topic, cb, qos))
+        for info_qos in (latched_qos(), volatile_info_qos()):
+            self._subs.append(self.create_subscription(am.AudioInfo, cfg.audio.info_topic,
+                                                       self._on_audio_info, info_qos))
+
+    def _unsubscribe(self) -> None:
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._subs = []
+
+    def _deactivate(self) -> None:
+        self._unsubscribe()
+        was_active, self._active = self._active, False
+        rt = self._rt
+        if rt is not None and was_active:
+            done = threading.Event()
+            rt.commands.append((rt.session.reset, done))
+            rt.wake_worker.set()
+            if not done.wait(5.0):
+                self.get_logger().warning("worker did not reset within 5 s")
+
+    # ------------------------------------------------------------------ cleanup
+    def _teardown(self) -> None:
+        rt, self._rt = self._rt, None
+        if rt is None:
+            return
+        rt.stop.set()
+        rt.wake_worker.set()
+        rt.wake_clock.set()
+        for thread in rt.threads:
+            thread.join(timeout=10.0)
+        for timer in rt.timers:
+            self.destroy_timer(timer)
+        for pub in rt.pubs.values():
+            self.destroy_publisher(pub)
+        rt.pubs.clear()
+        rt.session = rt.backend = None
+        del rt
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------ parameters
+    def _on_live_change(self, cfg: A2llmNodeConfig, names) -> None:
+        rt = self._rt
+        if rt is None:
+            return
+        rt.cfg = dataclasses.replace(rt.cfg, turn=cfg.turn, output=dataclasses.replace(
+            rt.cfg.output, lead_s=cfg.output.lead_s))
+        rt.session.config = cfg.turn
+        rt.out.lead_ns = int(cfg.output.lead_s * 1e9)
+        self.get_logger().info(f"updated live parameters: {', '.join(names)}")
+
+    # ------------------------------------------------------------------ input callbacks
+    def _on_audio_problem(self, reason: str, message: str) -> None:
+        if reason == "format_change":
+            self.get_logger().info(f"microphone format changed: {message}")
+        else:
+            self._warn(reason, f"microphone audio dropped ({reason}): {message}")
+
+    def _on_audio_info(self, msg) -> None:
+        self._in_format = mc.ros_drivers_format(msg)
+
+    def _fallback_format(self) -> AudioFormat:
+        a = self._rt.cfg.audio
+        fmt = AudioFormat.from_ros_drivers(a.fallback_channels, a.fallback_sample_rate,
+                                           a.fallback_sample_format, "wave")
+        self._warn("no_info", f"no AudioInfo received on {a.info_topic!r} yet: assuming "
+                   f"{fmt.channels} ch, {fmt.sample_rate} Hz, {fmt.sample_format}")
+        return fmt
+
+    def _on_audio_stamped(self, msg) -> None:
+        self._feed(mc.raw_bytes(msg.audio.data), self._in_format or self._fallback_format())
+
+    def _on_audio_unstamped(self, msg) -> None:
+        self._feed(mc.raw_bytes(msg.data), self._in_format or self._fallback_format())
+
+    def _on_mgonzs13(self, msg) -> None:
+        if self._rt is None:
+            return
+        try:
+            data, fmt = mc.mgonzs13_payload(msg)
+        except AudioFormatError as err:
+            counters = self._rt.frontend.counters
+            counters[err.reason] = counters.get(err.reason, 0) + 1
+            self._on_audio_problem(err.reason, str(err))
+            return
+        self._feed(data, fmt)
+
+    def _feed(self, data, fmt: AudioFormat) -> None:
+        rt = self._rt
+        if rt is None or not self._active:
+            return
+        chunk = rt.frontend.process(data, fmt)
+        if chunk is not None and len(chunk.samples):
+            rt.session.submit_audio(chunk.samples, chunk.start_sample)
+            rt.wake_worker.set()
+
+    # ------------------------------------------------------------------ threads
+    def _worker_loop(self, rt: _Runtime) -> None:
+        while not rt.stop.is_set():
+            while rt.commands:
+                fn, done = rt.commands.pop(0)
+                try:
+                    fn()
+                finally:
+                    done.set()
+            try:
+                busy = rt.session.step()
+            except Exception as err:  # noqa: BLE001 (keep the node alive)
+                self._warn("worker", f"conversation step failed: {err!r}")
+                busy = False
+            if not busy:
+                rt.wake_worker.wait(CLOCK_POLL_S)
+                rt.wake_worker.clear()
+
+    def _clock_loop(self, rt: _Runtime) -> None:
+        clock = self.get_clock()
+        while not rt.stop.is_set():
+            try:
+                self._clock_step(rt, clock.now().nanoseconds)
+            except Exception as err:  # noqa: BLE001
+                self._warn("clock", f"output step failed: {err!r}")
+            rt.wake_clock.wait(CLOCK_POLL_S)
+            rt.wake_clock.clear()
+
+    def _clock_step(self, rt: _Runtime, now_ns: int) -> None:
+        if now_ns <= 0:
+            return  # sim time without /clock yet
+        if rt.origin_ns is None:
+            rt.origin_ns = now_ns - now_ns % NS_PER_FRAME
+        rel = now_ns - rt.origin_ns
+        if rel < rt.last_frame * NS_PER_FRAME - CLOCK_JUMP_NS:
+            self._warn("clock_jump", "ROS clock jumped back; re-basing the output timeline")
+            rt.origin_ns = now_ns - (rt.last_frame + 1) * NS_PER_FRAME
+            rel = now_ns - rt.origin_ns
+        frame = rel // NS_PER_FRAME
+        if frame > rt.last_frame:
+            rt.last_frame = frame
+            rt.session.tick(frame)
+        for item in rt.out.due(rel):
+            self._publish(rt, item, now_ns)
+
+    def _publish(self, rt: _Runtime, item: Item, now_ns: int) -> None:
+        pubs, out, p = rt.pubs, rt.cfg.output, item.payload
+        stamp = rt.origin_ns + item.t_ns
+        version = rt.layout.version
+        if item.kind == "state":
+            pubs["state"].publish(mc.state_msg(p["state"], item.turn_id, p["reason"], now_ns,
+                                               out.frame_id))
+        elif item.kind == "text":
+            pubs["text"].publish(mc.text_msg(item.turn_id, p["text"], p["final"], now_ns,
+                                             out.frame_id))
+        elif item.kind == "audio":
+            msgs = mc.speech_audio_msgs(rt.flavour, p["samples"], stamp, out.frame_id,
+                                        out.sample_format)
+            pubs["audio_stamped"].publish(msgs["stamped"])
+            if "audio" in pubs and "unstamped" in msgs:
+                pubs["audio"].publish(msgs["unstamped"])
+        elif item.kind == "flame_chunk":
+            pubs["flame_chunk"].publish(mc.flame_chunk_msg(
+                p["frames"], stamp, item.turn_id, p["first_index"], p["source"],
+                out.frame_id, version))
+        elif item.kind == "flame_frame" and "flame_frame" in pubs:
+            pubs["flame_frame"].publish(mc.flame_frame_msg(p["frame"], stamp, item.turn_id,
+                                                           out.frame_id, version))
+
+    # ------------------------------------------------------------------ diagnostics
+    def diagnostics_values(self) -> Dict[str, str]:
+        """Current figures reported on /diagnostics (also handy in tests)."""
+        rt = self._rt
+        if rt is None:
+            return {}
+        session = rt.session
+        counters = dict(getattr(session, "counters", {}))
+        values = {
+            "lifecycle_state": self.lifecycle_state,
+            "conversation_state": session.state, "turn_id": str(session.turn_id),
+            "backend": type(rt.backend).__name__,
+            "backend_kind": str(getattr(rt.cfg.backend, "kind", "")),
+            "audio_flavour": rt.flavour,
+            "input_queue_depth": str(session.queue_depth),
+            "output_queue_depth": str(rt.out.depth),
+            "first_output_latency_ms": f"{rt.stats.get('first_output_latency_ms', 0.0):.1f}",
+            "generation_rtf": f"{rt.stats.get('generation_rtf', 0.0):.3f}",
+            "warmup_s": f"{rt.warmup_s:.3f}",
+            "generator_errors": str(rt.stats.get("errors", 0)),
+        }
+        for name, count in sorted(counters.items()):
+            values[f"session.{name}"] = str(count)
+        for name, count in sorted(rt.frontend.counters.items()):
+            values[f"input_dropped.{name}"] = str(count)
+        for name, count in sorted(rt.out.counters.items()):
+            values[f"output.{name}"] = str(count)
+        return values
+
+    def _publish_diagnostics(self) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+        rt = self._rt
+        if rt is None:
+            return
+        values = self.diagnostics_values()
+        drops = sum(int(v) for k, v in values.items()
+                    if k.startswith("input_dropped.") and "format_change" not in k)
+        drops += int(values.get("session.dropped_audio_chunks", 0))
+        errors = int(values["generator_errors"])
+        level, message = DiagnosticStatus.OK, "ok"
+        if errors or drops:
+            level = DiagnosticStatus.WARN
+            message = f"{drops} input chunks dropped, {errors} generator errors"
+        status = DiagnosticStatus(level=level, name=f"{self.get_fully_qualified_name()}: "
+                                  "conversation", message=message,
+                                  hardware_id=values["backend"],
+                                  values=[KeyValue(key=k, value=v) for k, v in values.items()])
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        rt.pubs["diagnostics"].publish(array)
+
+
+def main(argv=None) -> int:
+    """``ros2 run a2llm_ros a2llm_node`` (set ``autostart:=true`` to self-activate)."""
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    rclpy.init(args=argv)
+    node = A2llmNode()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.shutdown_runtime()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

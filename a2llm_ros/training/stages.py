@@ -1,0 +1,338 @@
+"""The A²-LLM training curriculum, stage by stage.
+
+=====  ============  =====================================================
+stage  run           what is trained (everything else frozen)
+=====  ============  =====================================================
+0      ``rvq``       speech codec fit (k-means on the answers' log-mels) and
+                     the motion RVQ-VAE on answer FLAME windows
+0      ``base``      audio encoder + LLM on the LM loss (text + speech) —
+                     stands in for the pretrained audio LLM of the paper
+                     when there is none (``tiny``); skipped when steps = 0
+1      ``connector`` Motion Connector on frozen LLM hidden states (cached)
+2      ``joint``     "LoRA reset": any LoRA from before is discarded, a
+                     fresh LoRA (rank ``lora_rank``) + the connector are
+                     trained on LM + motion loss
+3      ``affective`` the stage-2 LoRA + connector, on the high-intensity
+                     subset (plus ``affective_replay`` of the rest)
+=====  ============  =====================================================
+
+Each run starts from the previous run's ``checkpoint/`` in the output
+directory, writes its own, and is skipped when already ``done``.  The final
+checkpoint (``final/``) merges the LoRA when ``merge_lora`` and stores
+tensors in ``storage_dtype``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from a2llm_ros.checkpoint import init_model, load_checkpoint, save_checkpoint
+from a2llm_ros.config import A2LLMConfig
+from a2llm_ros.model.a2llm import A2LLM, TASK_ANSWER, TASK_TRANSCRIBE, TrainBatch
+from a2llm_ros.training.config import STAGE_RUNS, TrainConfig
+from a2llm_ros.training.data import RUN_IDS, TrainData
+from a2llm_ros.training.loop import is_done, mark_done, run_loop
+
+RUN_ORDER = ("rvq", "base", "connector", "joint", "affective")
+FINAL_DIR = "final"
+#: Transcription rows are drawn as if from steps shifted by this (independent draws).
+ASR_STEP_OFFSET = 1_000_003
+TRAINING_INFO = "training.json"
+
+
+class Trainer:
+    """Runs curriculum stages into ``out_dir`` (see module docstring)."""
+
+    def __init__(self, cfg: TrainConfig, data: TrainData, out_dir: str,
+                 model_config: Optional[A2LLMConfig] = None, init: Optional[str] = None,
+                 progress: bool = True, resume: bool = True):
+        self.cfg, self.data, self.out_dir = cfg, data, out_dir
+        self.model_config = model_config or A2LLMConfig.preset(cfg.preset_name)
+        self.init, self.progress, self.resume = init, progress, resume
+        self.device = _pick_device(cfg.device)
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        os.makedirs(out_dir, exist_ok=True)
+
+    # -- bookkeeping --------------------------------------------------------------------
+    def run_dir(self, run: str) -> str:
+        return os.path.join(self.out_dir, run)
+
+    def checkpoint_dir(self, run: str) -> str:
+        return os.path.join(self.run_dir(run), "checkpoint")
+
+    def _previous_checkpoint(self, run: str) -> Optional[str]:
+        index = RUN_ORDER.index(run)
+        for prev in reversed(RUN_ORDER[:index]):
+            path = self.checkpoint_dir(prev)
+            if os.path.isfile(os.path.join(path, "config.json")):
+                return path
+        return None
+
+    def _load_start(self, run: str) -> A2LLM:
+        prev = self._previous_checkpoint(run)
+        if prev is None:
+            if RUN_ORDER.index(run) > 0:
+                raise FileNotFoundError(f"training run {run!r} needs the checkpoint of an "
+                                        f"earlier run in {self.out_dir} (run stage 0 first)")
+            if self.init:
+                return load_checkpoint(self.init, expected_config=self.model_config)
+            return init_model(self.model_config, seed=self.cfg.seed)
+        return load_checkpoint(prev, expected_config=self.model_config)
+
+    # -- public -------------------------------------------------------------------------
+    def run_stage(self, stage: int) -> List[dict]:
+        """Run every run of curriculum stage ``stage`` (0-3); returns summaries."""
+        if stage not in STAGE_RUNS:
+            raise ValueError(f"stage must be 0, 1, 2 or 3, got {stage}")
+        return [self.run(name) for name in STAGE_RUNS[stage]]
+
+    def run(self, name: str) -> dict:
+        """One run (skipped when its ``done.json`` exists)."""
+        run_dir = self.run_dir(name)
+        if is_done(run_dir):
+            with open(os.path.join(run_dir, "done.json")) as f:
+                summary = json.load(f)
+            print(f"{name}: already done ({summary.get('seconds', '?')} s), skipping")
+            return summary
+        torch.manual_seed(self.cfg.seed * 1000 + RUN_IDS[name])
+        model = self._load_start(name).to(self.device)
+        summary = getattr(self, "_run_" + name)(model, run_dir)
+        self._save(model, self.checkpoint_dir(name))
+        mark_done(run_dir, summary)
+        return summary
+
+    def finalize(self, out: Optional[str] = None) -> str:
+        """Final checkpoint from the last finished run (LoRA merged when configured)."""
+        last = next((r for r in reversed(RUN_ORDER) if is_done(self.run_dir(r))), None)
+        if last is None:
+            raise FileNotFoundError(f"no finished training run in {self.out_dir}")
+        model = load_checkpoint(self.checkpoint_dir(last))
+        if self.cfg.merge_lora and hasattr(model.llm, "peft_config"):
+            model.llm = model.llm.merge_and_unload()
+        out = out or os.path.join(self.out_dir, FINAL_DIR)
+        shutil.rmtree(out, ignore_errors=True)
+        dtype = getattr(torch, self.cfg.storage_dtype) if self.cfg.storage_dtype else None
+        save_checkpoint(model, out, dtype=dtype)
+        with open(os.path.join(out, TRAINING_INFO), "w") as f:
+            json.dump(self.info(last), f, indent=2)
+        return out
+
+    def info(self, last_run: str) -> dict:
+        """Provenance written beside the final checkpoint."""
+        runs = {}
+        for name in RUN_ORDER:
+            path = os.path.join(self.run_dir(name), "done.json")
+            if os.path.isfile(path):
+                with open(path) as f:
+                    runs[name] = json.load(f)
+        return {"train_config": self.cfg.to_dict(), "last_run": last_run, "runs": runs,
+                "total_seconds": round(sum(r.get("seconds", 0) for r in runs.values()), 1),
+                "n_train_samples": len(self.data), "torch_threads": torch.get_num_threads(),
+                "device": str(self.device)}
+
+    # -- save / load of the model part of the resumable state ----------------------------
+    def _save(self, model: A2LLM, path: str) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+        save_checkpoint(model, path)
+
+    def _loader(self, model: A2LLM):
+        def load(path: str) -> None:
+            other = load_checkpoint(path)
+            _copy_weights(other, model)
+        return load
+
+    # -- runs ---------------------------------------------------------------------------
+    def _run_rvq(self, model: A2LLM, run_dir: str) -> dict:
+        t0 = time.time()
+        waves = self.data.unique_answer_waves(self.cfg.codec_fit_max_samples)
+        model.speech_tokenizer.fit(waves, seed=self.cfg.seed)
+        codec_s = time.time() - t0
+        mt = model.motion_tokenizer
+        mt.set_normalization_from_frames(self.data.flame_frames())
+        mt.train()
+        sc = self.cfg.rvq
+
+        def step(i: int) -> Dict[str, torch.Tensor]:
+            x = self.data.rvq_windows(i, self.cfg.seed, sc.batch_size,
+                                      self.cfg.rvq_window_frames)  # [B, T, D]
+            _, losses = mt(torch.as_tensor(x, device=self.device))
+            return losses
+
+        params = list(mt.parameters())
+        summary = run_loop("stage0/rvq", run_dir, sc, params, step,
+                           lambda p: self._save(model, p), self._loader(model),
+                           resume=self.resume, progress=self.progress)
+        mt.eval()
+        summary["codec_fit_seconds"] = round(codec_s, 2)
+        summary["seconds"] = round(summary["seconds"] + codec_s, 1)
+        return summary
+
+    def _prepare_codes(self, model: A2LLM) -> None:
+        self.data.compute_speech_codes(model.speech_tokenizer)
+        self.data.compute_motion_codes(model.motion_tokenizer)
+
+    def _lm_step(self, model: A2LLM, run: str, motion: bool,
+                 pool: Optional[Sequence[int]] = None, replay: float = 0.0,
+                 n_asr: int = 0):
+        """Step function: answer rows (+ ``n_asr`` transcription rows) -> losses."""
+        sc = self.cfg.stage(run)
+
+        def step(i: int) -> Dict[str, torch.Tensor]:
+            idx = self.data.draw(run, i, self.cfg.seed, sc.batch_size, pool, replay)
+            rng = np.random.default_rng([self.cfg.seed, RUN_IDS[run], i, 1])
+            items = self.data.items(idx, rng, self.cfg.augment)
+            tasks = [TASK_ANSWER] * len(items)
+            if n_asr:
+                asr_idx = self.data.draw(run, i + ASR_STEP_OFFSET, self.cfg.seed, n_asr)
+                items += self.data.transcription_items(asr_idx, rng, self.cfg.augment)
+                tasks += [TASK_TRANSCRIBE] * n_asr
+            batch = model.collate_samples(items, tasks)
+            return model.forward_train(batch.to(self.device), motion=motion,
+                                       motion_weight=self.cfg.motion_weight,
+                                       asr_weight=self.cfg.asr_weight)
+        return step
+
+    def _run_base(self, model: A2LLM, run_dir: str) -> dict:
+        if self.cfg.base.steps == 0:
+            return {"run": "stage0/base", "steps": 0, "seconds": 0.0, "skipped": True}
+        self._prepare_codes(model)
+        model.train()
+        _freeze(model)
+        params = _unfreeze(list(model.audio_encoder.parameters()) + list(model.llm.parameters()))
+        summary = run_loop("stage0/base", run_dir, self.cfg.base, params,
+                           self._lm_step(model, "base", motion=False,
+                                         n_asr=self.cfg.asr_samples),
+                           lambda p: self._save(model, p), self._loader(model),
+                           resume=self.resume, progress=self.progress)
+        model.eval()
+        return summary
+
+    def _run_connector(self, model: A2LLM, run_dir: str) -> dict:
+        self._prepare_codes(model)
+        model.eval()
+        _freeze(model)
+        t0 = time.time()
+        hidden = self._cache_hidden(model)
+        cache_s = time.time() - t0
+        model.connector.train()
+        params = _unfreeze(list(model.connector.parameters()))
+        sc = self.cfg.connector
+
+        def step(i: int) -> Dict[str, torch.Tensor]:
+            idx = self.data.draw("connector", i, self.cfg.seed, sc.batch_size)
+            batch = self._motion_batch(model, idx)
+            losses = model.motion_loss_from_hidden([hidden[j] for j in idx], batch)
+            return dict(losses, total=losses["motion_ce"])
+
+        summary = run_loop("stage1/connector", run_dir, sc, params, step,
+                           lambda p: self._save(model, p), self._loader(model),
+                           resume=self.resume, progress=self.progress)
+        model.eval()
+        summary["hidden_cache_seconds"] = round(cache_s, 2)
+        return summary
+
+    def _cache_hidden(self, model: A2LLM, batch_size: int = 16) -> List[torch.Tensor]:
+        """Frozen-LLM hidden states at every sample's speech inputs [n_i, H]."""
+        out: List[torch.Tensor] = []
+        for start in range(0, len(self.data), batch_size):
+            idx = list(range(start, min(start + batch_size, len(self.data))))
+            batch = model.collate_samples(self.data.items(idx)).to(self.device)
+            out.extend(h.detach() for h in model.speech_hidden_states(batch))
+        return out
+
+    def _motion_batch(self, model: A2LLM, idx: Sequence[int]) -> TrainBatch:
+        """A TrainBatch holding only the motion targets of ``idx`` (for the connector)."""
+        from a2llm_ros.training.data import segments_for
+        L = model.cfg.motion.n_levels
+        n_seg = [segments_for(self.data.speech_codes[i], self.data.motion_codes[i]) for i in idx]
+        S = max(max(n_seg), 1)
+        codes = torch.zeros(len(idx), S, L, dtype=torch.long)
+        for row, (i, n) in enumerate(zip(idx, n_seg)):
+            codes[row, :n] = torch.as_tensor(self.data.motion_codes[i][:n])
+        empty = torch.zeros(len(idx), 0)
+        return TrainBatch(mel=empty, mel_lengths=empty.long(), answer_ids=empty.long(),
+                          answer_is_text=empty.bool(), answer_is_speech=empty.bool(),
+                          answer_lengths=empty.long(),
+                          motion_codes=codes.to(self.device),
+                          motion_lengths=torch.tensor(n_seg, device=self.device))
+
+    def _run_joint(self, model: A2LLM, run_dir: str) -> dict:
+        self._prepare_codes(model)
+        reset_lora(model, self.cfg)
+        return self._lora_run(model, run_dir, "joint", "stage2/joint")
+
+    def _run_affective(self, model: A2LLM, run_dir: str) -> dict:
+        self._prepare_codes(model)
+        if not hasattr(model.llm, "peft_config"):
+            reset_lora(model, self.cfg)  # stage 2 skipped: start a LoRA here
+        pool = self.data.high_intensity()
+        if not pool:
+            raise ValueError("stage 3 needs high-intensity samples; the training data has none")
+        return self._lora_run(model, run_dir, "affective", "stage3/affective", pool,
+                              self.cfg.affective_replay)
+
+    def _lora_run(self, model: A2LLM, run_dir: str, run: str, label: str,
+                  pool: Optional[Sequence[int]] = None, replay: float = 0.0) -> dict:
+        model.train()
+        _freeze(model)
+        lora = [p for n, p in model.llm.named_parameters() if "lora_" in n]
+        params = _unfreeze(lora + list(model.connector.parameters()))
+        summary = run_loop(label, run_dir, self.cfg.stage(run), params,
+                           self._lm_step(model, run, motion=True, pool=pool, replay=replay,
+                                         n_asr=self.cfg.asr_samples_lora),
+                           lambda p: self._save(model, p), self._loader(model),
+                           resume=self.resume, progress=self.progress)
+        model.eval()
+        summary["lora_params"] = sum(p.numel() for p in lora)
+        return summary
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _freeze(model: A2LLM) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def _unfreeze(params: List[torch.nn.Parameter]) -> List[torch.nn.Parameter]:
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def reset_lora(model: A2LLM, cfg: TrainConfig) -> None:
+    """"LoRA reset": discard any adapter (unmerged) and attach a fresh one."""
+    from peft import LoraConfig, get_peft_model
+    if hasattr(model.llm, "peft_config"):
+        model.llm = model.llm.unload()  # removes the LoRA layers without merging
+    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.lora_targets), bias="none")
+    model.llm = get_peft_model(model.llm, lora)
+
+
+@torch.no_grad()
+def _copy_weights(src: A2LLM, dst: A2LLM) -> None:
+    """Copy every tensor (parameters, buffers, codec) of ``src`` into ``dst``."""
+    from a2llm_ros.model.speech_codec import codec_state_dict, load_codec_state_dict
+    src_state = src.state_dict()
+    dst_state = dst.state_dict()
+    missing = sorted(set(dst_state) - set(src_state))
+    if missing:
+        raise KeyError(f"resume state lacks {len(missing)} tensors, e.g. {missing[:3]}")
+    for key, value in dst_state.items():
+        value.copy_(src_state[key].to(value.device))
+    load_codec_state_dict(dst.speech_tokenizer, dst.token2wav,
+                          codec_state_dict(src.speech_tokenizer, src.token2wav))

@@ -1,0 +1,216 @@
+"""flame_retarget_node and face_preview_node on recorded FLAME (a rosbag2 of FlameChunks)."""
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy", reason="rclpy missing: run through `make test`")
+pytest.importorskip("a2llm_ros.msg", reason="interfaces not built/sourced: run `make test`")
+pytest.importorskip("audio_common_msgs.msg", reason="run through `make test`")
+
+from rclpy.parameter import Parameter  # noqa: E402
+from ros_testing import Recorder, ros_context, unique_namespace  # noqa: E402
+
+pytestmark = pytest.mark.ros
+
+NS_PER_S = 1_000_000_000
+FRAME_NS = NS_PER_S // 25
+
+
+@pytest.fixture(scope="module")
+def recorded_bag(tmp_path_factory):
+    """Speech-driven FLAME (espeak + motion synthesis) recorded as FlameChunks in a bag."""
+    from rclpy.serialization import serialize_message
+
+    from a2llm_ros.bags import types as T
+    from a2llm_ros.bags.io import BagWriter
+    from a2llm_ros.data import espeak
+    from a2llm_ros.data.motion_synth import synthesize_motion
+    from a2llm_ros.ros import msgconv as mc
+    if not espeak.available():
+        pytest.skip("espeak-ng is not installed")
+    speech = espeak.synthesize("Hello there, nice to meet you.")
+    frames = synthesize_motion(speech.audio, speech.phonemes, emotion="happy", seed=1)
+    frames[:, 50] += 0.3  # open the jaw wide: the jawOpen limit (1.0) must clip
+    bag = tmp_path_factory.mktemp("flame") / "bag"
+    t0 = 1_700_000_000 * NS_PER_S
+    with BagWriter(bag) as writer:
+        for start in range(0, len(frames), 5):
+            msg = mc.flame_chunk_msg(frames[start:start + 5], t0 + start * FRAME_NS, 1, start,
+                                     "speech", "head")
+            writer.write_raw("/a2llm/flame/chunks", serialize_message(msg),
+                             t0 + start * FRAME_NS, T.FLAME_CHUNK)
+    return bag, frames
+
+
+def _replay(bag, shift_ns=0):
+    """FlameChunk messages read back from the bag, stamps shifted by ``shift_ns``."""
+    from rclpy.serialization import deserialize_message
+
+    from a2llm_ros.bags.io import read_bag_raw
+    from a2llm_ros.msg import FlameChunk
+    from a2llm_ros.ros import msgconv as mc
+    out = []
+    for _, _, _, raw in read_bag_raw(bag):
+        msg = deserialize_message(raw, FlameChunk)
+        msg.header.stamp = mc.time_msg(mc.to_ns(msg.header.stamp) + shift_ns)
+        for frame in msg.frames:
+            frame.header.stamp = mc.time_msg(mc.to_ns(frame.header.stamp) + shift_ns)
+        out.append(msg)
+    return out
+
+
+def _publisher(node, topic):
+    from a2llm_ros.msg import FlameChunk
+    from a2llm_ros.ros.qos import output_qos
+    return node.create_publisher(FlameChunk, topic, output_qos(100))
+
+
+def _wait_subscribed(pub, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert pub.get_subscription_count() > 0
+
+
+@pytest.mark.parametrize("preset", ["arkit52", "servo_head"])
+def test_retarget_applies_mapping_limits_and_rates(recorded_bag, preset):
+    from sensor_msgs.msg import JointState
+
+    from a2llm_ros.retarget import RetargetConfig, Retargeter
+    from a2llm_ros.ros.flame_retarget_node import FlameRetargetNode
+    from a2llm_ros.ros.paths import retarget_preset_file
+    from a2llm_ros.ros.qos import output_qos
+    bag, frames = recorded_bag
+    chunks = _replay(bag)
+    with ros_context() as (ctx, executor):
+        ns = unique_namespace("retarget")
+        node = FlameRetargetNode(namespace=ns, context=ctx, parameter_overrides=[
+            Parameter("preset", value=preset), Parameter("publish_mode", value="immediate")])
+        tester = rclpy.create_node("tester", namespace=ns, context=ctx)
+        executor.add_node(node)
+        executor.add_node(tester)
+        rec = Recorder(tester, {"face_commands": (JointState, output_qos(1000))})
+        pub = _publisher(tester, "flame/chunks")
+        _wait_subscribed(pub)
+        for msg in chunks:
+            pub.publish(msg)
+        assert rec.wait_for(lambda: len(rec.get("face_commands")) >= len(frames), 20.0)
+        node.destroy_node()
+        tester.destroy_node()
+    got = [m for _, m in rec.get("face_commands")]
+    cfg = RetargetConfig.from_yaml(retarget_preset_file(preset))
+    assert len(got) == len(frames)
+    assert all(list(m.name) == list(cfg.channels) for m in got)
+    positions = np.array([m.position for m in got])                    # [T, C]
+    stamps = np.array([m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for m in got])
+    # The mapping: same as the core retargeter on the recorded frames and stamps.
+    t0 = 1_700_000_000.0
+    frame_s = t0 + np.arange(len(frames)) / 25.0
+    expected, cmd_s = Retargeter(cfg).process(frames, frame_s)
+    np.testing.assert_allclose(positions, expected, atol=1e-5)
+    # Command stamps lead the frames by the actuator latency.
+    np.testing.assert_allclose(stamps, cmd_s, atol=1e-6)
+    np.testing.assert_allclose(frame_s - stamps, cfg.latency_lead_s, atol=1e-6)
+    # Limits and rate limits honoured.
+    lower, upper = np.array(cfg.lower), np.array(cfg.upper)
+    assert (positions >= lower - 1e-6).all() and (positions <= upper + 1e-6).all()
+    rate = np.where(np.array(cfg.max_rate) > 0, cfg.max_rate, np.inf)
+    step = np.abs(np.diff(positions, axis=0))
+    assert (step <= rate * 0.04 + 1e-5).all()
+    # The mapping moves the face: something changes, and some channel hits a limit.
+    assert positions.std(axis=0).max() > 0.01
+    unclipped = frames.astype(np.float64) @ cfg.matrix_array().T + np.array(cfg.offsets)
+    assert ((unclipped > upper + 1e-6) | (unclipped < lower - 1e-6)).any()
+
+
+def test_retarget_schedules_commands_and_flushes_on_barge_in(recorded_bag):
+    from sensor_msgs.msg import JointState
+
+    from a2llm_ros.msg import ConversationState
+    from a2llm_ros.ros.flame_retarget_node import FlameRetargetNode
+    from a2llm_ros.ros.qos import output_qos
+    bag, frames = recorded_bag
+    with ros_context() as (ctx, executor):
+        ns = unique_namespace("sched")
+        node = FlameRetargetNode(namespace=ns, context=ctx)
+        tester = rclpy.create_node("tester", namespace=ns, context=ctx)
+        executor.add_node(node)
+        executor.add_node(tester)
+        rec = Recorder(tester, {"face_commands": (JointState, output_qos(1000))})
+        pub = _publisher(tester, "flame/chunks")
+        state = tester.create_publisher(ConversationState, "conversation_state", output_qos(10))
+        _wait_subscribed(pub)
+        now = node.get_clock().now().nanoseconds
+        chunks = _replay(bag, shift_ns=now + 300_000_000 - 1_700_000_000 * NS_PER_S)
+        for msg in chunks[:10]:  # 50 frames = 2 s, starting 0.3 s from now
+            pub.publish(msg)
+        time.sleep(1.0)
+        state.publish(ConversationState(state=ConversationState.INTERRUPTED, turn_id=1))
+        time.sleep(0.6)
+        node.destroy_node()
+        tester.destroy_node()
+    got = rec.get("face_commands")
+    assert 10 <= len(got) < 50, len(got)  # later commands were dropped at the barge-in
+    lead = node.retargeter.config.latency_lead_s
+    for wall, msg in got:
+        stamp = msg.header.stamp.sec * NS_PER_S + msg.header.stamp.nanosec
+        assert stamp == pytest.approx(
+            now + 300_000_000 + got.index((wall, msg)) * FRAME_NS - lead * NS_PER_S, abs=1e3)
+    # Published when the clock reached the command stamp (not all at once on arrival).
+    walls = np.array([w for w, _ in got])
+    assert walls[-1] - walls[0] >= 0.04 * (len(got) - 1) - 0.1
+
+
+def test_retarget_rejects_invalid_parameters():
+    from a2llm_ros.ros.flame_retarget_node import FlameRetargetNode
+    with ros_context() as (ctx, _):
+        node = FlameRetargetNode(namespace=unique_namespace("badret"), context=ctx)
+        try:
+            for name, value in {"preset": "nonexistent", "publish_mode": "later",
+                                "input_topic": "other", "mapping_file": "/no/such.yaml",
+                                "qos_depth": 0}.items():
+                (result,) = node.set_parameters([Parameter(name, value=value)])
+                assert not result.successful and result.reason, name
+            (ok,) = node.set_parameters([Parameter("preset", value="servo_head")])
+            assert ok.successful and node.retargeter.config.name == "servo_head"
+        finally:
+            node.destroy_node()
+
+
+def test_preview_publishes_triangle_mesh_of_recorded_frames(recorded_bag):
+    from visualization_msgs.msg import Marker
+
+    from a2llm_ros.flame.mesh import FlameMesh
+    from a2llm_ros.ros.face_preview_node import FacePreviewNode
+    from a2llm_ros.ros.qos import output_qos
+    bag, frames = recorded_bag
+    with ros_context() as (ctx, executor):
+        ns = unique_namespace("preview")
+        node = FacePreviewNode(namespace=ns, context=ctx, parameter_overrides=[
+            Parameter("rate_hz", value=5.0)])
+        tester = rclpy.create_node("tester", namespace=ns, context=ctx)
+        executor.add_node(node)
+        executor.add_node(tester)
+        rec = Recorder(tester, {"face_marker": (Marker, output_qos(10))})
+        pub = _publisher(tester, "flame/chunks")
+        _wait_subscribed(pub)
+        # Invalid parameters are rejected with a reason, the node keeps running.
+        for name, value in {"rate_hz": 0.0, "color": [1.0, 0.0, 0.0],
+                            "model": "/no/such/model.npz", "scale": -1.0}.items():
+            (result,) = node.set_parameters([Parameter(name, value=value)])
+            assert not result.successful and result.reason, name
+        chunk = _replay(bag, shift_ns=-10 * NS_PER_S)[3]  # frames 15..19, stamps in the past
+        pub.publish(chunk)
+        assert rec.wait_for(lambda: len(rec.get("face_marker")) >= 1, 10.0)
+        marker = rec.get("face_marker")[0][1]
+        node.destroy_node()
+        tester.destroy_node()
+    mesh = FlameMesh("generated")
+    assert marker.type == Marker.TRIANGLE_LIST and marker.action == Marker.ADD
+    assert len(marker.points) == 3 * len(mesh.faces) == node.n_marker_points
+    assert marker.header.frame_id == "a2llm_head"
+    # It shows the newest frame whose time has come (frame 19), as FlameMesh places it.
+    expected = mesh.vertices(frames[19])[mesh.faces].reshape(-1, 3)
+    points = np.array([[p.x, p.y, p.z] for p in marker.points])
+    np.testing.assert_allclose(points, expected, atol=1e-5)
