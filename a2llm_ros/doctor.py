@@ -84,21 +84,24 @@ def backend_checks() -> List[Check]:
     pycuda, err = _import("pycuda.driver")
     out.append(("pycuda", pycuda is not None, "importable" if pycuda else
                 err + " (the TensorRT runtime falls back to torch CUDA buffers)"))
+    from a2llm_ros.engines.cache import gpu_info
+    gpu = gpu_info() if (trt is not None or pycuda is not None) else None
+    if gpu is not None:
+        out.append(("gpu", True, f"{gpu['name']} (compute capability "
+                                 f"{gpu['compute_capability']}, {gpu['total_memory_mb']} MiB)"))
     return out
 
 
 def auto_backend(checks: List[Check]) -> Tuple[str, str]:
-    """What ``backend: auto`` picks, and why."""
+    """What ``backend: auto`` picks, and why (the rule of
+    :func:`a2llm_ros.engines.select.choose_auto`, applied to these checks)."""
+    from a2llm_ros.engines.select import choose_auto
     state = {name: ok for name, ok, _ in checks}
-    if state.get("tensorrt") and state.get("torch (cuda)"):
-        return "tensorrt", "TensorRT and a CUDA GPU are present"
-    if state.get("torch (cuda)"):
-        return "torch", "CUDA GPU present but no TensorRT: PyTorch on CUDA"
-    if state.get("torch (cpu)"):
-        return "torch", "no GPU: PyTorch on CPU (onnxruntime is used when asked for by name)"
-    if state.get("onnxruntime"):
-        return "onnxruntime", "torch missing: ONNX Runtime on CPU"
-    return "none", "no inference backend importable"
+    flags = {"torch": state.get("torch (cpu)"), "torch_cuda": state.get("torch (cuda)"),
+             "onnxruntime": state.get("onnxruntime"), "ort_cuda": state.get("onnxruntime (cuda)"),
+             "tensorrt": state.get("tensorrt"), "pycuda": state.get("pycuda"),
+             "gpu": state.get("torch (cuda)") or state.get("gpu")}
+    return choose_auto(flags)
 
 
 def gpu_summary() -> str:

@@ -95,8 +95,8 @@ def evaluate(checkpoint: str, data_dir: str, split: str = "test", limit: int = 0
     if not samples:
         raise ValueError(f"{data_dir}: no valid samples in split {split!r}")
     answers = {s.answer_id: s.answer_text for s in samples}
-    gen = StreamingGenerator(backend or model, gen_cfg or GenerationConfig(greedy=True,
-                                                                          max_speech_tokens=300))
+    gen_cfg = gen_cfg or GenerationConfig(greedy=True, max_speech_tokens=300)
+    gen = StreamingGenerator(backend or model, gen_cfg)
     judge = SphinxJudge(answers) if asr else None
     gen.start(samples[0].question_audio)  # warm-up turn (first-call allocations)
     gen.cancel()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 
 HELP = "train stages 0-3 on a FLAME-QA set (resumable); --install-default ships the result"

@@ -914,6 +914,7 @@ def turn_rows(res: GraphResult) -> List[Dict[str, Any]]:
         rows.append({
             "turn": turn.turn_id,
             "question_end_s": None if turn.question_end is None else turn.question_end - t0,
+            "endpoint_ms": turn.latency_ms("t_thinking"),
             "first_text_ms": turn.latency_ms("first_text"),
             "first_audio_ms": turn.latency_ms("first_audio"),
             "first_flame_ms": turn.latency_ms("first_flame"),
