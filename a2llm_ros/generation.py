@@ -140,8 +140,12 @@ class Backend:
     """Per-step model calls used by the generator (Torch, ONNX Runtime, TensorRT...).
 
     Shapes: H = LLM hidden, V = vocabulary, L = RVQ levels, D = FLAME dims.
+    ``model`` is the :class:`A2LLM` for the PyTorch backend; engine backends
+    give a :class:`a2llm_ros.engines.model_info.ModelInfo` with the same
+    tokenizers, vocabulary, configs, layout and codec but no networks.
     """
 
+    kind: str = "base"
     model: A2LLM  # tokenizers, vocabulary, configs and codec metadata
 
     def encode_audio(self, mel: torch.Tensor) -> torch.Tensor:
@@ -185,6 +189,8 @@ class Backend:
 
 class TorchBackend(Backend):
     """The PyTorch model, with the Hugging Face KV cache for incremental decoding."""
+
+    kind = "torch"
 
     def __init__(self, model: A2LLM):
         self.model = model.eval()

@@ -62,28 +62,15 @@ WARMUP_SECONDS = 1.0
 def load_backend_for(checkpoint: str, backend_cfg) -> Any:
     """Backend for ``checkpoint`` as configured by ``backend_cfg``.
 
-    Uses ``a2llm_ros.engines.load_backend``; while that module is not
-    available, a PyTorch backend (only ``kind`` auto/torch).
+    Uses :func:`a2llm_ros.engines.load_backend` (``auto`` picks the best
+    available engine; a missing or mismatched engine raises ``EngineError``).
     """
     from a2llm_ros.checkpoint import resolve_checkpoint
+    from a2llm_ros.engines import BackendConfig, load_backend
     ckpt = resolve_checkpoint(checkpoint)
-    try:
-        from a2llm_ros.engines import BackendConfig, load_backend
-    except ImportError:
-        return _torch_fallback(ckpt, backend_cfg)
     if not isinstance(backend_cfg, BackendConfig):
         backend_cfg = BackendConfig(**dataclasses.asdict(backend_cfg))
     return load_backend(ckpt, backend_cfg)
-
-
-def _torch_fallback(ckpt: str, backend_cfg):
-    # Temporary: used only until a2llm_ros.engines is importable.
-    if backend_cfg.kind not in ("auto", "torch"):
-        raise RuntimeError(f"backend.kind {backend_cfg.kind!r} needs a2llm_ros.engines, "
-                           "which is not installed")
-    from a2llm_ros.checkpoint import load_checkpoint
-    from a2llm_ros.generation import TorchBackend
-    return TorchBackend(load_checkpoint(ckpt))
 
 
 def warm_up(backend, gen_cfg) -> float:

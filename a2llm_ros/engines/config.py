@@ -1,0 +1,126 @@
+"""Backend configuration (:class:`BackendConfig`) and the engine error type.
+
+Parameter names follow the Isaac ROS TensorRT node where they mean the same
+thing: ``model_file_path`` (here: the directory of exported ONNX graphs),
+``engine_file_path`` (here: the directory of TensorRT engines, one ``.plan``
+per graph) and ``force_engine_update`` (rebuild even when a cached engine
+exists; default false).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Dict, Tuple
+
+from a2llm_ros.configbase import ConfigBase
+from a2llm_ros.constants import MEL_FRAME_RATE, MEL_HOP, SAMPLE_RATE
+
+KINDS = ("auto", "torch", "onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8", "fp8")
+KV_MODES = ("auto", "dynamic", "static")
+#: Default sub-directories of a checkpoint for exported graphs and engines.
+ONNX_SUBDIR, ENGINE_SUBDIR = "onnx", "tensorrt"
+#: Shortest question the generator accepts (seconds), see generation.check_question.
+MIN_QUESTION_SECONDS = 0.1
+
+
+class EngineError(RuntimeError):
+    """A backend cannot be used: missing or mismatched model/engine files, missing runtime."""
+
+
+@dataclass
+class BackendConfig(ConfigBase):
+    """Which inference backend runs the model, and how.
+
+    * ``kind``: ``auto`` (best available, see :func:`a2llm_ros.engines.describe_auto`),
+      ``torch``, ``onnxruntime`` or ``tensorrt``.
+    * ``device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    * ``model_file_path``: directory of the exported ONNX graphs
+      (``""`` = ``<checkpoint>/onnx``).
+    * ``engine_file_path``: directory of the TensorRT engines
+      (``""`` = ``<checkpoint>/tensorrt``).
+    * ``force_engine_update``: rebuild TensorRT engines even when cached ones exist.
+    * ``precision``: TensorRT builder precision (``fp16`` default; ``int8`` / ``fp8``
+      where the GPU supports them); the torch backend on CUDA uses fp16 for the
+      LLM when this is ``fp16``; ONNX Runtime always runs the fp32 graphs.
+    * ``kv_cache``: ``dynamic`` (prefill + decode graphs, the cache grows by one
+      position per step) or ``static`` (one ``llm`` graph over a fixed-capacity
+      cache of ``max_context`` positions: fixed shapes, so the decode step can be
+      captured as a CUDA graph); ``auto`` = static for TensorRT, dynamic otherwise.
+    * ``max_context`` / ``opt_context``: LLM positions (prompt + answer) the engines
+      are built for; ``max_question_s`` / ``opt_question_s`` bound the audio input.
+    """
+
+    kind: str = "auto"
+    device: str = "auto"
+    model_file_path: str = ""
+    engine_file_path: str = ""
+    force_engine_update: bool = False
+    precision: str = "fp16"
+    workspace_mb: int = 2048
+    builder_optimization_level: int = 3
+    timing_cache_path: str = ""
+    kv_cache: str = "auto"
+    cuda_graph: bool = True
+    max_context: int = 2048
+    opt_context: int = 512
+    max_question_s: float = 30.0
+    opt_question_s: float = 5.0
+    threads: int = 1
+    torch_compile: bool = False
+    calibration_turns: int = 4
+    verbose: bool = False
+
+    PRESETS = {
+        "tiny": dict(workspace_mb=1024, max_context=2048, opt_context=512),
+        "edge": dict(workspace_mb=2048, max_context=2048, opt_context=512),
+        "paper": dict(workspace_mb=4096, max_context=4096, opt_context=1024),
+    }
+
+    def __post_init__(self):
+        bad = []
+        if self.kind not in KINDS:
+            bad.append(f"kind={self.kind!r} (one of {', '.join(KINDS)})")
+        if self.precision not in PRECISIONS:
+            bad.append(f"precision={self.precision!r} (one of {', '.join(PRECISIONS)})")
+        if self.kv_cache not in KV_MODES:
+            bad.append(f"kv_cache={self.kv_cache!r} (one of {', '.join(KV_MODES)})")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            bad.append(f"device={self.device!r} (auto, cpu, cuda or cuda:N)")
+        if self.max_context < 16 or not 1 <= self.opt_context <= self.max_context:
+            bad.append("max_context >= 16 and 1 <= opt_context <= max_context")
+        if not MIN_QUESTION_SECONDS <= self.opt_question_s <= self.max_question_s:
+            bad.append(f"{MIN_QUESTION_SECONDS} <= opt_question_s <= max_question_s")
+        if self.workspace_mb < 16 or self.threads < 1:
+            bad.append("workspace_mb >= 16 and threads >= 1")
+        if bad:
+            raise ValueError("BackendConfig: " + "; ".join(bad))
+
+    # -- paths ---------------------------------------------------------------------------
+    def onnx_dir(self, checkpoint_dir: str) -> str:
+        """Directory of the exported ONNX graphs for ``checkpoint_dir``."""
+        return self.model_file_path or os.path.join(checkpoint_dir, ONNX_SUBDIR)
+
+    def engine_dir(self, checkpoint_dir: str) -> str:
+        """Directory of the TensorRT engines for ``checkpoint_dir``."""
+        return self.engine_file_path or os.path.join(checkpoint_dir, ENGINE_SUBDIR)
+
+    def kv_mode(self, kind: str) -> str:
+        """``dynamic`` or ``static`` for backend ``kind`` (resolves ``auto``)."""
+        if self.kv_cache != "auto":
+            return self.kv_cache
+        return "static" if kind == "tensorrt" else "dynamic"
+
+    # -- input sizes ---------------------------------------------------------------------
+    def mel_frames(self) -> Tuple[int, int, int]:
+        """(min, opt, max) log-mel frames of a question (100 Hz)."""
+        lo = int(MIN_QUESTION_SECONDS * SAMPLE_RATE) // MEL_HOP
+        return lo, int(self.opt_question_s * MEL_FRAME_RATE), \
+            int(self.max_question_s * MEL_FRAME_RATE)
+
+    def build_options(self) -> Dict[str, object]:
+        """The fields that change a TensorRT engine (part of its cache key)."""
+        return {"precision": self.precision, "workspace_mb": self.workspace_mb,
+                "builder_optimization_level": self.builder_optimization_level,
+                "max_context": self.max_context, "opt_context": self.opt_context,
+                "max_question_s": self.max_question_s, "opt_question_s": self.opt_question_s}

@@ -1,0 +1,242 @@
+"""The generator's :class:`~a2llm_ros.generation.Backend` on top of exported graphs.
+
+:class:`GraphBackend` implements every Backend method with the graphs of
+:mod:`a2llm_ros.engines.graphs` through a *runner* (ONNX Runtime sessions or
+TensorRT engines) with one method::
+
+    runner.run(graph, feeds, profile=None, host=()) -> {output name: value}
+
+``feeds`` values are NumPy arrays, :class:`Zeros` markers (a zero tensor the
+runner may create on the device) or values a previous ``run`` returned
+(device-resident for TensorRT).  Outputs named in ``host`` come back as NumPy
+arrays, the others may stay on the device.  State objects (KV cache,
+connector windows, decoder caches) hold such values; the generator treats
+them as opaque.  With the TensorRT runner a state stays valid until the
+next-but-one call of the same engine (double-buffered outputs), which the
+generator's one-turn-at-a-time use satisfies.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from a2llm_ros.constants import SAMPLES_PER_SPEECH_TOKEN
+from a2llm_ros.engines.config import EngineError
+from a2llm_ros.engines.graphs import MAX_EMBED_IDS
+from a2llm_ros.generation import Backend
+
+#: Gumbel noise is drawn from uniforms clamped to [TINY, 1 - TINY].
+GUMBEL_TINY = 1e-10
+
+
+@dataclass(frozen=True)
+class Zeros:
+    """A zero-filled input of ``shape`` (the runner chooses dtype and placement)."""
+
+    shape: Tuple[int, ...]
+
+
+@dataclass
+class EngineKV:
+    """LLM KV cache held by the runner: ``value`` [L, 2, G, T, dh]; ``length`` positions used."""
+
+    value: Any
+    length: int
+
+
+@dataclass
+class EngineConnectorState:
+    """Connector windows (runner values), the codes of the last step and the step count."""
+
+    self_kv: Any
+    mem_kv: Any
+    prev_codes: np.ndarray  # [1, L] int32
+    n_segments: int = 0
+
+
+class GraphBackend(Backend):
+    """Backend running the exported graphs through ``runner`` (see module docstring).
+
+    ``kv_mode`` is ``"dynamic"`` (``llm_prefill`` + ``llm_decode``) or
+    ``"static"`` (``llm`` over a fixed cache of ``manifest["export_options"]
+    ["max_context"]`` positions).
+    """
+
+    kind = "graph"
+
+    def __init__(self, model_info, runner, manifest: dict, kv_mode: str = "dynamic"):
+        if kv_mode not in ("dynamic", "static"):
+            raise ValueError(f"kv_mode must be 'dynamic' or 'static', got {kv_mode!r}")
+        self.model = model_info
+        self.runner = runner
+        self.manifest = manifest
+        self.kv_mode = kv_mode
+        shapes = manifest["shapes"]
+        self.kv_layout = tuple(shapes["kv_layout"])  # [L, 2, G, "T", dh]
+        self.max_context = int(manifest["export_options"]["max_context"])
+        self.connector_shape = tuple(shapes["connector_state"])
+        self.motion_shapes = [tuple(s) for s in shapes["motion_caches"]]
+        self.t2w_shapes = {k: tuple(v) for k, v in shapes["token2wav_state"].items()}
+        self.chunk_tokens = int(shapes["chunk_tokens"])
+        ccfg = model_info.cfg.connector
+        self.n_levels, self.codebook_size = ccfg.n_levels, ccfg.codebook_size
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _kv_shape(self, length: int) -> Tuple[int, ...]:
+        return tuple(length if isinstance(d, str) else int(d) for d in self.kv_layout)
+
+    def _check_room(self, needed: int) -> None:
+        if needed > self.max_context:
+            raise EngineError(f"LLM context full: {needed} positions > max_context "
+                              f"{self.max_context}; re-export / rebuild with a larger "
+                              f"max_context (BackendConfig.max_context)")
+
+    @staticmethod
+    def _np(x: torch.Tensor) -> np.ndarray:
+        return np.ascontiguousarray(x.detach().float().cpu().numpy())
+
+    # -- audio and prompt ------------------------------------------------------------------
+    def encode_audio(self, mel):
+        out = self.runner.run("audio_encoder", {"mel": self._np(mel)[None]},
+                              host=("audio_embeds",))
+        return torch.from_numpy(np.asarray(out["audio_embeds"], np.float32))
+
+    def embed_tokens(self, ids):
+        ids = [int(i) for i in ids]
+        parts = []
+        for start in range(0, max(len(ids), 1), MAX_EMBED_IDS):
+            chunk = np.asarray([ids[start:start + MAX_EMBED_IDS]], np.int32)
+            if chunk.size == 0:
+                break
+            out = self.runner.run("token_embed", {"ids": chunk}, host=("embeds",))
+            parts.append(np.asarray(out["embeds"], np.float32))
+        if not parts:
+            return torch.zeros(1, 0, self.model.cfg.llm.hidden_size)
+        return torch.from_numpy(np.concatenate(parts, axis=1))
+
+    # -- LLM -------------------------------------------------------------------------------
+    @staticmethod
+    def _head(out) -> Tuple[torch.Tensor, torch.Tensor]:
+        logits = torch.from_numpy(np.asarray(out["logits"], np.float32)[0])
+        hidden = torch.from_numpy(np.asarray(out["hidden"], np.float32)[0])
+        return logits, hidden
+
+    def prefill(self, embeds):
+        P = int(embeds.shape[1])
+        self._check_room(P + 1)
+        x = self._np(embeds)
+        if self.kv_mode == "dynamic":
+            out = self.runner.run("llm_prefill", {"inputs_embeds": x},
+                                  host=("logits", "hidden"))
+        else:
+            out = self.runner.run("llm", {"inputs_embeds": x,
+                                          "past_kv": Zeros(self._kv_shape(self.max_context)),
+                                          "past_len": np.array([0], np.int32)},
+                                  profile="prefill", host=("logits", "hidden"))
+        logits, hidden = self._head(out)
+        return logits, hidden, EngineKV(out["present_kv"], P)
+
+    def decode(self, token_id, cache: EngineKV):
+        if cache is None:
+            raise EngineError("decode() without a KV cache: call prefill() first")
+        self._check_room(cache.length + 1)
+        tok = np.array([[int(token_id)]], np.int32)
+        if self.kv_mode == "dynamic":
+            out = self.runner.run("llm_decode", {"token_id": tok, "past_kv": cache.value},
+                                  host=("logits", "hidden"))
+        else:
+            emb = self.runner.run("token_embed", {"ids": tok}, profile="one")["embeds"]
+            out = self.runner.run("llm", {"inputs_embeds": emb, "past_kv": cache.value,
+                                          "past_len": np.array([cache.length], np.int32)},
+                                  profile="decode", host=("logits", "hidden"))
+        logits, hidden = self._head(out)
+        return logits, hidden, EngineKV(out["present_kv"], cache.length + 1)
+
+    # -- motion connector ------------------------------------------------------------------
+    def init_connector_state(self):
+        return EngineConnectorState(Zeros(self.connector_shape), Zeros(self.connector_shape),
+                                    np.zeros((1, self.n_levels), np.int32), 0)
+
+    def _noise(self, temperature: float, generator, top_k: int):
+        L, K = self.n_levels, self.codebook_size
+        if temperature <= 0:
+            return np.zeros((1, L, K), np.float32), 1.0, 0
+        device = generator.device if generator is not None else "cpu"
+        u = torch.rand((1, L, K), generator=generator, device=device).double().cpu()
+        u = u.clamp(GUMBEL_TINY, 1.0 - GUMBEL_TINY)
+        gumbel = -torch.log(-torch.log(u))  # Gumbel(0, 1)
+        return gumbel.float().numpy(), 1.0 / float(temperature), max(int(top_k), 0)
+
+    def connector_step(self, hidden, state: EngineConnectorState, temperature, generator,
+                       top_k):
+        if tuple(hidden.shape[:2]) != (1, self.model.cfg.connector.pool):
+            raise ValueError(f"connector_step takes hidden [1, {self.model.cfg.connector.pool}"
+                             f", H], got {tuple(hidden.shape)}")
+        noise, inv_t, k = self._noise(float(temperature), generator, int(top_k))
+        out = self.runner.run("connector_step", {
+            "hidden": self._np(hidden), "self_kv": state.self_kv, "mem_kv": state.mem_kv,
+            "prev_codes": state.prev_codes, "step": np.array([state.n_segments], np.int32),
+            "noise": noise, "inv_temperature": np.array([inv_t], np.float32),
+            "top_k": np.array([k], np.int32)}, host=("codes",))
+        codes = np.asarray(out["codes"], np.int32)
+        new = EngineConnectorState(out["self_kv_out"], out["mem_kv_out"], codes.copy(),
+                                   state.n_segments + 1)
+        return torch.from_numpy(codes.astype(np.int64)), new
+
+    # -- motion decoder --------------------------------------------------------------------
+    def init_motion_state(self):
+        return [Zeros(s) for s in self.motion_shapes]
+
+    def motion_decode_step(self, codes, state: List[Any]):
+        codes = codes.detach().cpu().numpy().astype(np.int32)  # [1, n, L]
+        frames = []
+        for i in range(codes.shape[1]):
+            feeds: Dict[str, Any] = {"codes": np.ascontiguousarray(codes[:, i:i + 1])}
+            feeds.update({f"cache_{j}": c for j, c in enumerate(state)})
+            out = self.runner.run("motion_decoder", feeds, host=("frames",))
+            frames.append(np.asarray(out["frames"], np.float32))
+            state = [out[f"cache_{j}_out"] for j in range(len(state))]
+        if not frames:
+            return torch.zeros(1, 0, self.model.layout.dim), state
+        return torch.from_numpy(np.concatenate(frames, axis=1)), state
+
+    # -- token2wav -------------------------------------------------------------------------
+    def init_token2wav_state(self):
+        return {k: Zeros(s) for k, s in self.t2w_shapes.items()}
+
+    def token2wav_step(self, tokens, state: Dict[str, Any]):
+        toks = np.asarray(torch.as_tensor(tokens).cpu().numpy(), np.int64).reshape(-1)
+        n_codes = self.model.cfg.codec.n_codes
+        if toks.size and (toks.min() < 0 or toks.max() >= n_codes):
+            raise ValueError(f"speech tokens must lie in [0, {n_codes}), got range "
+                             f"[{toks.min()}, {toks.max()}]")
+        audio = []
+        n = self.chunk_tokens
+        for start in range(0, toks.size, n):
+            chunk = toks[start:start + n]
+            padded = np.zeros(n, np.int32)
+            padded[:chunk.size] = chunk
+            out = self.runner.run("token2wav", {
+                "tokens": padded, "n_valid": np.array([chunk.size], np.int32), **state},
+                host=("audio",))
+            n_samples = chunk.size * SAMPLES_PER_SPEECH_TOKEN
+            audio.append(np.asarray(out["audio"], np.float32)[:n_samples])
+            state = {k: out[f"{k}_out"] for k in self.t2w_shapes}
+        if not audio:
+            return torch.zeros(0), state
+        return torch.from_numpy(np.concatenate(audio)), state
+
+
+def needed_graphs(kv_mode: str) -> Sequence[str]:
+    """Graph names a :class:`GraphBackend` in ``kv_mode`` runs."""
+    from a2llm_ros.engines.graphs import NEEDED
+    return NEEDED[kv_mode]
+
+
+def missing_graphs(manifest: Optional[dict], kv_mode: str) -> List[str]:
+    """Graphs of ``kv_mode`` that ``manifest`` does not list."""
+    have = set((manifest or {}).get("graphs", {}))
+    return [g for g in needed_graphs(kv_mode) if g not in have]

@@ -1,0 +1,93 @@
+"""What the generator needs from a checkpoint when the networks run in an engine.
+
+:class:`ModelInfo` stands in for :class:`~a2llm_ros.model.a2llm.A2LLM` as
+``Backend.model`` of the ONNX Runtime and TensorRT backends: configs,
+vocabulary layout, text tokenizer, FLAME layout, the log-mel front end and
+the speech codec (its small tensors are read from the checkpoint's
+safetensors), without building or loading the neural networks.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import numpy as np
+import torch
+
+from a2llm_ros.audio.features import log_mel_spectrogram, mel_filterbank
+from a2llm_ros.checkpoint import (CODEC_PREFIX, TOKENIZER_FILE, WEIGHTS_FILE, CheckpointError,
+                                  read_config, resolve_checkpoint)
+from a2llm_ros.flame.layout import FlameLayout
+from a2llm_ros.model.audio_llm import VocabLayout, resolve_hf_path
+from a2llm_ros.model.speech_codec import load_codec_state_dict, make_codec
+from a2llm_ros.model.text_tokenizer import CharTokenizer, HFTokenizer
+
+
+class ModelInfo:
+    """Configs, tokenizers, layouts and codec of a checkpoint (no network weights).
+
+    Attributes used by :mod:`a2llm_ros.generation`: ``cfg``, ``vocab``,
+    ``text_tokenizer``, ``layout``, ``device``, :meth:`log_mel`; also
+    ``speech_tokenizer`` / ``token2wav`` (the fitted codec) and
+    ``checkpoint_dir``.
+    """
+
+    def __init__(self, checkpoint_dir: str, n_params: Optional[int] = None):
+        self.checkpoint_dir = resolve_checkpoint(checkpoint_dir)
+        self.cfg = cfg = read_config(self.checkpoint_dir)
+        self.layout = FlameLayout(n_expr=cfg.motion.n_expr)
+        self.text_tokenizer = self._text_tokenizer()
+        if self.text_tokenizer.vocab_size > cfg.llm.text_vocab_size:
+            raise CheckpointError(f"text tokenizer has {self.text_tokenizer.vocab_size} ids > "
+                                  f"llm.text_vocab_size {cfg.llm.text_vocab_size}")
+        self.vocab = VocabLayout(cfg.llm.text_vocab_size, cfg.codec.n_codes)
+        self.mel_filters = mel_filterbank(cfg.mel)
+        self.speech_tokenizer, self.token2wav = make_codec(cfg.codec)
+        self._load_codec()
+        self.device = torch.device("cpu")
+        self._n_params = n_params
+
+    def _text_tokenizer(self):
+        cfg = self.cfg
+        if cfg.text.kind == "char":
+            path = os.path.join(self.checkpoint_dir, TOKENIZER_FILE)
+            if not os.path.isfile(path):
+                raise CheckpointError(f"{self.checkpoint_dir}: missing {TOKENIZER_FILE}")
+            with open(path, encoding="utf-8") as f:
+                return CharTokenizer.from_json(f.read())
+        return HFTokenizer(resolve_hf_path(cfg.llm.hf_path, os.path.abspath(self.checkpoint_dir)))
+
+    def _load_codec(self) -> None:
+        from safetensors import safe_open
+        path = os.path.join(self.checkpoint_dir, WEIGHTS_FILE)
+        if not os.path.isfile(path):
+            raise CheckpointError(f"{self.checkpoint_dir}: missing {WEIGHTS_FILE}")
+        state = {}
+        with safe_open(path, framework="pt") as f:
+            for key in f.keys():
+                if key.startswith(CODEC_PREFIX):
+                    state[key[len(CODEC_PREFIX):]] = f.get_tensor(key)
+        try:
+            load_codec_state_dict(self.speech_tokenizer, self.token2wav, state)
+        except (KeyError, ValueError) as exc:
+            raise CheckpointError(f"speech codec weights ({CODEC_PREFIX}*): {exc}") from exc
+
+    def log_mel(self, wave) -> torch.Tensor:
+        """Question wave [N] float32 16 kHz -> log-mel [M, N // 160] (as ``A2LLM.log_mel``)."""
+        wave = torch.as_tensor(np.asarray(wave, dtype=np.float32))
+        return log_mel_spectrogram(wave, self.cfg.mel, self.mel_filters)
+
+    def n_params(self) -> int:
+        """Parameter count of the networks (from the export manifest; 0 when unknown)."""
+        return int(self._n_params or 0)
+
+    def eval(self) -> "ModelInfo":
+        return self
+
+    def __repr__(self) -> str:
+        return (f"ModelInfo({self.checkpoint_dir!r}, preset={self.cfg.preset_name!r}, "
+                f"vocab={self.vocab.size})")
+
+    def to_json(self) -> str:
+        return json.dumps({"checkpoint": self.checkpoint_dir, "preset": self.cfg.preset_name})
