@@ -53,9 +53,10 @@ def resolve_checkpoint(path: str) -> str:
     if path == "default":
         if not os.path.isfile(os.path.join(DEFAULT_CHECKPOINT, CONFIG_FILE)):
             raise FileNotFoundError(
-                f"the default checkpoint ({DEFAULT_CHECKPOINT}) has not been built yet; build "
-                f"it with `a2llm init --preset tiny --out {DEFAULT_CHECKPOINT}` followed by "
-                f"`a2llm train` into that directory, or pass --checkpoint DIR")
+                f"the default checkpoint ({DEFAULT_CHECKPOINT}) is missing; it ships with the "
+                f"repository (git checkout) and is rebuilt by `make default-checkpoint` "
+                f"(synthetic FLAME-QA + `a2llm train --install-default`); or pass "
+                f"--checkpoint DIR")
         return DEFAULT_CHECKPOINT
     if not os.path.isdir(path):
         raise FileNotFoundError(f"checkpoint directory not found: {path}")

@@ -228,3 +228,25 @@ def test_eval_report_has_every_metric(smoke_run, tmp_path):
         assert key in stored["answers"], key
     md = markdown_report(report)
     assert "MOD (mm)" in md and "Peak align. (ms)" in md and "PocketSphinx" in md
+
+
+def test_ctc_targets_and_loss_decrease_on_one_batch():
+    from a2llm_ros.model.audio_encoder import AudioEncoder, AudioEncoderConfig
+    from a2llm_ros.training.ctc import CTC_SYMBOLS, CTCHead, ctc_loss, ctc_targets
+    ids = ctc_targets("What's the time, Robo?")
+    assert "".join(CTC_SYMBOLS[i - 1] for i in ids) == "what's the time robo"
+    torch.manual_seed(0)
+    enc = AudioEncoder(AudioEncoderConfig.preset("tiny"))
+    head = CTCHead(enc.cfg.d_model)
+    mel = torch.randn(2, enc.cfg.n_mels, 120)
+    lengths = torch.tensor([120, 90])
+    texts = ["hello there", "yes"]
+    opt = torch.optim.Adam(list(enc.parameters()) + list(head.parameters()), 3e-3)
+    first = None
+    for _ in range(30):
+        loss = ctc_loss(head, enc, mel, lengths, texts)
+        first = float(loss) if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert np.isfinite(first) and float(loss) < 0.5 * first

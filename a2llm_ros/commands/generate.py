@@ -29,6 +29,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "with more)")
     parser.add_argument("--min-speech-tokens", type=int, default=0,
                         help="suppress <speech_end> before this many speech tokens")
+    parser.add_argument("--backend", default="torch",
+                        choices=("auto", "torch", "onnxruntime", "tensorrt"),
+                        help="inference backend (default torch; see `a2llm doctor`)")
+    parser.add_argument("--onnx", default=None,
+                        help="exported ONNX graphs (`a2llm export --format onnx`)")
+    parser.add_argument("--engines", default=None,
+                        help="TensorRT engine directory (`a2llm export --format tensorrt`)")
+    from a2llm_ros.commands.export import add_backend_arguments
+    add_backend_arguments(parser)
 
 
 def write_outputs(out_dir: str, result, layout) -> dict:
@@ -61,19 +70,24 @@ def run(args) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"a2llm generate: bad input audio: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    from a2llm_ros.checkpoint import load_checkpoint
+    from a2llm_ros.checkpoint import resolve_checkpoint
+    from a2llm_ros.commands.export import backend_config
+    from a2llm_ros.engines import EngineError, load_backend
     torch.set_num_threads(max(1, args.threads))
     try:
-        model = load_checkpoint(args.checkpoint)
+        ckpt = resolve_checkpoint(args.checkpoint)
+        bcfg = backend_config(args, ckpt, kind=args.backend, model_file_path=args.onnx,
+                              engine_file_path=args.engines)
+        backend = load_backend(ckpt, bcfg)
         cfg = GenerationConfig(max_speech_tokens=args.max_speech_tokens,
                                min_speech_tokens=args.min_speech_tokens,
                                temperature=args.temperature, top_k=args.top_k,
                                seed=args.seed, greedy=args.greedy)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, EngineError) as exc:
         print(f"a2llm generate: {exc}", file=sys.stderr)
         return 1
-    result = StreamingGenerator(model, cfg).generate(wave)
-    summary = write_outputs(args.out, result, model.layout)
+    result = StreamingGenerator(backend, cfg).generate(wave)
+    summary = write_outputs(args.out, result, backend.model.layout)
     print(f"answer ({summary['end']}, {summary['seconds']:.2f} s, {summary['frames']} FLAME "
           f"frames): {summary['text']!r}")
     print(f"wrote {args.out}/answer.wav, flame.npz, events.jsonl")

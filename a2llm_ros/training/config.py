@@ -71,7 +71,7 @@ _TINY = dict(
     connector=dict(steps=500, batch_size=32, lr=2e-3, warmup_steps=20, checkpoint_every=250),
     joint=dict(steps=200, batch_size=16, lr=1e-3, warmup_steps=10, checkpoint_every=100),
     affective=dict(steps=60, batch_size=16, lr=3e-4, warmup_steps=5, checkpoint_every=60),
-    lora_rank=8, lora_alpha=16, threads=2)
+    lora_rank=8, lora_alpha=16, threads=2, asr_samples=4)
 _EDGE = dict(
     rvq=dict(steps=20000, batch_size=64, lr=1e-3, warmup_steps=500, checkpoint_every=2000),
     base=dict(steps=0), connector=dict(steps=20000, batch_size=32, lr=5e-4, warmup_steps=500,
@@ -79,7 +79,7 @@ _EDGE = dict(
     joint=dict(steps=10000, batch_size=16, lr=2e-4, warmup_steps=300, checkpoint_every=1000),
     affective=dict(steps=2000, batch_size=16, lr=5e-5, warmup_steps=100, checkpoint_every=500),
     lora_rank=32, lora_alpha=64, threads=0, storage_dtype="bfloat16",
-    asr_samples=0, asr_samples_lora=0)
+    asr_samples=0, asr_samples_lora=0, ctc_weight=0.0)
 _PAPER = dict(
     rvq=dict(steps=50000, batch_size=128, lr=1e-3, warmup_steps=1000, checkpoint_every=5000),
     base=dict(steps=0), connector=dict(steps=30000, batch_size=32, lr=3e-4, warmup_steps=1000,
@@ -87,7 +87,7 @@ _PAPER = dict(
     joint=dict(steps=20000, batch_size=16, lr=1e-4, warmup_steps=500, checkpoint_every=1000),
     affective=dict(steps=3000, batch_size=16, lr=2e-5, warmup_steps=100, checkpoint_every=500),
     lora_rank=64, lora_alpha=128, threads=0, storage_dtype="bfloat16",
-    asr_samples=0, asr_samples_lora=0)
+    asr_samples=0, asr_samples_lora=0, ctc_weight=0.0)
 
 
 @dataclass
@@ -104,6 +104,7 @@ class TrainConfig(ConfigBase):
     asr_samples: int = 8              # base run: transcription rows added to each batch
     asr_samples_lora: int = 4         # stages 2-3: transcription rows (keeps the audio path)
     asr_weight: float = 0.5           # weight of the auxiliary transcription loss
+    ctc_weight: float = 1.0           # base run: auxiliary CTC on the audio encoder (0 = off)
     lora_rank: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0

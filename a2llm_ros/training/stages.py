@@ -31,16 +31,20 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from a2llm_ros.checkpoint import init_model, load_checkpoint, save_checkpoint
 from a2llm_ros.config import A2LLMConfig
 from a2llm_ros.model.a2llm import A2LLM, TASK_ANSWER, TASK_TRANSCRIBE, TrainBatch
 from a2llm_ros.training.config import STAGE_RUNS, TrainConfig
+from a2llm_ros.training.ctc import CTCHead, ctc_loss, greedy_decode
 from a2llm_ros.training.data import RUN_IDS, TrainData
 from a2llm_ros.training.loop import is_done, mark_done, run_loop
 
 RUN_ORDER = ("rvq", "base", "connector", "joint", "affective")
 FINAL_DIR = "final"
+#: Training-only modules (the CTC head) beside a resumable checkpoint.
+AUX_FILE = "training_aux.safetensors"
 #: Transcription rows are drawn as if from steps shifted by this (independent draws).
 ASR_STEP_OFFSET = 1_000_003
 TRAINING_INFO = "training.json"
@@ -138,14 +142,19 @@ class Trainer:
                 "device": str(self.device)}
 
     # -- save / load of the model part of the resumable state ----------------------------
-    def _save(self, model: A2LLM, path: str) -> None:
+    def _save(self, model: A2LLM, path: str, aux: Optional[torch.nn.Module] = None) -> None:
         shutil.rmtree(path, ignore_errors=True)
         save_checkpoint(model, path)
+        if aux is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in aux.state_dict().items()},
+                      os.path.join(path, AUX_FILE))
 
-    def _loader(self, model: A2LLM):
+    def _loader(self, model: A2LLM, aux: Optional[torch.nn.Module] = None):
         def load(path: str) -> None:
             other = load_checkpoint(path)
             _copy_weights(other, model)
+            if aux is not None:
+                aux.load_state_dict(load_file(os.path.join(path, AUX_FILE)))
         return load
 
     # -- runs ---------------------------------------------------------------------------
@@ -180,8 +189,12 @@ class Trainer:
 
     def _lm_step(self, model: A2LLM, run: str, motion: bool,
                  pool: Optional[Sequence[int]] = None, replay: float = 0.0,
-                 n_asr: int = 0):
-        """Step function: answer rows (+ ``n_asr`` transcription rows) -> losses."""
+                 n_asr: int = 0, ctc_head: Optional[CTCHead] = None):
+        """Step function: answer rows (+ ``n_asr`` transcription rows) -> losses.
+
+        With ``ctc_head`` the auxiliary CTC loss on every row's question audio
+        is added (``ctc``, weight ``ctc_weight``).
+        """
         sc = self.cfg.stage(run)
 
         def step(i: int) -> Dict[str, torch.Tensor]:
@@ -193,10 +206,17 @@ class Trainer:
                 asr_idx = self.data.draw(run, i + ASR_STEP_OFFSET, self.cfg.seed, n_asr)
                 items += self.data.transcription_items(asr_idx, rng, self.cfg.augment)
                 tasks += [TASK_TRANSCRIBE] * n_asr
-            batch = model.collate_samples(items, tasks)
-            return model.forward_train(batch.to(self.device), motion=motion,
-                                       motion_weight=self.cfg.motion_weight,
-                                       asr_weight=self.cfg.asr_weight)
+                idx = list(idx) + list(asr_idx)
+            batch = model.collate_samples(items, tasks).to(self.device)
+            losses = model.forward_train(batch, motion=motion,
+                                         motion_weight=self.cfg.motion_weight,
+                                         asr_weight=self.cfg.asr_weight)
+            if ctc_head is not None:
+                texts = [self.data.samples[j].question_text for j in idx]
+                losses["ctc"] = ctc_loss(ctc_head, model.audio_encoder, batch.mel,
+                                         batch.mel_lengths, texts)
+                losses["total"] = losses["total"] + self.cfg.ctc_weight * losses["ctc"]
+            return losses
         return step
 
     def _run_base(self, model: A2LLM, run_dir: str) -> dict:
@@ -206,13 +226,24 @@ class Trainer:
         model.train()
         _freeze(model)
         params = _unfreeze(list(model.audio_encoder.parameters()) + list(model.llm.parameters()))
+        head = None
+        if self.cfg.ctc_weight > 0:
+            head = CTCHead(model.cfg.audio.d_model).to(self.device)
+            params += list(head.parameters())
         summary = run_loop("stage0/base", run_dir, self.cfg.base, params,
                            self._lm_step(model, "base", motion=False,
-                                         n_asr=self.cfg.asr_samples),
-                           lambda p: self._save(model, p), self._loader(model),
+                                         n_asr=self.cfg.asr_samples, ctc_head=head),
+                           lambda p: self._save(model, p, head), self._loader(model, head),
                            resume=self.resume, progress=self.progress)
         model.eval()
+        if head is not None:
+            summary["ctc_greedy_example"] = self._ctc_example(model, head)
         return summary
+
+    def _ctc_example(self, model: A2LLM, head: CTCHead) -> List[str]:
+        """CTC best paths of two training questions (a sanity line in done.json)."""
+        batch = model.collate_samples(self.data.items([0, len(self.data) - 1])).to(self.device)
+        return greedy_decode(head, model.audio_encoder, batch.mel, batch.mel_lengths)
 
     def _run_connector(self, model: A2LLM, run_dir: str) -> dict:
         self._prepare_codes(model)
