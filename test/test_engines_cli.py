@@ -1,5 +1,4 @@
 """``a2llm export`` / ``a2llm bench``: parity lines, the ratio table, JSON, clear errors."""
-import importlib.util
 import json
 import os
 
@@ -65,11 +64,11 @@ def test_export_tensorrt_without_tensorrt_fails_clearly(ckpt, capsys):
     assert rc == 1 and "TensorRT is not available" in err
 
 
-def test_bench_rejects_unknown_backends_and_graph_mode_dispatch(ckpt, capsys):
+def test_bench_rejects_unknown_backends_and_parses_graph_options(ckpt, capsys):
     path, _ = ckpt
     assert main(["bench", "--checkpoint", path, "--backends", "tflite"]) == 2
     assert "unknown backends" in capsys.readouterr().err
-    if importlib.util.find_spec("a2llm_ros.bench_graph") is not None:
-        pytest.skip("a2llm_ros.bench_graph exists: --graph runs the real graph benchmark")
-    assert main(["bench", "--graph"]) == 2
-    assert "a2llm_ros.bench_graph" in capsys.readouterr().err
+    from a2llm_ros.cli import build_parser
+    args = build_parser("bench").parse_args(["bench", "--graph", "--graph-rate", "2",
+                                             "--graph-out", "x"])
+    assert args.graph and args.graph_rate == 2.0 and args.graph_out == "x"

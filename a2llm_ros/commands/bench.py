@@ -37,17 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--graph", action="store_true",
                         help="benchmark the ROS graph instead (a2llm_ros.bench_graph)")
     add_backend_arguments(parser)
+    from a2llm_ros.bench_graph import add_graph_arguments
+    add_graph_arguments(parser)
 
 
 def run(args) -> int:
     """``--graph``: the ROS-graph benchmark; otherwise :func:`run_backends`."""
     if getattr(args, "graph", False):
-        try:
-            from a2llm_ros.bench_graph import run_graph
-        except ImportError as exc:
-            print(f"a2llm bench --graph: the ROS graph benchmark (a2llm_ros.bench_graph) is not "
-                  f"available in this build ({exc})", file=sys.stderr)
-            return 2
+        from a2llm_ros.bench_graph import run_graph
         return int(run_graph(args) or 0)
     return run_backends(args)
 

@@ -192,6 +192,7 @@ class A2llmNode(LifecycleNode):
         self._subs: List[Any] = []
         self._active = False
         self._in_format: Optional[AudioFormat] = None
+        self._last_in_stamp: Optional[int] = None
         self._warned: Dict[str, float] = {}
         self.declare_parameter("autostart", False)
         self.params = ParameterBinding(self, A2llmNodeConfig(), live=LIVE_PARAMETERS,
@@ -447,11 +448,30 @@ class A2llmNode(LifecycleNode):
         a = self._rt.cfg.audio
         fmt = AudioFormat.from_ros_drivers(a.fallback_channels, a.fallback_sample_rate,
                                            a.fallback_sample_format, "wave")
+        self._count_input_warning("no_info")
         self._warn("no_info", f"no AudioInfo received on {a.info_topic!r} yet: assuming "
                    f"{fmt.channels} ch, {fmt.sample_rate} Hz, {fmt.sample_format}")
         return fmt
 
+    def _count_input_warning(self, reason: str) -> None:
+        """Count an input oddity that is not a drop (``input_warnings.<reason>``)."""
+        rt = self._rt
+        if rt is not None:
+            counts = rt.stats.setdefault("input_warnings", {})
+            counts[reason] = counts.get(reason, 0) + 1
+
+    def _check_stamp(self, stamp) -> None:
+        """Header stamps going backwards: warned and counted; the audio is kept (the node
+        orders input by arrival, not by stamp)."""
+        ns = mc.to_ns(stamp)
+        last, self._last_in_stamp = self._last_in_stamp, ns
+        if last is not None and 0 < ns < last:
+            self._count_input_warning("stamp_backwards")
+            self._warn("stamp_backwards", f"microphone header stamp went back "
+                       f"{(last - ns) / 1e9:.3f} s; audio kept in arrival order")
+
     def _on_audio_stamped(self, msg) -> None:
+        self._check_stamp(msg.header.stamp)
         self._feed(mc.raw_bytes(msg.audio.data), self._in_format or self._fallback_format())
 
     def _on_audio_unstamped(self, msg) -> None:
@@ -460,6 +480,7 @@ class A2llmNode(LifecycleNode):
     def _on_mgonzs13(self, msg) -> None:
         if self._rt is None:
             return
+        self._check_stamp(msg.header.stamp)
         try:
             data, fmt = mc.mgonzs13_payload(msg)
         except AudioFormatError as err:
@@ -572,6 +593,8 @@ class A2llmNode(LifecycleNode):
             values[f"session.{name}"] = str(count)
         for name, count in sorted(rt.frontend.counters.items()):
             values[f"input_dropped.{name}"] = str(count)
+        for name, count in sorted(rt.stats.get("input_warnings", {}).items()):
+            values[f"input_warnings.{name}"] = str(count)
         for name, count in sorted(rt.out.counters.items()):
             values[f"output.{name}"] = str(count)
         return values

@@ -68,12 +68,21 @@ NON_ANSWER_IDLE = ("no_speech", "activated", "reset")
 SAMPLES_PER_FRAME = SAMPLE_RATE // FLAME_FPS
 EXECUTOR_THREADS = 4
 COLLECT_DEPTH = 1000
+#: Node names whose /rosout lines the collector keeps.
+GRAPH_NODES = ("a2llm_node", "flame_retarget_node", "face_preview_node")
 #: After the bag ended: stop once the node was idle this long (s) beyond vad.min_silence_ms.
 IDLE_GRACE_S = 1.5
 
 
 class GraphStartError(RuntimeError):
-    """The graph could not start (configure failed, activation timed out)."""
+    """The graph could not start (configure failed, activation timed out).
+
+    ``lifecycle_state``: the a2llm_node's state when it gave up (``unconfigured``
+    after a failed configure: the node survived the FAILURE transition)."""
+
+    def __init__(self, message: str, lifecycle_state: str = ""):
+        super().__init__(message)
+        self.lifecycle_state = lifecycle_state
 
 
 @dataclasses.dataclass
@@ -97,6 +106,7 @@ class GraphConfig:
     retarget: bool = False
     retarget_params: Dict[str, Any] = dataclasses.field(default_factory=dict)
     preview: bool = False
+    preview_params: Dict[str, Any] = dataclasses.field(default_factory=dict)
     #: Record every input and output topic into this new bag directory (MCAP).
     record: Optional[str] = None
     #: Turns to wait for (default: the sidecar's utterances, else until idle).
@@ -114,6 +124,10 @@ class GraphConfig:
     fault: Optional[Callable[[int, int], None]] = None
     #: Seconds to wait for subscribers before playing.
     wait_for_subscribers_s: float = 10.0
+    #: Publish an AudioInfo stamped at the bag's start (before any audio) once before
+    #: playing, as a live capture node does at start-up: without it the first audio
+    #: message can overtake the info (two topics) and be decoded with the fallback format.
+    prime_info: bool = True
 
 
 # ----------------------------------------------------------------------------- generator probe
@@ -231,14 +245,15 @@ class Collector:
         self.keep = keep_payloads
         self.sample_format = sample_format.upper()
         self.node_fqn = node_fqn
-        self.logger_name = node_fqn.strip("/").replace("/", ".")
+        prefix = node_fqn.strip("/").replace("/", ".")[:-len("a2llm_node")]
+        self.logger_names = {prefix + n for n in GRAPH_NODES}
         self.states: List[Tuple[float, int, int, str]] = []
         self.texts: List[Tuple[float, int, str, bool]] = []
         self.audio: List[Tuple[float, int, int, Optional[np.ndarray]]] = []
         self.frames: List[Tuple[float, int, int, Optional[np.ndarray]]] = []
         self.chunks: List[Tuple[float, int, int, int, int, int]] = []
         self.diagnostics: List[Tuple[float, int, Dict[str, str]]] = []
-        self.logs: List[Tuple[float, int, str]] = []
+        self.logs: List[Tuple[float, int, str, str]] = []  # (t, level, message, logger)
         self.face_commands = 0
         qos = output_qos(COLLECT_DEPTH)
         audio_cls = am.AudioStamped if flavour == "mgonzs13" else am.AudioDataStamped
@@ -297,9 +312,10 @@ class Collector:
                                              else int(status.level), values))
 
     def _on_log(self, msg):
-        if msg.name == self.logger_name:
+        if msg.name in self.logger_names:
             with self.lock:
-                self.logs.append((time.monotonic(), int(msg.level), str(msg.msg)))
+                self.logs.append((time.monotonic(), int(msg.level), str(msg.msg),
+                                  str(msg.name)))
 
     def _on_command(self, msg):
         with self.lock:
@@ -477,7 +493,7 @@ class GraphResult:
     frames: List[Tuple[float, int, int, Optional[np.ndarray]]]
     chunks: List[Tuple[float, int, int, int, int, int]]
     diagnostics: List[Tuple[float, int, Dict[str, str]]]
-    logs: List[Tuple[float, int, str]]
+    logs: List[Tuple[float, int, str, str]]  # (t, level, message, logger name)
     face_commands: int
     resources: List[Tuple[float, float, float]]
     node_values: Dict[str, str]               # diagnostics_values() just before teardown
@@ -489,6 +505,7 @@ class GraphResult:
     probe: List[dict]
     ros_offset_s: float                       # ROS (system) time minus monotonic time
     warmup_s: float = 0.0
+    flame_version: int = 2020
 
     @property
     def answered(self) -> List[TurnResult]:
@@ -498,9 +515,11 @@ class GraphResult:
     def last_diagnostics(self) -> Dict[str, str]:
         return self.diagnostics[-1][2] if self.diagnostics else {}
 
-    def logs_at(self, min_level: int) -> List[str]:
-        """Messages of the node's log at ``min_level`` or above (rcl levels: 30 WARN)."""
-        return [m for _, level, m in self.logs if level >= min_level]
+    def logs_at(self, min_level: int, node: str = "a2llm_node") -> List[str]:
+        """Log messages of graph node ``node`` (``""``: all) at ``min_level`` or above
+        (rcl levels: 20 INFO, 30 WARN, 40 ERROR)."""
+        return [m for _, level, m, name in self.logs
+                if level >= min_level and name.endswith(node)]
 
     def resource_summary(self) -> Dict[str, float]:
         """CPU (mean/max %, 100 = one core) and RSS (start/peak/end MB) over the replay."""
@@ -529,8 +548,9 @@ def write_question_bag(bag_dir, questions: Sequence[Any], gap_s, lead_s: float =
                        seed: int = 0, name: str = "questions") -> dict:
     """Write a ros-drivers 16 kHz bag: ``lead_s`` silence, then each question followed by
     its gap (``gap_s``: seconds, or one per question).  A question is a text (spoken by
-    espeak-ng, see :func:`a2llm_ros.bags.fixtures.speak`) or a 16 kHz float wave.  Writes
-    ``<bag_dir>.json`` and returns the sidecar (fixture format)."""
+    espeak-ng, see :func:`a2llm_ros.bags.fixtures.speak`), a 16 kHz float wave, or a
+    ``(text, wave)`` pair.  Writes ``<bag_dir>.json`` and returns the sidecar (fixture
+    format)."""
     from a2llm_ros.bags import fixtures as fx
 
     rng = np.random.default_rng(seed)
@@ -539,6 +559,8 @@ def write_question_bag(bag_dir, questions: Sequence[Any], gap_s, lead_s: float =
     for question, gap in zip(questions, gaps):
         if isinstance(question, str):
             wave, text = fx.speak(question, SAMPLE_RATE), question
+        elif isinstance(question, tuple):
+            text, wave = question[0], np.asarray(question[1], np.float64).reshape(-1)
         else:
             wave, text = np.asarray(question, np.float64).reshape(-1), ""
         utterances.append({"text": text, "answer_id": -1, "role": "question",
@@ -616,7 +638,7 @@ class _Graph:
     # -- start
     def start(self) -> None:
         cfg = self.cfg
-        ns = cfg.namespace.rstrip("/")
+        ns = "/" + cfg.namespace.strip("/") if cfg.namespace.strip("/") else ""
         self.spin_thread.start()
         self.sampler.start()
         self.tester = rclpy.create_node("a2llm_graph_run", namespace=ns or "/", context=self.ctx)
@@ -652,8 +674,9 @@ class _Graph:
                                                 cli_args=cli, parameter_overrides=over))
         if self.cfg.preview:
             from a2llm_ros.ros.face_preview_node import FacePreviewNode
+            over = [Parameter(k, value=v) for k, v in self.cfg.preview_params.items()]
             self.nodes.append(FacePreviewNode(namespace=ns or "/", context=self.ctx,
-                                              cli_args=cli))
+                                              cli_args=cli, parameter_overrides=over))
         for node in self.nodes[1:]:
             self.executor.add_node(node)
 
@@ -664,10 +687,12 @@ class _Graph:
             if node.lifecycle_state == "active":
                 return
             if node.configure_result not in (None, TransitionCallbackReturn.SUCCESS):
-                raise GraphStartError(f"a2llm_node failed to configure: {node.configure_error}")
+                time.sleep(0.1)  # let the transition finish
+                raise GraphStartError(f"a2llm_node failed to configure: "
+                                      f"{node.configure_error}", node.lifecycle_state)
             time.sleep(0.02)
         raise GraphStartError(f"a2llm_node not active after {self.cfg.activate_timeout_s:.0f} s "
-                              f"(state {node.lifecycle_state})")
+                              f"(state {node.lifecycle_state})", node.lifecycle_state)
 
     def output_topics(self, ns: str) -> List[str]:
         names = ["conversation_state", "response_text", "speech/audio_stamped",
@@ -697,9 +722,25 @@ class _Graph:
                                              f"{self.recorder.missing}")
 
     # -- run
+    def _prime_info(self) -> None:
+        """Publish the bag's leading AudioInfo (see :attr:`GraphConfig.prime_info`)."""
+        from contextlib import closing
+
+        from a2llm_ros.bags import fixtures as fx
+        from a2llm_ros.bags.io import read_bag_raw
+        if fx.RD_INFO_TOPIC not in self.player.topics:
+            return
+        with closing(read_bag_raw(self.cfg.bag, [fx.RD_INFO_TOPIC, fx.RD_AUDIO_TOPIC])) as it:
+            topic, _, _, raw = next(it, (None, None, None, None))
+        if topic == fx.RD_INFO_TOPIC:
+            self.player.publisher(topic).publish(raw)
+            time.sleep(0.2)
+
     def play_and_wait(self) -> bool:
         """Play the bag, wait for the end; True when it timed out."""
         cfg = self.cfg
+        if cfg.prime_info:
+            self._prime_info()
         self.player.start()
         deadline = time.monotonic() + cfg.timeout_s
         expected = cfg.expected_turns
@@ -742,6 +783,10 @@ class _Graph:
                 print(f"graph_run: recorder close failed: {err!r}")
         if self.player is not None:
             self.player.destroy(ack_timeout=0.5)
+        # Stop spinning before anything is destroyed: an entity with QoS-event handlers
+        # destroyed beside a spinning executor can kill its thread (InvalidHandle).
+        self.executor.shutdown(timeout_sec=5.0)
+        self.spin_thread.join(timeout=5.0)
         if self.collector is not None and self.tester is not None:
             self.collector.destroy(self.tester)
         for node in reversed(self.nodes):
@@ -751,9 +796,7 @@ class _Graph:
                 print(f"graph_run: destroying {node.get_name()} failed: {err!r}")
         if self.tester is not None:
             self.tester.destroy_node()
-        self.executor.shutdown(timeout_sec=2.0)
         rclpy.try_shutdown(context=self.ctx)
-        self.spin_thread.join(timeout=5.0)
 
 
 def _ended_turns(states) -> int:
@@ -773,7 +816,7 @@ def run_graph(cfg: GraphConfig) -> GraphResult:
     try:
         graph.start()
         node = graph.node
-        warmup = node.runtime.warmup_s
+        warmup, version = node.runtime.warmup_s, int(node.runtime.layout.version)
         node_cfg, kind = node.runtime.cfg, _backend_kind(node.runtime.backend)
         timed_out = graph.play_and_wait()
         graph.sampler.sample()
@@ -783,8 +826,10 @@ def run_graph(cfg: GraphConfig) -> GraphResult:
         t_end = time.monotonic()
     finally:
         graph.teardown()
-    return _result(graph, cfg, timed_out, t_end, values, lifecycle, alive, kind, node_cfg,
-                   warmup)
+    res = _result(graph, cfg, timed_out, t_end, values, lifecycle, alive, kind, node_cfg,
+                  warmup)
+    res.flame_version = version
+    return res
 
 
 def _backend_kind(backend) -> str:
