@@ -12,6 +12,8 @@ Modules (only this sub-package imports ``rclpy`` and message packages):
 * :mod:`.qos` -- the QoS profile of every topic.
 * :mod:`.paths` -- where config/ and launch/ are (install share or checkout).
 * :mod:`.bag_play`, :mod:`.bag_record` -- ``a2llm bag play|record``.
+* :mod:`.graph_run` -- the whole graph in one process fed by a bag (demo,
+  ``a2llm bench --graph``, fault-matrix tests).
 
 Nothing is imported here, so ``import a2llm_ros.ros`` stays cheap.
 """
