@@ -21,7 +21,7 @@ test: env
 	  python -m pytest test $(PYTEST_ARGS)
 
 demo: env
-	@$(ENV) a2llm demo --out demo_out
+	@$(ENV) a2llm demo --out demo_out --polite --max-answer-s 5
 
 # The shipped default checkpoint, reproduced: synthetic FLAME-QA set + curriculum (tiny).
 DATA_DIR ?= .a2llm_data/flameqa_synth

@@ -178,8 +178,8 @@ Q1, Q2 = "What is your name?", "How many legs does a spider have?"
 
 
 def _conversation(rng):
-    plan = [("silence", 0.5), ("speech", Q1, "question"), ("silence", 6.0),
-            ("speech", Q2, "question"), ("silence", 6.0)]
+    plan = [("silence", 0.5), ("speech", Q1, "question"), ("silence", 2.5),
+            ("speech", Q2, "question"), ("silence", 2.0)]
     wave, utts = compose(plan, 16_000, rng)
     return FixtureAudio("conversation", wave[:, None], 16_000, utterances=utts)
 
