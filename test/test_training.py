@@ -250,3 +250,11 @@ def test_ctc_targets_and_loss_decrease_on_one_batch():
         loss.backward()
         opt.step()
     assert np.isfinite(first) and float(loss) < 0.5 * first
+
+
+def test_train_command_reports_missing_data_clearly(tmp_path, capsys):
+    from a2llm_ros.cli import main
+    rc = main(["train", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "out")])
+    assert rc == 2
+    assert "cannot read the training data" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import shutil
 
 HELP = "train stages 0-3 on a FLAME-QA set (resumable); --install-default ships the result"
@@ -71,7 +72,11 @@ def run(args) -> int:
     overrides = {"threads": args.threads} if args.threads is not None else None
     cfg = _scaled(load_train_config(args.config, args.preset, overrides), args.steps_scale)
     t0 = time.time()
-    data = TrainData(args.data, splits=("train",), limit=args.limit or None)
+    try:
+        data = TrainData(args.data, splits=("train",), limit=args.limit or None)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"a2llm train: cannot read the training data: {exc}", file=sys.stderr)
+        return 2
     print(f"training data: {len(data)} samples from {args.data}"
           + (f" ({len(data.rejected)} rejected)" if data.rejected else ""))
     trainer = Trainer(cfg, data, args.out, init=args.init, progress=not args.no_progress,

@@ -6,6 +6,7 @@ Modules (only this sub-package imports ``rclpy`` and message packages):
 * :mod:`.flame_retarget_node` -- FLAME -> robot face commands (JointState).
 * :mod:`.face_preview_node` -- FLAME -> RViz ``Marker`` triangle mesh.
 * :mod:`.bringup` -- all nodes in one process (``a2llm bringup``).
+* :mod:`.spin` -- ``main()`` helper of the single-node executables.
 * :mod:`.params` -- config dataclasses <-> ROS parameters, with validation.
 * :mod:`.output` -- presentation-time output scheduling (ROS-free).
 * :mod:`.msgconv` -- message <-> numpy conversions.

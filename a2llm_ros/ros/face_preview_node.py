@@ -24,7 +24,6 @@ import time
 from typing import Deque, Optional, Tuple
 
 import numpy as np
-import rclpy
 from rclpy.node import Node
 
 from a2llm_ros.configbase import ConfigBase
@@ -188,17 +187,8 @@ class FacePreviewNode(Node):
 
 def main(argv=None) -> int:
     """``ros2 run a2llm_ros face_preview_node``."""
-    from rclpy.executors import ExternalShutdownException
-    rclpy.init(args=argv)
-    node = FacePreviewNode()
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    from a2llm_ros.ros.spin import spin_node
+    return spin_node(FacePreviewNode, argv)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ import threading
 from typing import Optional
 
 import numpy as np
-import rclpy
 from rclpy.node import Node
 
 from a2llm_ros.configbase import ConfigBase
@@ -191,17 +190,8 @@ class FlameRetargetNode(Node):
 
 def main(argv=None) -> int:
     """``ros2 run a2llm_ros flame_retarget_node``."""
-    from rclpy.executors import ExternalShutdownException
-    rclpy.init(args=argv)
-    node = FlameRetargetNode()
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    from a2llm_ros.ros.spin import spin_node
+    return spin_node(FlameRetargetNode, argv)
 
 
 if __name__ == "__main__":

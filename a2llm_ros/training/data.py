@@ -78,10 +78,6 @@ class TrainData:
             codes = motion_tokenizer.encode(frames)[0] if n else torch.zeros(0, 1)
             self.motion_codes[i] = codes.numpy().astype(np.int64)
 
-    def subset(self, indices: Sequence[int]) -> List[int]:
-        """Validated list of sample indices (helper for weighted draws)."""
-        return [int(i) for i in indices if 0 <= int(i) < len(self.samples)]
-
     def high_intensity(self) -> List[int]:
         """Indices of the high-emotion samples (stage 3)."""
         return [i for i, s in enumerate(self.samples) if s.intensity == HIGH]

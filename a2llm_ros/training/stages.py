@@ -38,7 +38,7 @@ from a2llm_ros.config import A2LLMConfig
 from a2llm_ros.model.a2llm import A2LLM, TASK_ANSWER, TASK_TRANSCRIBE, TrainBatch
 from a2llm_ros.training.config import STAGE_RUNS, TrainConfig
 from a2llm_ros.training.ctc import CTCHead, ctc_loss, greedy_decode
-from a2llm_ros.training.data import RUN_IDS, TrainData
+from a2llm_ros.training.data import RUN_IDS, TrainData, segments_for
 from a2llm_ros.training.loop import is_done, mark_done, run_loop
 
 RUN_ORDER = ("rvq", "base", "connector", "joint", "affective")
@@ -280,7 +280,6 @@ class Trainer:
 
     def _motion_batch(self, model: A2LLM, idx: Sequence[int]) -> TrainBatch:
         """A TrainBatch holding only the motion targets of ``idx`` (for the connector)."""
-        from a2llm_ros.training.data import segments_for
         L = model.cfg.motion.n_levels
         n_seg = [segments_for(self.data.speech_codes[i], self.data.motion_codes[i]) for i in idx]
         S = max(max(n_seg), 1)
