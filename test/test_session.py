@@ -414,3 +414,27 @@ def test_turn_config_validation():
     with pytest.raises(ValueError):
         TurnConfig(queue_drop_policy="random")
     assert TurnConfig.preset("tiny").barge_in == "stop"
+
+
+def test_listening_resumes_at_answer_end_when_worker_lags_the_clock():
+    """The worker notices the end of an answer late (busy, or starved of the GIL while
+    the clock ticks on): listening motion still starts right after the answer's last
+    frame, so the 25 fps stream has no hole."""
+    gen = FakeGenerator(n_segments=2)
+    session, rec = _make(gen)
+    drv = Driver(session, rec)
+    drv.feed(_audio((0.3, False), (1.0, True)))
+    while session.state != "speaking" or not session._turn.gen_done:
+        drv.silence(0.05)
+    anchor = session.speech_anchor_frame
+    end_frame = anchor + 10                       # 2 segments x 5 frames
+    for frame in range(drv.sample // SAMPLES_PER_FRAME, end_frame + 6):
+        session.tick(frame)                       # the clock runs on ...
+    session.step()                                # ... the worker sees the end late
+    assert session.state == "idle"
+    session.tick(end_frame + 7)
+    covered = []
+    for e in rec.kinds("flame"):
+        first = e[4] if e[5] == "listening" else anchor + e[4]
+        covered += range(first, first + len(e[3]))
+    assert sorted(covered) == list(range(end_frame + 8))

@@ -386,6 +386,12 @@ def make_fixtures(out_dir: PathLike, seed: int = 0,
 
 # ----------------------------------------------------------------------------- malformed
 
+#: Pause after a mid-stream AudioInfo change, as a capture node reopening its device
+#: makes.  Info and audio travel on two topics with no common order: without the pause
+#: a loaded machine may deliver audio before the info that describes it.
+INFO_SETTLE_S = 0.5
+
+
 class _Stream:
     """Writes ros-drivers audio with a running clock (ns) on one bag."""
 
@@ -398,8 +404,10 @@ class _Stream:
     def t_s(self) -> float:
         return (self.now - T0_NS) / NS
 
-    def info(self, rate: int, fmt: str, coding: str = "wave") -> None:
+    def info(self, rate: int, fmt: str, coding: str = "wave", settle_s: float = 0.0) -> None:
+        """Write an AudioInfo; ``settle_s`` of silence (no audio message) follows it."""
         self.w.write(RD_INFO_TOPIC, rd_info(self.w, rate, 1, fmt, coding), self.now)
+        self.now += int(round(settle_s * NS))
 
     def raw(self, raw: bytes, seconds: float, stamp_shift_s: float = 0.0) -> None:
         stamp = self.now + int(round(stamp_shift_s * NS))
@@ -457,7 +465,7 @@ def _malformed_formats(st: _Stream, rng) -> None:
     rate48, chunk48 = 48_000, 1200
     st.fault("info_change", st.t_s, 1, "keep", "rate 16000 S16LE -> 48000 F32LE",
              new_rate=rate48)
-    st.info(rate48, "F32LE")
+    st.info(rate48, "F32LE", settle_s=INFO_SETTLE_S)
     wave = _noise(rng, 0.3, rate48)
     for index, start in enumerate(range(0, len(wave), chunk48)):
         part = wave[start:start + chunk48].astype(np.float32)
@@ -466,11 +474,11 @@ def _malformed_formats(st: _Stream, rng) -> None:
             st.fault("nan" if index == 3 else "inf", st.t_s, 1, "skip", "non_finite")
         st.raw(part.tobytes(), len(part) / rate48)
     st.fault("unsupported_coding_mp3", st.t_s, 5, "skip", "unsupported_coding")
-    st.info(16_000, "", coding="mp3")
+    st.info(16_000, "", coding="mp3", settle_s=INFO_SETTLE_S)
     for _ in range(5):
         st.raw(rng.integers(0, 256, 418, dtype=np.uint8).tobytes(), 0.026)
     st.fault("info_restored", st.t_s, 1, "keep", "back to 16000 S16LE wave")
-    st.info(16_000, "S16LE")
+    st.info(16_000, "S16LE", settle_s=INFO_SETTLE_S)
     st.pcm(_noise(rng, 0.5, 16_000), 16_000, "S16LE", 400)
 
 

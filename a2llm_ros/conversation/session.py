@@ -333,8 +333,13 @@ class ConversationSession:
         self.turn_id += 1
         self._set_state("listening", reason)
 
-    def _close_turn(self, cancel: bool) -> None:
-        """Stop output of the current turn; listening motion resumes now."""
+    def _close_turn(self, cancel: bool, resume_frame: Optional[int] = None) -> None:
+        """Stop output of the current turn; listening motion resumes at ``resume_frame``
+        (default: the next clock frame, as after a barge-in).
+
+        A turn that played out passes its end frame: the worker may notice the end
+        some frames late, and resuming at the clock would leave those frames empty.
+        """
         turn, self._turn = self._turn, None
         self._voiced_ms, self._gain = 0.0, 1.0
         if cancel and self._gen is not None:
@@ -345,7 +350,9 @@ class ConversationSession:
                 self._gen = None
         if turn is not None and turn.last_frame is not None:
             self.listening.resume_after_speech(turn.last_frame)
-        self._listen_next = max(self._listen_next, self._clock + 1)
+        if resume_frame is None:
+            resume_frame = self._clock + 1
+        self._listen_next = max(self._listen_next, resume_frame)
         if self.config.barge_in == "off":
             self.detector.reset(self._next_sample)
 
@@ -463,8 +470,7 @@ class ConversationSession:
             n_frames = max(turn.n_frames, -(-turn.n_samples // SAMPLES_PER_FRAME))
             end_frame = turn.anchor + n_frames
             if self._clock >= end_frame - 1:
-                self._close_turn(cancel=False)
-                self._listen_next = max(self._listen_next, end_frame)
+                self._close_turn(cancel=False, resume_frame=end_frame)
                 self._set_state("idle", turn.end_reason)
                 self._resume_user_speech()
 
