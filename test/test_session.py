@@ -438,3 +438,39 @@ def test_listening_resumes_at_answer_end_when_worker_lags_the_clock():
         first = e[4] if e[5] == "listening" else anchor + e[4]
         covered += range(first, first + len(e[3]))
     assert sorted(covered) == list(range(end_frame + 8))
+
+
+def test_barge_in_on_a_lagging_answer_leaves_no_hole():
+    """The generator runs slower than real time, so its speech motion ends before the
+    clock when the user barges in: listening motion resumes where the speech motion
+    stopped (a few frames early; the output drops the overlap), not at the clock."""
+    gen = FakeGenerator(n_segments=5, endless=True)
+    session, rec = _make(gen, barge_in="stop", barge_in_min_speech_ms=100)
+    drv = Driver(session, rec)
+    drv.feed(_audio((0.3, False), (1.0, True)))
+    while session.state != "speaking":
+        drv.silence(0.05)
+    anchor = session.speech_anchor_frame
+    emitted = session._turn.n_frames
+    # The clock runs 0.4 s past the speech motion emitted so far, then the user speaks
+    # (the session catches up at most ``max_catchup_frames``, 1 s, of listening motion).
+    for frame in range(drv.sample // SAMPLES_PER_FRAME, anchor + emitted + 10):
+        session.tick(frame)
+    drv.sample = (anchor + emitted + 10) * SAMPLES_PER_FRAME
+    loud = _audio((0.3, True))
+    for i in range(0, len(loud), CHUNK):
+        session.submit_audio(loud[i:i + CHUNK], drv.sample)
+        drv.sample += CHUNK
+        session.process_audio()
+        if session.state == "listening":
+            break
+    assert session.state == "listening" and session.counters["barge_ins"] == 1
+    session.tick(drv.sample // SAMPLES_PER_FRAME)
+    speech_end = anchor + emitted
+    covered = set()
+    for e in rec.kinds("flame"):
+        first = e[4] if e[5] == "listening" else anchor + e[4]
+        if e[5] == "speech" and first + len(e[3]) > speech_end:
+            continue  # emitted after the clock jump (not in this turn's plan)
+        covered.update(range(first, first + len(e[3])))
+    assert set(range(drv.sample // SAMPLES_PER_FRAME + 1)) <= covered

@@ -58,6 +58,9 @@ __all__ = ["TurnConfig", "SessionSink", "NullSink", "TurnGenerator",
 STATES = ("idle", "listening", "thinking", "speaking", "interrupted")
 BARGE_IN_MODES = ("off", "stop", "duck")
 SAMPLES_PER_FRAME = SAMPLE_RATE // FLAME_FPS  # 640
+#: After a cancelled answer, listening motion restarts this many frames before the
+#: end of the speech motion emitted (frames due but not yet published when flushed).
+FLUSH_MARGIN_FRAMES = 5
 #: Input gaps up to this many samples are filled with zeros; longer ones reset.
 MAX_GAP_FILL = SAMPLE_RATE
 
@@ -335,7 +338,7 @@ class ConversationSession:
 
     def _close_turn(self, cancel: bool, resume_frame: Optional[int] = None) -> None:
         """Stop output of the current turn; listening motion resumes at ``resume_frame``
-        (default: the next clock frame, as after a barge-in).
+        (default: the next clock frame, or where the speech motion stopped if earlier).
 
         A turn that played out passes its end frame: the worker may notice the end
         some frames late, and resuming at the clock would leave those frames empty.
@@ -352,6 +355,13 @@ class ConversationSession:
             self.listening.resume_after_speech(turn.last_frame)
         if resume_frame is None:
             resume_frame = self._clock + 1
+            if turn is not None and turn.anchor is not None:
+                # Speech motion may lag the clock (a slow generator): resume where it
+                # stopped, a few frames early for frames that were due but not yet
+                # published when the output was flushed.  The output scheduler drops
+                # listening frames that overlap published speech frames.
+                resume_frame = min(resume_frame, turn.anchor + turn.n_frames
+                                   - FLUSH_MARGIN_FRAMES)
         self._listen_next = max(self._listen_next, resume_frame)
         if self.config.barge_in == "off":
             self.detector.reset(self._next_sample)
