@@ -27,7 +27,7 @@ demo: env
 DATA_DIR ?= .a2llm_data/flameqa_synth
 TRAIN_DIR ?= .a2llm_data/train_tiny
 default-checkpoint: env
-	@$(ENV) a2llm data synth --out $(DATA_DIR) --seed 0 --n-pairs 50 --n-voices 6 && \
+	@$(ENV) a2llm data synth --out $(DATA_DIR) --seed 0 --n-pairs 50 --n-voices 8 && \
 	  a2llm train --config config/train_tiny.yaml --data $(DATA_DIR) --out $(TRAIN_DIR) \
 	    --install-default
 

@@ -13,6 +13,14 @@ PocketSphinx's energy and cepstral-mean features break down on exact digital
 silence (measured on espeak-ng answers: grammar identification 7/16 without,
 16/16 with; free WER 0.83 -> 0.40).
 
+The decoder's cepstral mean normalisation (CMN) adapts from one utterance to
+the next, so a verdict would depend on what was heard before it (measured:
+the same reference answer decoded first, then twice more, gave "the bees
+about three o'clock", then "it is about three o'clock" twice).  Every decode
+therefore starts from the model's initial CMN, runs one pass over the
+utterance to estimate its own mean, and decodes again from that mean: a
+verdict is a function of the audio alone.
+
 Words missing from the bundled dictionary are left out of the grammar
 sentences (they are listed in :attr:`SphinxJudge.oov`).
 """
@@ -90,6 +98,7 @@ class SphinxJudge:
         self.answers = dict(answers or {})
         self.oov: List[str] = []
         self._sentence_to_id: Dict[str, int] = {}
+        self._cmn0 = self.decoder.get_cmn(False)
         if self.answers:
             self.decoder.add_jsgf_string(GRAMMAR_SEARCH, self._grammar())
 
@@ -118,10 +127,14 @@ class SphinxJudge:
                 + " | ".join(f"( {s} )" for s in alternatives) + " ;\n")
 
     def _decode(self, wave: np.ndarray, search: str) -> str:
+        """Decode ``wave`` independently of earlier calls (see the module docstring)."""
+        pcm = _pcm16(wave)
         self.decoder.activate_search(search)
-        self.decoder.start_utt()
-        self.decoder.process_raw(_pcm16(wave), no_search=False, full_utt=True)
-        self.decoder.end_utt()
+        self.decoder.set_cmn(self._cmn0)
+        for _ in range(2):  # pass 1 estimates this utterance's CMN, pass 2 decodes
+            self.decoder.start_utt()
+            self.decoder.process_raw(pcm, no_search=False, full_utt=True)
+            self.decoder.end_utt()
         hyp = self.decoder.hyp()
         return hyp.hypstr.strip() if hyp is not None else ""
 

@@ -41,7 +41,7 @@ def default_data_dir() -> str:
 
 
 #: Arguments of the synthetic set the shipped default checkpoint is trained on.
-DEFAULT_SYNTH = {"seed": 0, "n_pairs": 50, "n_question_voices": 6}
+DEFAULT_SYNTH = {"seed": 0, "n_pairs": 50, "n_question_voices": 8}
 
 
 def run(args) -> int:

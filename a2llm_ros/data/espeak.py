@@ -75,6 +75,8 @@ QUESTION_VOICES = (
     VoiceSpec("us_f2", "en-us+f2", rate=185, pitch=55, pitch_range=70),
     VoiceSpec("scot_m7", "en-gb-scotland+m7", rate=160, pitch=50, pitch_range=50),
     VoiceSpec("nyc_f5", "en-us-nyc+f5", rate=165, pitch=65, pitch_range=65),
+    VoiceSpec("lanc_f1", "en-gb-x-gbclan+f1", rate=172, pitch=62, pitch_range=55),
+    VoiceSpec("wmid_m2", "en-gb-x-gbcwmd+m2", rate=158, pitch=42, pitch_range=50),
 )
 HELD_OUT_VOICE = VoiceSpec("heldout_029_f4", "en-029+f4", rate=168, pitch=58, pitch_range=60)
 

@@ -65,9 +65,9 @@ class AugmentConfig(ConfigBase):
 
 
 _TINY = dict(
-    rvq=dict(steps=500, batch_size=32, lr=2e-3, warmup_steps=20, checkpoint_every=250),
-    base=dict(steps=1200, batch_size=16, lr=1.5e-3, warmup_steps=60, weight_decay=0.01,
-              checkpoint_every=200),
+    rvq=dict(steps=2000, batch_size=32, lr=2e-3, warmup_steps=20, checkpoint_every=500),
+    base=dict(steps=1500, batch_size=16, lr=1.5e-3, warmup_steps=60, weight_decay=0.01,
+              checkpoint_every=250),
     connector=dict(steps=500, batch_size=32, lr=2e-3, warmup_steps=20, checkpoint_every=250),
     joint=dict(steps=200, batch_size=16, lr=1e-3, warmup_steps=10, checkpoint_every=100),
     affective=dict(steps=60, batch_size=16, lr=3e-4, warmup_steps=5, checkpoint_every=60),
