@@ -1,5 +1,6 @@
 """a2llm_node over real DDS in one process: a spoken question at 44.1 kHz stereo S16LE in,
 state / text / speech audio / FLAME out; timing of the stamps; barge-in; lifecycle."""
+import sys
 import time
 
 import numpy as np
@@ -304,6 +305,7 @@ def test_parameters_rejected_with_reason_and_lifecycle(checkpoint, tmp_path):
             assert node.lifecycle_state == "unconfigured"
             bad = {"vad.threshold": 1.5, "turn.barge_in": "loud", "backend.kind": "cuda",
                    "audio.message": "opus", "model.threads": -1, "generation.top_k": "many",
+                   "model.gil_switch_interval_ms": -0.5,
                    "output.audio_chunk_ms": 2.5, "listening.blink_interval_s": [6.0, 3.0],
                    "audio.frontend.target_rate": 22050, "output.sample_format": "S24LE"}
             for name, value in bad.items():
@@ -319,6 +321,9 @@ def test_parameters_rejected_with_reason_and_lifecycle(checkpoint, tmp_path):
             assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
             rt = node.runtime
             assert rt is not None and rt.cfg.vad.threshold == 0.55
+            # The generator thread's GIL hand-backs: the process interval set at configure.
+            assert sys.getswitchinterval() == pytest.approx(
+                rt.cfg.model.gil_switch_interval_ms / 1000.0) == pytest.approx(0.0005)
             # Configured: static parameters are frozen, live ones apply at once.
             (frozen,) = node.set_parameters([Parameter("vad.min_silence_ms", value=300.0)])
             assert not frozen.successful and "cannot change now" in frozen.reason

@@ -299,6 +299,8 @@ class A2llmNode(LifecycleNode):
         if cfg.model.threads > 0:
             import torch
             torch.set_num_threads(cfg.model.threads)
+        if cfg.model.gil_switch_interval_ms > 0:
+            sys.setswitchinterval(cfg.model.gil_switch_interval_ms / 1000.0)
         backend = load_backend_for(cfg.model.checkpoint, cfg.backend)
         frontend = AudioFrontEnd(cfg.audio.frontend, on_problem=self._on_audio_problem)
         chunk = max(1, int(round(cfg.output.audio_chunk_ms * SAMPLE_RATE / 1000.0)))

@@ -64,6 +64,11 @@ class ModelParams(ConfigBase):
     threads: int = 1
     #: Run one short dummy turn in on_configure so the first answer is not slow.
     warmup: bool = True
+    #: Python's GIL switch interval for the node's process, set in on_configure
+    #: (0 leaves Python's 5 ms).  The generator thread runs many short torch ops and
+    #: waits for the GIL after each one while the executor and clock threads run
+    #: Python; at 5 ms a turn's first audio came 12x later than in-process.
+    gil_switch_interval_ms: float = 0.5
 
     PRESETS = {"tiny": {}, "edge": {}, "paper": {}}
 
@@ -72,6 +77,9 @@ class ModelParams(ConfigBase):
             raise ValueError("model.checkpoint must not be empty (use 'default')")
         if self.threads < 0:
             raise ValueError(f"model.threads must be >= 0, got {self.threads}")
+        if not 0 <= self.gil_switch_interval_ms <= 100:
+            raise ValueError("model.gil_switch_interval_ms must be in [0, 100], "
+                             f"got {self.gil_switch_interval_ms}")
 
 
 @dataclasses.dataclass
