@@ -29,6 +29,22 @@ def _start_spinner():
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """A randomly initialised ``tiny`` checkpoint (seed 0) for the ROS graph tests.
+
+    Shared by the whole session: tests read it and copy it before changing it.
+    """
+    import torch
+
+    from a2llm_ros.checkpoint import init_model, save_checkpoint
+    from a2llm_ros.config import A2LLMConfig
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("ckpt")
+    save_checkpoint(init_model(A2LLMConfig.preset("tiny"), seed=0), str(out))
+    return str(out)
+
+
 @pytest.fixture(autouse=True)
 def _keep_vcpus_awake_for_ros(request):
     """Start the spinner before the first ``ros`` test (see module docstring)."""

@@ -32,18 +32,6 @@ WARN, ERROR = 30, 40             # rcl log levels
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    import torch
-
-    from a2llm_ros.checkpoint import init_model, save_checkpoint
-    from a2llm_ros.config import A2LLMConfig
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("ckpt")
-    save_checkpoint(init_model(A2LLMConfig.preset("tiny"), seed=0), str(out))
-    return str(out)
-
-
-@pytest.fixture(scope="module")
 def bags(tmp_path_factory):
     from a2llm_ros.bags.fixtures import make_fixture
     if not __import__("shutil").which("espeak-ng"):

@@ -21,17 +21,11 @@ TAB_BLUE, TAB_RED = (31, 119, 180), (214, 39, 40)  # jaw pitch / lip gap curves
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    import torch
-
-    from a2llm_ros.checkpoint import init_model, save_checkpoint
-    from a2llm_ros.config import A2LLMConfig
+def checkpoint(checkpoint):
+    """conftest's random tiny checkpoint; the demo and bench speak with espeak-ng."""
     if not __import__("shutil").which("espeak-ng"):
         pytest.skip("espeak-ng is not installed")
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("ckpt")
-    save_checkpoint(init_model(A2LLMConfig.preset("tiny"), seed=0), str(out))
-    return str(out)
+    return checkpoint
 
 
 def _has_colour(img, rgb, tol=12):

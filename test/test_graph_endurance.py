@@ -32,18 +32,6 @@ MAX_GROWTH_MB = 25.0
 MIN_COMPLETE = 70  # answered to the end; the rest are barge-ins (counted, by policy)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    import torch
-
-    from a2llm_ros.checkpoint import init_model, save_checkpoint
-    from a2llm_ros.config import A2LLMConfig
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("ckpt")
-    save_checkpoint(init_model(A2LLMConfig.preset("tiny"), seed=0), str(out))
-    return str(out)
-
-
 def _rss_at(res, t):
     """RSS (MB) of the last resource sample at or before monotonic time ``t``."""
     rows = [r for r in res.resources if r[0] <= t]

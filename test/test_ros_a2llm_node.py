@@ -22,18 +22,6 @@ IDLE, LISTENING, THINKING, SPEAKING, INTERRUPTED = range(5)
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    import torch
-
-    from a2llm_ros.checkpoint import init_model, save_checkpoint
-    from a2llm_ros.config import A2LLMConfig
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("ckpt")
-    save_checkpoint(init_model(A2LLMConfig.preset("tiny"), seed=0), str(out))
-    return str(out)
-
-
-@pytest.fixture(scope="module")
 def questions():
     from a2llm_ros.data import espeak
     if not espeak.available():
