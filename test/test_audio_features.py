@@ -93,6 +93,41 @@ def test_mel_config_presets_and_strict_dicts():
         MelConfig(mel_scale="bark")
 
 
+def _voice_like(seconds=1.0, seed=0):
+    """Harmonics of a gliding 120-160 Hz pitch under a slow loudness envelope."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    phase = 2 * np.pi * np.cumsum(120 + 40 * t / seconds) / SAMPLE_RATE
+    wave = sum(np.sin(k * phase) / k for k in range(1, 20))
+    env = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * t) ** 2
+    return (0.1 * wave * env + 0.001 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def test_band_norm_zero_band_means_and_gain_invariance():
+    cfg = MelConfig(band_norm=True)
+    x = _voice_like()
+    mel = log_mel_spectrogram(x, cfg)  # [M, T]
+    assert mel.mean(dim=-1).abs().max() < 1e-5  # every frame is speech here
+    assert torch.allclose(log_mel_spectrogram(0.2 * x, cfg), mel, atol=1e-4)
+    plain = log_mel_spectrogram(x, MelConfig())
+    assert not torch.allclose(plain, mel, atol=1e-2)  # off by default: Whisper's values
+    assert MelConfig.preset("tiny").band_norm and not MelConfig.preset("paper").band_norm
+
+
+def test_band_norm_ignores_silence_padding_and_batches_per_row():
+    cfg = MelConfig(band_norm=True)
+    x = _voice_like()
+    pad = SAMPLE_RATE // 2
+    alone = log_mel_spectrogram(x, cfg)  # [M, T]
+    padded = log_mel_spectrogram(np.pad(x, (pad, pad)), cfg)  # [M, T + 100]
+    off = pad // MEL_HOP
+    inner = slice(3, alone.shape[1] - 3)  # the edge frames see the padding itself
+    assert torch.allclose(padded[:, off:off + alone.shape[1]][:, inner], alone[:, inner],
+                          atol=0.05)
+    batch = log_mel_spectrogram(np.stack([x, 0.5 * _voice_like(seed=1)]), cfg)
+    assert torch.allclose(batch[0], alone, atol=1e-5)
+
+
 def test_resample_lengths_types_and_frequency():
     tone = _sine(1000.0, 1.0, rate=22050)
     out = resample(tone, 22050, 16000)

@@ -12,6 +12,12 @@ Conventions (shared with the speech codec):
   When ``dynamic_range`` > 0 the log values are also clamped from below to
   ``max - dynamic_range`` per utterance (Whisper uses 8.0, i.e. 80 dB).
   The result is normalised as ``(log + offset) / scale`` (Whisper: 4, 4).
+* ``band_norm`` (off by default; on in the ``tiny`` model preset): per-utterance
+  mean normalisation of every mel band, the mean taken over the speech frames
+  only (mean log level within :data:`BAND_NORM_RANGE` of the loudest frame),
+  so that silence padding does not move it.  It removes the average spectral
+  envelope of the speaker and the channel (cepstral mean normalisation in the
+  mel domain).
   With ``dynamic_range == 0`` the map is invertible above the floor
   (:func:`mel_power_from_log_mel`), which the speech codec relies on.
 * Mel filterbank: ``mel_scale="slaney"`` (linear below 1 kHz, logarithmic
@@ -39,6 +45,9 @@ ArrayLike = Union[np.ndarray, torch.Tensor]
 _SLANEY_F_SP = 200.0 / 3.0
 _SLANEY_MIN_LOG_HZ = 1000.0
 _SLANEY_LOG_STEP = math.log(6.4) / 27.0
+#: band_norm: frames whose mean log10 mel level is within this of the loudest
+#: frame's count as speech (3.0 = 30 dB).
+BAND_NORM_RANGE = 3.0
 
 
 @dataclasses.dataclass
@@ -58,9 +67,11 @@ class MelConfig(ConfigBase):
     dynamic_range: float = 8.0
     offset: float = 4.0
     scale: float = 4.0
+    #: Subtract each band's per-utterance mean over the speech frames.
+    band_norm: bool = False
 
     PRESETS = {
-        "tiny": {"n_mels": 80},
+        "tiny": {"n_mels": 80, "band_norm": True},
         "edge": {"n_mels": 80},
         "paper": {"n_mels": 128},
     }
@@ -165,7 +176,22 @@ def log_mel_spectrogram(wave: ArrayLike, cfg: Optional[MelConfig] = None,
     if cfg.dynamic_range > 0:
         peak = log.amax(dim=(-2, -1), keepdim=True)  # [.., 1, 1]
         log = torch.maximum(log, peak - cfg.dynamic_range)
-    return (log + cfg.offset) / cfg.scale
+    out = (log + cfg.offset) / cfg.scale
+    if cfg.band_norm:
+        out = out - speech_band_mean(log, out)
+    return out
+
+
+def speech_band_mean(log: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Per-band mean of ``values`` [.., M, T] over the speech frames of ``log`` -> [.., M, 1].
+
+    Speech frames: mean log level over the bands within :data:`BAND_NORM_RANGE`
+    of the loudest frame (always at least that frame).
+    """
+    level = log.mean(dim=-2)  # [.., T]
+    speech = (level >= level.amax(dim=-1, keepdim=True) - BAND_NORM_RANGE).to(values.dtype)
+    total = (values * speech.unsqueeze(-2)).sum(dim=-1, keepdim=True)  # [.., M, 1]
+    return total / speech.sum(dim=-1)[..., None, None]
 
 
 def mel_power_from_log_mel(log_mel: torch.Tensor, cfg: MelConfig) -> torch.Tensor:

@@ -60,8 +60,19 @@ class AugmentConfig(ConfigBase):
     noise_prob: float = 0.3
     noise_snr_db: float = 20.0
     pad_max_s: float = 0.25
+    # Vocal-tract-length perturbation: the spectrum's frequency axis is scaled
+    # by a factor drawn from [warp_min, warp_max] (formants and pitch move,
+    # tempo does not) with probability warp_prob; 0 turns it off.
+    warp_prob: float = 0.0
+    warp_min: float = 0.9
+    warp_max: float = 1.1
 
     PRESETS = {"tiny": {}, "edge": {}, "paper": {}}
+
+    def __post_init__(self):
+        if not 0.0 <= self.warp_prob <= 1.0 or not 0.0 < self.warp_min <= self.warp_max:
+            raise ValueError("AugmentConfig: warp_prob in [0, 1] and 0 < warp_min <= warp_max "
+                             f"required, got {self.warp_prob}, {self.warp_min}, {self.warp_max}")
 
 
 _TINY = dict(

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from fractions import Fraction
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+from scipy.signal import resample_poly
 
 from a2llm_ros.constants import FRAMES_PER_SEGMENT, SAMPLE_RATE, SPEECH_TOKENS_PER_SEGMENT
 from a2llm_ros.data.flameqa import FlameQAReader, FlameQASample
@@ -154,11 +156,64 @@ class TrainData:
         return out
 
 
+#: WSOLA frame (20 ms Hann, 50 % overlap) and its alignment search range (+-5 ms).
+WSOLA_WINDOW = 320
+WSOLA_TOLERANCE = 80
+
+
+def wsola_stretch(wave: np.ndarray, rate: float) -> np.ndarray:
+    """Time-scale ``wave`` [N] by ``rate`` without changing its pitch -> [round(N / rate)].
+
+    Waveform-similarity overlap-add: every output frame is copied from near
+    its nominal input position, shifted by up to :data:`WSOLA_TOLERANCE`
+    samples to the spot that best continues the previous frame.
+    """
+    x = np.asarray(wave, np.float32)
+    win, tol = WSOLA_WINDOW, WSOLA_TOLERANCE
+    hop = win // 2
+    window = np.hanning(win + 2)[1:-1].astype(np.float32)  # sums to 1 at 50 % overlap
+    n_out = int(round(len(x) / rate))
+    padded = np.pad(x, (tol, win + tol + int(hop * rate) + 2))
+    out = np.zeros(n_out + win, np.float32)
+    prev = 0
+    for k in range(n_out // hop + 1):
+        nominal = int(round(k * hop * rate))
+        best = nominal
+        if k > 0:
+            natural = padded[tol + prev + hop:tol + prev + hop + win]  # [win]
+            region = padded[nominal:nominal + 2 * tol + win]  # [2 tol + win]
+            if len(region) < 2 * tol + win:
+                break
+            best = nominal - tol + int(np.argmax(np.correlate(region, natural, "valid")))
+        out[k * hop:k * hop + win] += padded[tol + best:tol + best + win] * window
+        prev = best
+    return out[:n_out]
+
+
+def frequency_warp(wave: np.ndarray, alpha: float) -> np.ndarray:
+    """Scale every frequency of ``wave`` [N] by ``alpha``, keeping its duration -> [N].
+
+    Resampling moves formants and pitch together (as a shorter or longer vocal
+    tract and different vocal folds would) and also changes the tempo;
+    :func:`wsola_stretch` then restores the original duration.
+    """
+    x = np.asarray(wave, np.float32)
+    if alpha == 1.0 or len(x) < 2 * WSOLA_WINDOW:
+        return x
+    ratio = Fraction(1.0 / alpha).limit_denominator(50)
+    y = resample_poly(x, ratio.numerator, ratio.denominator).astype(np.float32)  # [~N / alpha]
+    z = wsola_stretch(y, len(y) / len(x))
+    return np.pad(z, (0, max(len(x) - len(z), 0)))[:len(x)]
+
+
 def augment_wave(wave: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
-    """Speed (resampling), gain, additive noise and silence padding of a question wave."""
+    """Speed (resampling), frequency warp, gain, additive noise and silence padding of a
+    question wave."""
     if rng.random() >= cfg.prob:
         return wave
     x = wave.astype(np.float32)
+    if cfg.warp_prob > 0 and rng.random() < cfg.warp_prob:
+        x = frequency_warp(x, float(rng.uniform(cfg.warp_min, cfg.warp_max)))
     speed = rng.uniform(cfg.speed_min, cfg.speed_max)
     n = max(int(len(x) / speed), 1)
     x = np.interp(np.linspace(0, len(x) - 1, n), np.arange(len(x)), x).astype(np.float32)
