@@ -12,14 +12,15 @@ Conventions (shared with the speech codec):
   When ``dynamic_range`` > 0 the log values are also clamped from below to
   ``max - dynamic_range`` per utterance (Whisper uses 8.0, i.e. 80 dB).
   The result is normalised as ``(log + offset) / scale`` (Whisper: 4, 4).
+  With ``dynamic_range == 0`` the map is invertible above the floor
+  (:func:`mel_power_from_log_mel`), which the speech codec relies on.
 * ``band_norm`` (off by default; on in the ``tiny`` model preset): per-utterance
   mean normalisation of every mel band, the mean taken over the speech frames
   only (mean log level within :data:`BAND_NORM_RANGE` of the loudest frame),
   so that silence padding does not move it.  It removes the average spectral
   envelope of the speaker and the channel (cepstral mean normalisation in the
-  mel domain).
-  With ``dynamic_range == 0`` the map is invertible above the floor
-  (:func:`mel_power_from_log_mel`), which the speech codec relies on.
+  mel domain).  It makes the map non-invertible; the speech codec never
+  sets it.
 * Mel filterbank: ``mel_scale="slaney"`` (linear below 1 kHz, logarithmic
   above, each triangle area-normalised: Slaney's Auditory Toolbox, the
   librosa/Whisper default) or ``"htk"`` (``2595 log10(1 + f / 700)``, peak 1).

@@ -16,8 +16,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from scipy.signal import resample_poly
 
+from a2llm_ros.audio.features import resample
 from a2llm_ros.constants import FRAMES_PER_SEGMENT, SAMPLE_RATE, SPEECH_TOKENS_PER_SEGMENT
 from a2llm_ros.data.flameqa import FlameQAReader, FlameQASample
 from a2llm_ros.data.qa_text import HIGH
@@ -200,8 +200,8 @@ def frequency_warp(wave: np.ndarray, alpha: float) -> np.ndarray:
     x = np.asarray(wave, np.float32)
     if alpha == 1.0 or len(x) < 2 * WSOLA_WINDOW:
         return x
-    ratio = Fraction(1.0 / alpha).limit_denominator(50)
-    y = resample_poly(x, ratio.numerator, ratio.denominator).astype(np.float32)  # [~N / alpha]
+    ratio = Fraction(1.0 / alpha).limit_denominator(50)  # small factors keep it fast
+    y = resample(x, ratio.denominator, ratio.numerator)  # [~N / alpha]
     z = wsola_stretch(y, len(y) / len(x))
     return np.pad(z, (0, max(len(x) - len(z), 0)))[:len(x)]
 
