@@ -3,21 +3,22 @@
 Layout of a checkpoint directory::
 
     config.json         format + version, preset, A2LLMConfig.to_dict(), FLAME layout,
-                        package versions, storage dtype, where the LLM weights live
-    model.safetensors   weights of every neural part (audio encoder + adaptor, LLM
-                        unless it comes from ``llm.hf_path``, connector, motion
-                        tokenizer incl. its normalisation/codebook buffers) and the
-                        speech codec tensors (``codec.*``)
-    tokenizer.json      char-tokenizer vocabulary (``text.kind == "char"`` only)
+                        package versions, storage dtype, the backbone reference
+    model.safetensors   weights under the model's own names (``encoder.*``,
+                        ``adapter.*``, ``llm.*`` unless a backbone folder provides
+                        them, ``connector.*``, ``motion_tokenizer.*`` incl. its
+                        normalisation/codebook buffers) and the speech codec
+                        tensors (``codec.*``)
+    tokenizer.json,     the tokenizer files (``text.source == "checkpoint"``: tiny)
+    tokenizer_config.json
     lora/               PEFT adapter (``adapter_config.json`` + safetensors), if any
 
-When ``llm.hf_path`` is set (edge / paper) the backbone is loaded from that
-Hugging Face directory (relative to the checkpoint directory, or absolute)
-with ``from_pretrained(local_files_only=True)``; the checkpoint then stores
-only the embedding and output rows of the added special and speech tokens
-(``llm_ext.embed_rows`` / ``llm_ext.head_rows``) and, optionally, the LoRA
-adapter.  Tied tensors are stored once (the first name in ``state_dict``
-order).
+With ``llm.backbone`` (edge / paper) the encoder, adaptor and LLM are read from
+a Step-Audio-2-mini folder (relative to the checkpoint directory, or absolute)
+and only what A²-LLM adds is stored here; ``config.json`` keeps the folder's
+path and fingerprint, and a folder that does not match is refused
+(:mod:`a2llm_ros.model.step_audio`).  Tied tensors are stored once (the first
+name in ``state_dict`` order).
 """
 from __future__ import annotations
 
@@ -31,15 +32,17 @@ from safetensors.torch import load_file, save_file
 import a2llm_ros
 from a2llm_ros.config import A2LLMConfig
 from a2llm_ros.model.a2llm import A2LLM
-from a2llm_ros.model.audio_llm import base_causal_lm, resolve_hf_path
+from a2llm_ros.model.audio_llm import resolve_backbone
 from a2llm_ros.model.speech_codec import codec_state_dict, load_codec_state_dict
-from a2llm_ros.model.text_tokenizer import CharTokenizer
+from a2llm_ros.model.text_tokenizer import TextTokenizer, TokenizerError
 
 FORMAT = "a2llm_ros.checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, LORA_DIR = (
     "config.json", "model.safetensors", "tokenizer.json", "lora")
-CODEC_PREFIX, LLM_PREFIX, EXT_PREFIX = "codec.", "llm.", "llm_ext."
+CODEC_PREFIX, LLM_PREFIX = "codec.", "llm."
+#: Parts whose weights a Step-Audio-2-mini backbone folder provides.
+BACKBONE_PREFIXES = ("llm.", "encoder.", "adapter.")
 #: Where ``default`` points: the shipped checkpoint inside the package.
 DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(a2llm_ros.__file__), "checkpoints", "default")
 
@@ -110,24 +113,17 @@ def _aliases(state: Dict[str, torch.Tensor]) -> Dict[str, str]:
     return out
 
 
-def _ext_rows(model: A2LLM) -> Dict[str, torch.Tensor]:
-    """Rows of the added tokens for an HF-backed LLM."""
-    lm = base_causal_lm(model.llm)
-    n = model.vocab.n_text
-    out = {EXT_PREFIX + "embed_rows": lm.get_input_embeddings().weight[n:]}
-    if not lm.config.tie_word_embeddings:
-        out[EXT_PREFIX + "head_rows"] = lm.get_output_embeddings().weight[n:]
-    return out
-
-
 def checkpoint_tensors(model: A2LLM) -> Dict[str, torch.Tensor]:
-    """The flat name -> tensor dict stored in ``model.safetensors``."""
+    """The flat name -> tensor dict stored in ``model.safetensors``.
+
+    With a backbone folder (``llm.backbone``) the encoder, adaptor and LLM
+    weights stay in that folder and are not stored (a LoRA goes to ``lora/``).
+    """
     state = _module_state(model)
     aliases = _aliases(state)
     state = {k: v for k, v in state.items() if k not in aliases}
-    if model.cfg.llm.hf_path:
-        state = {k: v for k, v in state.items() if not k.startswith(LLM_PREFIX)}
-        state.update(_ext_rows(model))
+    if model.cfg.llm.backbone:
+        state = {k: v for k, v in state.items() if not k.startswith(BACKBONE_PREFIXES)}
     codec = codec_state_dict(model.speech_tokenizer, model.token2wav)
     state.update({CODEC_PREFIX + k: v for k, v in codec.items()})
     return state
@@ -147,19 +143,23 @@ def save_checkpoint(model: A2LLM, out_dir: str, dtype: Optional[torch.dtype] = N
             value = value.to(dtype)
         tensors[key] = value.contiguous().clone()
     storage = str(dtype).replace("torch.", "") if dtype is not None else "native"
+    backbone = None
+    if model.cfg.llm.backbone:
+        from a2llm_ros.model.step_audio import fingerprint
+        path = model.backbone_dir or model.cfg.llm.backbone
+        backbone = {"path": model.cfg.llm.backbone, "fingerprint": fingerprint(path)}
     save_file(tensors, os.path.join(out_dir, WEIGHTS_FILE),
               metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
             "preset": model.cfg.preset_name, "config": model.cfg.to_dict(),
             "flame_layout": model.layout.to_dict(), "versions": _versions(),
             "storage_dtype": storage,
-            "llm_weights": "hf_path" if model.cfg.llm.hf_path else "checkpoint",
+            "llm_weights": "backbone" if backbone else "checkpoint", "backbone": backbone,
             "lora": _is_peft(model.llm)}
     with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
         json.dump(meta, f, indent=2)
-    if isinstance(model.text_tokenizer, CharTokenizer):
-        with open(os.path.join(out_dir, TOKENIZER_FILE), "w", encoding="utf-8") as f:
-            f.write(model.text_tokenizer.to_json())
+    if model.cfg.text.source == "checkpoint":
+        model.text_tokenizer.save(out_dir)
     if _is_peft(model.llm):
         model.llm.save_pretrained(os.path.join(out_dir, LORA_DIR), safe_serialization=True)
     return out_dir
@@ -197,33 +197,52 @@ def _check_keys(ckpt_dir: str, stored: Dict[str, torch.Tensor],
                               + "; ".join(parts))
 
 
-def _text_tokenizer(ckpt_dir: str, cfg: A2LLMConfig):
-    if cfg.text.kind != "char":
-        return None  # HFTokenizer from llm.hf_path
-    path = os.path.join(ckpt_dir, TOKENIZER_FILE)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{ckpt_dir}: missing {TOKENIZER_FILE} (char vocabulary)")
-    with open(path, encoding="utf-8") as f:
-        return CharTokenizer.from_json(f.read())
+def _text_tokenizer(ckpt_dir: str, cfg: A2LLMConfig) -> TextTokenizer:
+    if cfg.text.source == "checkpoint":
+        path = ckpt_dir
+    else:
+        path = resolve_backbone(cfg.llm.backbone, os.path.abspath(ckpt_dir))
+    try:
+        return TextTokenizer.load(path)
+    except TokenizerError as exc:
+        raise CheckpointError(str(exc)) from exc
+
+
+def _read_meta(ckpt_dir: str) -> dict:
+    with open(os.path.join(ckpt_dir, CONFIG_FILE)) as f:
+        return json.load(f)
 
 
 def load_checkpoint(ckpt_dir: str, expected_config: Optional[A2LLMConfig] = None,
-                    device: str = "cpu") -> A2LLM:
+                    device: str = "cpu", dtype: Optional[torch.dtype] = None) -> A2LLM:
     """Load a checkpoint strictly; ``"default"`` names the shipped one.
+
+    A Step-Audio-2-mini folder (``config.json`` with ``model_type: step_audio_2``)
+    is accepted too: its encoder, adaptor and LLM with a new connector and
+    motion tokenizer (see :mod:`a2llm_ros.model.step_audio`).  ``dtype``: the
+    backbone's compute dtype (default float32 on CPU, bfloat16 on CUDA).
 
     Raises ConfigMismatchError (config fields differ from the code or from
     ``expected_config``) or CheckpointError (missing / unexpected / mis-shaped
-    weights, missing files).
+    weights, missing files, a backbone that does not match its reference).
     """
+    from a2llm_ros.model import step_audio
+    if ckpt_dir != "default" and step_audio.is_step_folder(ckpt_dir):
+        return step_audio.load_step_folder(ckpt_dir, device=device, dtype=dtype)
     ckpt_dir = resolve_checkpoint(ckpt_dir)
     cfg = read_config(ckpt_dir)
     if expected_config is not None:
         expected_config.check_matches(cfg)
-    model = A2LLM(cfg, _text_tokenizer(ckpt_dir, cfg),
-                  base_dir=os.path.abspath(ckpt_dir))
     weights = os.path.join(ckpt_dir, WEIGHTS_FILE)
     if not os.path.isfile(weights):
         raise CheckpointError(f"{ckpt_dir}: missing {WEIGHTS_FILE}")
+    base = os.path.abspath(ckpt_dir)
+    if cfg.llm.backbone:
+        meta = _read_meta(ckpt_dir)
+        model = step_audio.model_on_backbone(cfg, base, meta.get("backbone"), device, dtype,
+                                             _text_tokenizer(ckpt_dir, cfg))
+    else:
+        model = A2LLM(cfg, _text_tokenizer(ckpt_dir, cfg), base_dir=base)
     stored = load_file(weights)
     expected = {k: v for k, v in checkpoint_tensors(model).items()
                 if not k.startswith(CODEC_PREFIX)}
@@ -245,15 +264,11 @@ def _load_tensors(model: A2LLM, stored: Dict[str, torch.Tensor]) -> None:
         raise CheckpointError(f"speech codec weights ({CODEC_PREFIX}*): {exc}") from exc
     state = _module_state(model)
     aliases = _aliases(state)
-    params = {k: v for k, v in stored.items()
-              if not k.startswith((CODEC_PREFIX, EXT_PREFIX))}
+    params = {k: v for k, v in stored.items() if not k.startswith(CODEC_PREFIX)}
     params.update({dup: params[src] for dup, src in aliases.items() if src in params})
-    if model.cfg.llm.hf_path:
-        own = {k: v for k, v in state.items() if not k.startswith(LLM_PREFIX)}
-        _copy_into(own, params)
-        _load_ext_rows(model, stored)
-    else:
-        _copy_into(state, params)
+    if model.cfg.llm.backbone:
+        state = {k: v for k, v in state.items() if not k.startswith(BACKBONE_PREFIXES)}
+    _copy_into(state, params)
 
 
 def _copy_into(targets: Dict[str, torch.Tensor], values: Dict[str, torch.Tensor]) -> None:
@@ -264,17 +279,9 @@ def _copy_into(targets: Dict[str, torch.Tensor], values: Dict[str, torch.Tensor]
         target.copy_(values[key].to(target.dtype))
 
 
-def _load_ext_rows(model: A2LLM, stored: Dict[str, torch.Tensor]) -> None:
-    lm = base_causal_lm(model.llm)
-    n = model.vocab.n_text
-    lm.get_input_embeddings().weight[n:].copy_(stored[EXT_PREFIX + "embed_rows"])
-    if EXT_PREFIX + "head_rows" in stored:
-        lm.get_output_embeddings().weight[n:].copy_(stored[EXT_PREFIX + "head_rows"])
-
-
-def hf_backbone_dir(ckpt_dir: str, cfg: A2LLMConfig) -> str:
-    """Absolute path of the HF backbone directory named by a checkpoint's config."""
-    return resolve_hf_path(cfg.llm.hf_path, os.path.abspath(ckpt_dir))
+def backbone_dir(ckpt_dir: str, cfg: A2LLMConfig) -> str:
+    """Absolute path of the Step-Audio-2-mini folder named by a checkpoint's config."""
+    return resolve_backbone(cfg.llm.backbone, os.path.abspath(ckpt_dir))
 
 
 #: Seconds of synthetic audio used to fit a random checkpoint's k-means speech codec.
@@ -309,8 +316,15 @@ def synthetic_codec_audio(seed: int, seconds: float = SYNTH_CODEC_SECONDS):
 
 
 def init_model(cfg: A2LLMConfig, seed: int = 0, base_dir: Optional[str] = None) -> A2LLM:
-    """A randomly initialised model (seeded) with a codec fitted on synthetic audio."""
+    """A randomly initialised model (seeded) with a codec fitted on synthetic audio.
+
+    With ``llm.backbone`` the encoder, adaptor and LLM come from that folder.
+    """
     torch.manual_seed(int(seed))
-    model = A2LLM(cfg, base_dir=base_dir)
+    if cfg.llm.backbone:
+        from a2llm_ros.model import step_audio
+        model = step_audio.model_on_backbone(cfg, base_dir, None, "cpu", None)
+    else:
+        model = A2LLM(cfg, base_dir=base_dir)
     model.speech_tokenizer.fit([synthetic_codec_audio(seed)], seed=seed)
     return model.eval()

@@ -79,5 +79,6 @@ class A2LLMConfig(ConfigBase):
         bad = [name for name, (a, b) in checks.items() if a != b]
         if bad:
             raise ConfigMismatchError("A2LLMConfig (linked sizes)", differing=bad)
-        if self.text.kind == "hf" and not self.llm.hf_path:
-            raise ValueError("A2LLMConfig: text.kind='hf' needs llm.hf_path (tokenizer files)")
+        if self.text.source == "backbone" and not self.llm.backbone:
+            raise ValueError("A2LLMConfig: text.source='backbone' needs llm.backbone "
+                             "(a Step-Audio-2-mini folder with the tokenizer files)")

@@ -4,12 +4,15 @@
 explicit :class:`GeneratorState`:
 
 * :meth:`~StreamingGenerator.start` validates the question wave, computes its
-  log-mel, runs the audio encoder and prefills the LLM with
-  ``<bos> <audio_in_start> audio <audio_in_end> <answer>``.
-* :meth:`~StreamingGenerator.step` samples ONE answer token (logits masked to
-  the kind the :class:`~a2llm_ros.model.audio_llm.Schedule` expects), feeds it
-  to the LLM with the KV cache and returns the events it caused, in time
-  order: a :class:`TextEvent` per text token; every ``SPEECH_TOKENS_PER_SEGMENT``
+  log-mel, runs the audio encoder and adaptor and prefills the LLM with
+  Step-Audio-2's chat prompt (see :mod:`a2llm_ros.model.audio_llm`), the
+  adaptor outputs in place of the ``<audio_patch>`` tokens.
+* :meth:`~StreamingGenerator.step` samples ONE answer token, reads it
+  (:class:`AnswerReader`: text and speech ids by range, padding dropped,
+  ``<|EOT|>`` ends the answer; with ``InterleaveConfig.enforce`` the logits
+  are masked to the kind the :class:`~a2llm_ros.model.audio_llm.Schedule`
+  expects), feeds it to the LLM with the KV cache and returns the events it
+  caused, in time order: a :class:`TextEvent` per text token; every ``SPEECH_TOKENS_PER_SEGMENT``
   (5) speech tokens one :class:`AudioEvent` (Token2Wav.step, 5 x 640 samples =
   200 ms) followed by one :class:`FlameEvent` (connector step on the five
   speech tokens' hidden states -> 6 RVQ codes -> MotionTokenizer.decode_step
@@ -24,9 +27,10 @@ r < 5 speech tokens, their audio is decoded as is and the motion segment is
 completed by repeating the last speech token's hidden state; only the first
 r of its 5 frames are kept, so FLAME frames == audio seconds x 25 exactly.
 
-The answer ends with ``"eos"`` once both ``<text_end>`` and ``<speech_end>``
-were generated, or with ``"cap"`` after ``max_speech_tokens`` speech tokens
-(``max_text_tokens`` forces ``<text_end>``).
+The answer ends with ``"eos"`` at ``<|EOT|>`` (or, with an enforced schedule,
+once both ``<tts_pad>`` and ``<tts_end>`` ended their streams), or with
+``"cap"`` after ``max_speech_tokens`` speech tokens (``max_text_tokens``
+forces the text end under an enforced schedule and caps text otherwise).
 
 All model calls go through the small :class:`Backend` interface
 (:class:`TorchBackend` here); an ONNX Runtime or TensorRT engine implements
@@ -45,9 +49,9 @@ import torch
 from a2llm_ros.configbase import ConfigBase
 from a2llm_ros.constants import (FLAME_FPS, MEL_WINDOW, SAMPLE_RATE,
                                  SAMPLES_PER_SPEECH_TOKEN, SPEECH_TOKENS_PER_SEGMENT)
-from a2llm_ros.model.a2llm import PROMPT_PREFIX, PROMPT_SUFFIX, A2LLM
-from a2llm_ros.model.audio_llm import (SPEECH, TEXT, Schedule, llm_hidden_and_logits,
-                                       new_cache)
+from a2llm_ros.model.a2llm import A2LLM
+from a2llm_ros.model.audio_encoder import n_positions
+from a2llm_ros.model.audio_llm import SPEECH, TEXT, Schedule, llm_hidden, llm_logits
 from a2llm_ros.model.connector import sample_codes
 
 #: Shortest accepted question (seconds).
@@ -188,7 +192,7 @@ class Backend:
 
 
 class TorchBackend(Backend):
-    """The PyTorch model, with the Hugging Face KV cache for incremental decoding."""
+    """The PyTorch model with a growing key/value cache (one tensor pair per layer)."""
 
     kind = "torch"
 
@@ -197,37 +201,37 @@ class TorchBackend(Backend):
 
     @torch.no_grad()
     def encode_audio(self, mel):
-        mel = mel.to(self.model.device)[None]  # [1, M, T]
-        return self.model.audio_encoder(mel)  # [1, A, H]
+        return self.model.encode_audio(mel[None])  # [1, A, H]
 
     @torch.no_grad()
     def embed_tokens(self, ids):
         return self.model.embed_ids(list(ids))[None]  # [1, n, H]
 
+    def _run(self, embeds, cache=None):
+        hidden, cache = llm_hidden(self.model.llm, embeds, past=cache)  # [1, T, H]
+        return llm_logits(self.model.llm, hidden[0, -1]).float(), hidden[0, -1], cache
+
     @torch.no_grad()
     def prefill(self, embeds):
-        cache = new_cache(self.model.llm)
-        hidden, logits = llm_hidden_and_logits(self.model.llm, embeds, cache=cache)
-        return logits[0, -1].float(), hidden[0, -1], cache
+        return self._run(embeds)
 
     @torch.no_grad()
     def decode(self, token_id, cache):
-        embeds = self.embed_tokens([token_id])  # [1, 1, H]
-        hidden, logits = llm_hidden_and_logits(self.model.llm, embeds, cache=cache)
-        return logits[0, -1].float(), hidden[0, -1], cache
+        return self._run(self.embed_tokens([token_id]), cache)
 
     @torch.no_grad()
     def forward_full(self, embeds):
         """Reference path without cache: embeds [1, T, H] -> (logits [T, V], hidden [T, H])."""
-        hidden, logits = llm_hidden_and_logits(self.model.llm, embeds)
-        return logits[0].float(), hidden[0]
+        hidden, _ = llm_hidden(self.model.llm, embeds)
+        return llm_logits(self.model.llm, hidden[0]).float(), hidden[0]
 
     def init_connector_state(self):
         return self.model.connector.init_state(1)
 
     @torch.no_grad()
     def connector_step(self, hidden, state, temperature, generator, top_k):
-        return self.model.connector.step(hidden, state, temperature, generator, top_k)
+        return self.model.connector.step(hidden.to(_connector_dtype(self.model)), state,
+                                         temperature, generator, top_k)
 
     def init_motion_state(self):
         return self.model.motion_tokenizer.init_decode_state(1)
@@ -241,6 +245,10 @@ class TorchBackend(Backend):
 
     def token2wav_step(self, tokens, state):
         return self.model.token2wav.step(tokens.cpu(), state)
+
+
+def _connector_dtype(model) -> torch.dtype:
+    return next(model.connector.parameters()).dtype
 
 
 def as_backend(model_or_backend: Union[A2LLM, Backend]) -> Backend:
@@ -266,44 +274,80 @@ def check_question(wave) -> np.ndarray:
 
 
 def prompt_embeds(backend: Backend, wave) -> torch.Tensor:
-    """Question wave -> prompt embeddings [1, P, H]."""
+    """Question wave -> prompt embeddings [1, P, H] (audio in the ``<audio_patch>`` rows)."""
     model = backend.model
     mel = model.log_mel(check_question(wave))  # [M, T]
     audio = backend.encode_audio(mel)  # [1, A, H]
-    pre = backend.embed_tokens([model.vocab.special(t) for t in PROMPT_PREFIX])
-    suf = backend.embed_tokens([model.vocab.special(t) for t in PROMPT_SUFFIX])
-    return torch.cat([pre, audio.to(pre.dtype), suf], dim=1)
+    prompt = model.prompt(n_positions(mel.shape[1]))
+    emb = backend.embed_tokens(prompt.ids)  # [1, P, H]
+    a, n = prompt.patch_start, prompt.n_patches
+    return torch.cat([emb[:, :a], audio[:, :n].to(emb.dtype), emb[:, a + n:]], dim=1)
 
 
 class TokenChooser:
-    """Masks logits to the scheduled kind and samples (shared by both paths)."""
+    """Masks logits (enforced schedule only) and samples (shared by both paths)."""
 
     def __init__(self, model: A2LLM, cfg: GenerationConfig):
         self.vocab, self.cfg = model.vocab, cfg
-        n_text = model.text_tokenizer.vocab_size
-        self.masks = {TEXT: self.vocab.kind_mask(TEXT, n_text),
-                      SPEECH: self.vocab.kind_mask(SPEECH)}
-        if model.text_tokenizer.kind == "char":
-            self.masks[TEXT][0] = False  # the char tokenizer's unknown character
-        self.text_end = self.vocab.special("<text_end>")
-        self.speech_end = self.vocab.special("<speech_end>")
+        self.enforce = bool(model.cfg.interleave.enforce)
+        self.masks = {TEXT: self.vocab.kind_mask(TEXT), SPEECH: self.vocab.kind_mask(SPEECH)}
 
     def end_id(self, kind: str) -> int:
-        return self.text_end if kind == TEXT else self.speech_end
+        """The enforced schedule's end marker of a stream."""
+        return self.vocab.tts_pad if kind == TEXT else self.vocab.tts_end
 
     def choose(self, logits, schedule: Schedule, generator) -> int:
-        """Logits [V] -> token id of ``schedule.next_kind()``."""
-        kind, cfg = schedule.next_kind(), self.cfg
-        mask = self.masks[kind]
-        if kind == TEXT and schedule.n_text >= cfg.max_text_tokens:
-            return self.text_end
-        if kind == SPEECH and schedule.n_speech < cfg.min_speech_tokens:
-            mask = mask.clone()
-            mask[self.speech_end] = False
+        """Logits [V] -> token id (of ``schedule.next_kind()`` when enforced)."""
+        cfg = self.cfg
+        logits = logits.detach().float().cpu()
+        if self.enforce:
+            kind = schedule.next_kind()
+            mask = self.masks[kind]
+            if kind == TEXT and schedule.n_text >= cfg.max_text_tokens:
+                return self.end_id(TEXT)
+            if kind == SPEECH and schedule.n_speech < cfg.min_speech_tokens:
+                mask = mask.clone()
+                mask[self.end_id(SPEECH)] = False
+            logits = logits.masked_fill(~mask, float("-inf"))
         # sampling runs on the CPU with a CPU generator (same draws on every device)
-        logits = logits.detach().float().cpu().masked_fill(~mask, float("-inf"))[None]  # [1, V]
         temperature = 0.0 if cfg.greedy else cfg.temperature
-        return int(sample_codes(logits, temperature, generator, cfg.top_k)[0])
+        return int(sample_codes(logits[None], temperature, generator, cfg.top_k)[0])
+
+
+class AnswerReader:
+    """What a generated token means: text, speech, nothing (padding, markers), the end."""
+
+    def __init__(self, model: A2LLM, cfg: GenerationConfig):
+        self.vocab, self.cfg = model.vocab, cfg
+        self.enforce = bool(model.cfg.interleave.enforce)
+        self.schedule = Schedule.from_config(model.cfg.interleave)
+        self.finished = False
+        #: Tokens read; without an enforced schedule the answer also ends after
+        #: ``max_speech_tokens + max_text_tokens`` of them.
+        self.n_read = 0
+
+    def read(self, tok: int) -> Optional[str]:
+        """TEXT, SPEECH or None; sets :attr:`finished` at the answer's end."""
+        v = self.vocab
+        self.n_read += 1
+        if not self.enforce and self.n_read >= self.cfg.max_speech_tokens \
+                + self.cfg.max_text_tokens:
+            self.finished = True
+        if self.enforce:
+            kind = self.schedule.next_kind()
+            is_end = tok == (v.tts_pad if kind == TEXT else v.tts_end)
+            self.schedule.push(is_end)
+            self.finished = self.schedule.finished
+            return None if is_end else kind
+        if tok == v.eot:
+            self.finished = True
+            return None
+        if v.is_speech(tok):
+            return SPEECH
+        if v.is_text(tok) and self.schedule.n_text < self.cfg.max_text_tokens:
+            self.schedule.n_text += 1
+            return TEXT
+        return None  # <tts_pad>, the speech padding code, <tts_end>, other specials
 
 
 def _generators(cfg: GenerationConfig, device):
@@ -320,7 +364,7 @@ class GeneratorState:
 
     turn_id: int = 0
     active: bool = False
-    schedule: Optional[Schedule] = None
+    reader: Optional[AnswerReader] = None
     cache: Any = None
     logits: Optional[torch.Tensor] = None        # [V] logits for the next token
     text_ids: List[int] = field(default_factory=list)
@@ -367,7 +411,7 @@ class StreamingGenerator:
         llm_gen, motion_gen = _generators(self.cfg, self.model.device)
         b = self.backend
         self.state = GeneratorState(
-            turn_id=turn, active=True, schedule=Schedule.from_config(self.model.cfg.interleave),
+            turn_id=turn, active=True, reader=AnswerReader(self.model, self.cfg),
             cache=cache, logits=logits, t2w_state=b.init_token2wav_state(),
             connector_state=b.init_connector_state(), motion_state=b.init_motion_state(),
             llm_generator=llm_gen, motion_generator=motion_gen)
@@ -378,20 +422,18 @@ class StreamingGenerator:
         s = self.state
         if not s.active:
             return []
-        kind = s.schedule.next_kind()
-        tok = self.chooser.choose(s.logits, s.schedule, s.llm_generator)
-        is_end = tok == self.chooser.end_id(kind)
-        s.schedule.push(is_end)
-        is_speech = kind == SPEECH and not is_end
+        tok = self.chooser.choose(s.logits, s.reader.schedule, s.llm_generator)
+        kind = s.reader.read(tok)
+        is_speech = kind == SPEECH
         events: List[Event] = []
-        if kind == TEXT and not is_end:
+        if kind == TEXT:
             events += self._text(tok)
         if is_speech:
             s.speech_codes.append(int(self.model.vocab.speech_code(tok)))
             s.pending_codes.append(s.speech_codes[-1])
             if len(s.pending_codes) == SPEECH_TOKENS_PER_SEGMENT:
                 events += self._audio()
-        finished = s.schedule.finished
+        finished = s.reader.finished
         capped = is_speech and len(s.speech_codes) >= self.cfg.max_speech_tokens
         if not finished:
             s.logits, hidden, s.cache = self.backend.decode(tok, s.cache)
@@ -434,7 +476,7 @@ class StreamingGenerator:
         s = self.state
         s.text_ids.append(tok)
         full = self.model.text_tokenizer.decode(s.text_ids)
-        if full.endswith("\ufffd") and self.model.text_tokenizer.kind == "hf":
+        if full.endswith("\ufffd"):
             return []  # incomplete multi-byte character: wait for the next token
         delta = full[len(s.text_emitted):] if full.startswith(s.text_emitted) else full
         s.text_emitted = full
@@ -504,25 +546,23 @@ def generate_batch(model: Union[A2LLM, TorchBackend], question_wave,
     model, cfg = backend.model, cfg or GenerationConfig()
     chooser = TokenChooser(model, cfg)
     llm_gen, motion_gen = _generators(cfg, model.device)
-    schedule = Schedule.from_config(model.cfg.interleave)
+    reader = AnswerReader(model, cfg)
     embeds = prompt_embeds(backend, question_wave)  # [1, P, H]
     fed, text_ids, codes = [], [], []
     reason = "eos"
     while True:
         logits, _ = backend.forward_full(
             torch.cat([embeds, backend.embed_tokens(fed)], dim=1) if fed else embeds)
-        kind = schedule.next_kind()
-        tok = chooser.choose(logits[-1], schedule, llm_gen)
-        is_end = tok == chooser.end_id(kind)
-        schedule.push(is_end)
-        if kind == TEXT and not is_end:
+        tok = chooser.choose(logits[-1], reader.schedule, llm_gen)
+        kind = reader.read(tok)
+        if kind == TEXT:
             text_ids.append(tok)
-        if kind == SPEECH and not is_end:
+        if kind == SPEECH:
             codes.append(int(model.vocab.speech_code(tok)))
-        if schedule.finished:
+        if reader.finished:
             break
         fed.append(tok)
-        if kind == SPEECH and not is_end and len(codes) >= cfg.max_speech_tokens:
+        if kind == SPEECH and len(codes) >= cfg.max_speech_tokens:
             reason = "cap"
             break
     hidden = hidden_states_for_connector(backend, embeds, fed)  # [n_speech, H]

@@ -49,6 +49,8 @@ _SLANEY_LOG_STEP = math.log(6.4) / 27.0
 #: band_norm: frames whose mean log10 mel level is within this of the loudest
 #: frame's count as speech (3.0 = 30 dB).
 BAND_NORM_RANGE = 3.0
+#: Zero samples Step-Audio-2 appends to a question before its log-mel.
+STEP_PAD_SAMPLES = 479
 
 
 @dataclasses.dataclass
@@ -70,11 +72,14 @@ class MelConfig(ConfigBase):
     scale: float = 4.0
     #: Subtract each band's per-utterance mean over the speech frames.
     band_norm: bool = False
+    #: Zero samples appended before the STFT (Step-Audio-2: 479, so N samples give
+    #: ``(N + 479) // hop`` frames).
+    pad_samples: int = 0
 
     PRESETS = {
-        "tiny": {"n_mels": 80, "band_norm": True},
-        "edge": {"n_mels": 80},
-        "paper": {"n_mels": 128},
+        "tiny": {"n_mels": 80, "band_norm": True, "pad_samples": STEP_PAD_SAMPLES},
+        "edge": {"n_mels": 128, "pad_samples": STEP_PAD_SAMPLES},
+        "paper": {"n_mels": 128, "pad_samples": STEP_PAD_SAMPLES},
     }
 
     def __post_init__(self):
@@ -167,12 +172,14 @@ def mel_power(wave: torch.Tensor, cfg: MelConfig,
 
 def log_mel_spectrogram(wave: ArrayLike, cfg: Optional[MelConfig] = None,
                         filters: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Normalised log-mel of ``[N]`` or ``[B, N]`` -> float32 ``[.., n_mels, N // hop]``.
+    """Normalised log-mel of ``[N]`` or ``[B, N]`` -> ``[.., n_mels, (N + pad_samples) // hop]``.
 
     ``filters`` may pass a precomputed :func:`mel_filterbank` for speed.
     """
     cfg = cfg or MelConfig()
     wave = torch.as_tensor(wave, dtype=torch.float32)
+    if cfg.pad_samples:
+        wave = torch.nn.functional.pad(wave, (0, cfg.pad_samples))
     log = torch.log10(mel_power(wave, cfg, filters).clamp_min(cfg.log_floor))  # [.., M, T]
     if cfg.dynamic_range > 0:
         peak = log.amax(dim=(-2, -1), keepdim=True)  # [.., 1, 1]

@@ -3,11 +3,11 @@
 Training (:meth:`A2LLM.forward_train`) on a :class:`TrainBatch` made by
 :meth:`A2LLM.collate`:
 
-* LM loss: next-token cross-entropy over the answer part of
-  ``<bos> <audio_in_start> audio <audio_in_end> <answer> answer...`` (see
+* LM loss: next-token cross-entropy over the answer after Step-Audio-2's chat
+  prompt (``... <|BOT|>assistant\n<tts_start>``, see
   :mod:`a2llm_ros.model.audio_llm`), reported separately for text targets
-  (text ids and ``<text_end>``) and speech targets (speech ids and
-  ``<speech_end>``), over the full vocabulary.
+  (text ids, ``<tts_pad>``, ``<|EOT|>``) and speech targets (speech ids and
+  ``<tts_end>``), over the full vocabulary.
 * Motion loss: the connector's cross-entropy on the answer's motion codes.
   Its queries are the LLM last hidden states at the INPUT positions of the
   answer's speech tokens (the state produced by feeding each speech token),
@@ -16,6 +16,7 @@ Training (:meth:`A2LLM.forward_train`) on a :class:`TrainBatch` made by
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, fields
 from typing import Dict, List, Optional, Sequence
 
@@ -28,20 +29,16 @@ from a2llm_ros.audio.features import log_mel_spectrogram, mel_filterbank
 from a2llm_ros.config import A2LLMConfig
 from a2llm_ros.constants import SPEECH_TOKENS_PER_SEGMENT
 from a2llm_ros.flame.layout import FlameLayout
-from a2llm_ros.model.audio_encoder import AudioEncoder, n_positions
-from a2llm_ros.model.audio_llm import (IGNORE_INDEX, AnswerSequence, VocabLayout,
-                                       build_answer_sequence, build_llm, llm_hidden,
-                                       llm_logits)
+from a2llm_ros.model.audio_encoder import Adapter, AudioEncoder, n_positions
+from a2llm_ros.model.audio_llm import (IGNORE_INDEX, TASK_ANSWER, TASK_TRANSCRIBE, Prompt, Vocab,
+                                       build_answer_sequence, build_llm, build_prompt,
+                                       llm_hidden, llm_logits, resolve_backbone, text_sequence)
 from a2llm_ros.model.connector import MotionConnector
 from a2llm_ros.model.motion_tokenizer import MotionTokenizer
 from a2llm_ros.model.speech_codec import make_codec
-from a2llm_ros.model.text_tokenizer import CharTokenizer, HFTokenizer, TextTokenizer
+from a2llm_ros.model.text_tokenizer import TextTokenizer, make_tiny_tokenizer
 
-PROMPT_PREFIX = ("<bos>", "<audio_in_start>")
-PROMPT_SUFFIX = ("<audio_in_end>", "<answer>")
-#: TrainBatch.task values and the special token that follows ``<audio_in_end>``.
-TASK_ANSWER, TASK_TRANSCRIBE = 0, 1
-TASK_TOKENS = {TASK_ANSWER: "<answer>", TASK_TRANSCRIBE: "<transcribe>"}
+__all__ = ["A2LLM", "TrainBatch", "TASK_ANSWER", "TASK_TRANSCRIBE", "make_text_tokenizer"]
 
 
 @dataclass
@@ -50,11 +47,11 @@ class TrainBatch:
 
     ``mel`` [B, M, T] log-mel of the questions (zero-padded), ``mel_lengths``
     [B]; ``answer_ids`` [B, La] interleaved answer ids (padded with
-    ``<pad>``), ``answer_is_text`` / ``answer_is_speech`` [B, La] bool kinds,
+    ``<|EOT|>``), ``answer_is_text`` / ``answer_is_speech`` [B, La] bool kinds,
     ``answer_lengths`` [B]; ``motion_codes`` [B, S, L] (zero-padded),
     ``motion_lengths`` [B] segments used per sample; ``task`` [B] 0 = answer
-    (after ``<answer>``), 1 = transcribe (the "answer" is the question's text
-    after ``<transcribe>``; auxiliary ASR loss ``asr_ce``).
+    (after ``<tts_start>``), 1 = transcribe (the "answer" is the question's text;
+    auxiliary ASR loss ``asr_ce``).
     """
 
     mel: torch.Tensor
@@ -73,28 +70,37 @@ class TrainBatch:
 
 
 def make_text_tokenizer(cfg: A2LLMConfig, base_dir: Optional[str] = None) -> TextTokenizer:
-    """Default text tokenizer for ``cfg``: printable ASCII chars, or the HF backbone's."""
-    if cfg.text.kind == "char":
-        return CharTokenizer.printable_ascii()
-    from a2llm_ros.model.audio_llm import resolve_hf_path
-    return HFTokenizer(resolve_hf_path(cfg.llm.hf_path, base_dir))
+    """A new model's tokenizer: the tiny one, or the backbone folder's files."""
+    if cfg.text.source == "checkpoint":
+        return make_tiny_tokenizer(cfg.codec.n_codes)
+    return TextTokenizer.load(resolve_backbone(cfg.llm.backbone, base_dir))
 
 
 class A2LLM(nn.Module):
-    """Audio-in, text + speech + FLAME-motion-out model."""
+    """Audio-in, text + speech + FLAME-motion-out model.
+
+    Children (checkpoint prefixes): ``encoder`` and ``adapter`` (Step's audio
+    encoder and adaptor), ``llm`` (Qwen2: ``llm.model.*``, ``llm.lm_head``),
+    ``connector``, ``motion_tokenizer``; the speech codec is kept beside them.
+    """
 
     def __init__(self, cfg: A2LLMConfig, text_tokenizer: Optional[TextTokenizer] = None,
-                 base_dir: Optional[str] = None):
+                 base_dir: Optional[str] = None, dtype: torch.dtype = torch.float32,
+                 meta_backbone: bool = False):
+        """``meta_backbone``: build encoder, adaptor and LLM without storage (their
+        weights are assigned from a backbone folder afterwards)."""
         super().__init__()
         self.cfg = cfg
         self.layout = FlameLayout(n_expr=cfg.motion.n_expr)
         self.text_tokenizer = text_tokenizer or make_text_tokenizer(cfg, base_dir)
-        if self.text_tokenizer.vocab_size > cfg.llm.text_vocab_size:
-            raise ValueError(f"text tokenizer has {self.text_tokenizer.vocab_size} ids > "
-                             f"llm.text_vocab_size {cfg.llm.text_vocab_size}")
-        self.vocab = VocabLayout(cfg.llm.text_vocab_size, cfg.codec.n_codes)
-        self.audio_encoder = AudioEncoder(cfg.audio)
-        self.llm = build_llm(cfg.llm, self.vocab, base_dir)
+        self.vocab = Vocab.from_tokenizer(self.text_tokenizer, cfg.codec.n_codes,
+                                          cfg.llm.vocab_size)
+        with torch.device("meta") if meta_backbone else contextlib.nullcontext():
+            self.encoder = AudioEncoder(cfg.audio).to(dtype)
+            self.adapter = Adapter(cfg.audio).to(dtype)
+            self.llm = build_llm(cfg.llm, dtype)
+        #: Absolute path of the backbone folder the weights came from (or None).
+        self.backbone_dir: Optional[str] = None
         self.connector = MotionConnector(cfg.connector)
         self.motion_tokenizer = MotionTokenizer(cfg.motion)
         self.speech_tokenizer, self.token2wav = make_codec(cfg.codec)
@@ -106,11 +112,11 @@ class A2LLM(nn.Module):
         return self.mel_filters.device
 
     def n_params(self) -> int:
-        """Trainable parameters of all neural parts."""
+        """Parameters of all neural parts."""
         return sum(p.numel() for p in self.parameters())
 
     def log_mel(self, wave) -> torch.Tensor:
-        """Question wave [N] float32 16 kHz -> log-mel [M, N // 160]."""
+        """Question wave [N] float32 16 kHz -> log-mel [M, (N + pad) // 160]."""
         wave = torch.as_tensor(np.asarray(wave, dtype=np.float32))
         return log_mel_spectrogram(wave, self.cfg.mel, self.mel_filters.cpu())
 
@@ -119,14 +125,20 @@ class A2LLM(nn.Module):
         emb = self.llm.get_input_embeddings()
         return emb(torch.as_tensor(ids, device=emb.weight.device))
 
-    def prompt_embeds(self, audio_embeds, task: int = TASK_ANSWER) -> torch.Tensor:
-        """Audio embeddings [B, A, H] -> prompt embeddings [B, A + 4, H]."""
-        B = audio_embeds.shape[0]
-        pre = self.embed_ids([self.vocab.special(t) for t in PROMPT_PREFIX])  # [2, H]
-        suffix = (PROMPT_SUFFIX[0], TASK_TOKENS[int(task)])
-        suf = self.embed_ids([self.vocab.special(t) for t in suffix])  # [2, H]
-        audio_embeds = audio_embeds.to(pre.dtype)
-        return torch.cat([pre.expand(B, -1, -1), audio_embeds, suf.expand(B, -1, -1)], dim=1)
+    def encode_audio(self, mel, lengths=None) -> torch.Tensor:
+        """Log-mel [B, M, T] (+ lengths [B]) -> adaptor outputs [B, A, H] at 12.5 Hz."""
+        p = next(self.encoder.parameters())
+        return self.adapter(self.encoder(mel.to(p.device, p.dtype), lengths))
+
+    def prompt(self, n_patches: int, task: int = TASK_ANSWER) -> Prompt:
+        """The chat prompt's ids for ``n_patches`` audio positions."""
+        return build_prompt(self.text_tokenizer, self.vocab, n_patches, task)
+
+    def prompt_embeds(self, prompt: Prompt, audio_embeds) -> torch.Tensor:
+        """Prompt ids with the ``<audio_patch>`` rows replaced: audio [n, H] -> [P, H]."""
+        emb = self.embed_ids(prompt.ids)  # [P, H]
+        a, n = prompt.patch_start, prompt.n_patches
+        return torch.cat([emb[:a], audio_embeds[:n].to(emb.dtype), emb[a + n:]])
 
     # -- data --------------------------------------------------------------------------
     def collate(self, question_waves: Sequence, answer_texts: Sequence[str],
@@ -151,7 +163,7 @@ class A2LLM(nn.Module):
         S, L = max(max(n_seg), 1), self.cfg.motion.n_levels
         batch = TrainBatch(
             mel=torch.zeros(B, mels[0].shape[0], Tm), mel_lengths=torch.zeros(B, dtype=torch.long),
-            answer_ids=torch.full((B, La), self.vocab.special("<pad>"), dtype=torch.long),
+            answer_ids=torch.full((B, La), self.vocab.eot, dtype=torch.long),
             answer_is_text=torch.zeros(B, La, dtype=torch.bool),
             answer_is_speech=torch.zeros(B, La, dtype=torch.bool),
             answer_lengths=torch.zeros(B, dtype=torch.long),
@@ -174,9 +186,7 @@ class A2LLM(nn.Module):
         if task == TASK_ANSWER:
             return build_answer_sequence(ids, list(np.asarray(speech)), self.vocab,
                                          self.cfg.interleave)
-        ids = list(ids) + [self.vocab.special("<text_end>")]
-        n = len(ids)
-        return AnswerSequence(ids=ids, is_text=[True] * n, is_speech_token=[False] * n)
+        return text_sequence(ids, self.vocab)
 
     def collate_samples(self, samples: Sequence,
                         tasks: Optional[Sequence[int]] = None) -> TrainBatch:
@@ -185,24 +195,39 @@ class A2LLM(nn.Module):
         return self.collate(waves, texts, speech, motion, tasks)
 
     # -- training ----------------------------------------------------------------------
-    def _assemble(self, batch: TrainBatch):
-        """Full input embeddings [B, T, H], attention mask [B, T] and answer offsets [B]."""
-        audio = self.audio_encoder(batch.mel, batch.mel_lengths)  # [B, A, H]
-        n_audio = [n_positions(int(n)) for n in batch.mel_lengths]
+    def _hidden(self, batch: TrainBatch):
+        """LLM hidden states of the batch's rows after the shared prompt prefix.
+
+        Every prompt starts with the same ids up to the first ``<audio_patch>``
+        (system turn, ``<|BOT|>human``, ``<audio_start>``): that prefix is run
+        once and its keys/values serve every row, which is exactly the
+        full-sequence forward of each row.  -> (hidden [B, T, H], mask [B, T],
+        answer offsets [B] within the rows).
+        """
+        audio = self.encode_audio(batch.mel, batch.mel_lengths)  # [B, A, H]
+        B = audio.shape[0]
+        tasks = batch.task if batch.task is not None else [TASK_ANSWER] * B
         answer = self.embed_ids(batch.answer_ids)  # [B, La, H]
-        rows, offsets = [], []
-        tasks = batch.task if batch.task is not None else [TASK_ANSWER] * audio.shape[0]
-        for i in range(audio.shape[0]):
-            prompt = self.prompt_embeds(audio[i:i + 1, :n_audio[i]], int(tasks[i]))[0]  # [P, H]
-            offsets.append(prompt.shape[0])
-            rows.append(torch.cat([prompt, answer[i, :int(batch.answer_lengths[i])]]))
+        rows, offsets, prefix = [], [], None
+        for i in range(B):
+            prompt = self.prompt(n_positions(int(batch.mel_lengths[i])), int(tasks[i]))
+            full = self.prompt_embeds(prompt, audio[i])  # [P, H]
+            a = prompt.patch_start
+            prefix = full[:a] if prefix is None else prefix
+            rest = full[a:]
+            offsets.append(rest.shape[0])
+            rows.append(torch.cat([rest, answer[i, :int(batch.answer_lengths[i])]]))
         T = max(r.shape[0] for r in rows)
-        embeds = answer.new_zeros(len(rows), T, answer.shape[-1])
-        mask = torch.zeros(len(rows), T, dtype=torch.long, device=answer.device)
+        embeds = answer.new_zeros(B, T, answer.shape[-1])
+        mask = torch.zeros(B, T, dtype=torch.long, device=answer.device)
         for i, r in enumerate(rows):
             embeds[i, :r.shape[0]] = r
             mask[i, :r.shape[0]] = 1
-        return embeds, mask, offsets
+        _, past = llm_hidden(self.llm, prefix[None])  # kv [1, G, S, dh] per layer
+        past = [(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in past]
+        full_mask = torch.cat([mask.new_ones(B, prefix.shape[0]), mask], dim=1)
+        hidden, _ = llm_hidden(self.llm, embeds, full_mask, past)  # [B, T, H]
+        return hidden, mask, offsets
 
     def forward_train(self, batch: TrainBatch, motion: bool = True,
                       motion_weight: float = 1.0,
@@ -213,8 +238,7 @@ class A2LLM(nn.Module):
 
         ``motion=False`` skips the connector (``total`` = lm), e.g. while the
         audio LLM itself is trained."""
-        embeds, mask, offsets = self._assemble(batch)
-        hidden = llm_hidden(self.llm, embeds, mask)  # [B, T, H]
+        hidden, mask, offsets = self._hidden(batch)  # [B, T, H]
         B, T = mask.shape
         labels_text = torch.full((B, T), IGNORE_INDEX, dtype=torch.long, device=mask.device)
         labels_speech = labels_text.clone()
@@ -223,7 +247,7 @@ class A2LLM(nn.Module):
         for i in range(B):
             n, o = int(batch.answer_lengths[i]), offsets[i]
             ids = batch.answer_ids[i, :n]
-            # position o - 1 (<answer>) predicts answer token 0
+            # position o - 1 (the prompt's last token) predicts answer token 0
             is_text = batch.answer_is_text[i, :n]
             if batch.task is not None and int(batch.task[i]) == TASK_TRANSCRIBE:
                 labels_asr[i, o - 1:o - 1 + n] = ids
@@ -258,8 +282,7 @@ class A2LLM(nn.Module):
     @torch.no_grad()
     def speech_hidden_states(self, batch: TrainBatch) -> List[torch.Tensor]:
         """LLM last hidden states at the answer's speech-token inputs, per sample [n_i, H]."""
-        embeds, mask, offsets = self._assemble(batch)
-        hidden = llm_hidden(self.llm, embeds, mask)  # [B, T, H]
+        hidden, _, offsets = self._hidden(batch)  # [B, T, H]
         out = []
         for i in range(hidden.shape[0]):
             n = int(batch.answer_lengths[i])

@@ -1,78 +1,69 @@
-"""Whisper-style audio encoder with a Step-Audio-2-style adaptor.
+"""Step-Audio-2's audio encoder (Whisper-style) and adaptor, in Step's weight layout.
 
 Pipeline (rates in Hz)::
 
     log-mel [B, M, T] @ 100
-      -> Conv1d(M, d, 3, pad 1) + GELU -> Conv1d(d, d, 3, stride 2, pad 1) + GELU  @ 50
-      -> + positions (sinusoidal, Whisper, or learned) -> pre-LN Transformer x N -> LN
-      -> AvgPool1d(2, 2)                                                      @ 25
-      -> adaptor: Conv1d(d, a, 3, stride 2, pad 1) + GELU -> Linear(a, H) + GELU
-         -> Linear(H, H)                                                      @ 12.5
-    -> [B, ceil(T / 8), H]   (H = LLM hidden size)
+      -> conv1 (M -> d, k3, pad 1) + GELU -> conv2 (d -> d, k3, stride 2, pad 1) + GELU  @ 50
+      -> + positional_embedding.weight[:T50] -> blocks x N (pre-LN) -> AvgPool1d(2, 2)   @ 25
+      -> after_norm (LayerNorm)
+    adapter: conv (d -> d, k3, stride 2, pad 1) + GELU -> linear1 (d -> a) + ReLU
+      -> linear2 (a -> H)                                                               @ 12.5
 
-Preset facts and assumptions
-----------------------------
-* ``paper``: Whisper-large-v3 encoder sizes (Whisper-large-v3 facts: 128 mel
-  bins, d_model 1280, 32 layers, 20 heads, FFN 5120, 1500 positions = 30 s at
-  50 Hz, sinusoidal positions).  Step-Audio-2 facts: the encoder output is
-  pooled to 25 Hz and an adaptor (conv stride 2 + linear layers) brings it to
-  12.5 Hz and the LLM width 3584.  Assumption: adaptor width 2048 and GELU.
-* ``edge``: Whisper-base sizes (Whisper-base facts: d 512, 6 layers, 8 heads,
-  FFN 2048; 80 mels) with the adaptor to Qwen2.5-0.5B's 896.  Assumption.
-* ``tiny``: small sizes chosen for CPU tests (assumption).
+Weight names (prefix ``encoder.`` / ``adapter.`` in a checkpoint, as in a
+Step-Audio-2-mini folder): ``conv1``, ``conv2``, ``positional_embedding.weight``
+(a stored table), ``blocks.N.attn.{query,key,value,out}`` (``key`` without
+bias), ``blocks.N.attn_ln``, ``blocks.N.mlp.0`` / ``mlp.2`` (GELU between),
+``blocks.N.mlp_ln``, ``after_norm``; ``adapter.conv``, ``adapter.linear1``,
+``adapter.linear2``.  Attention scales q and k each by ``d_head ** -0.25``.
+
+Step's prompt gets :func:`n_positions` ``<audio_patch>`` tokens for a piece of T
+mel frames; the first that many adaptor outputs replace their embeddings.
+
+Presets: ``paper`` / ``edge`` are Step-Audio-2-mini's ``audio_encoder_config``
+(128 mels, 1280 wide, 32 layers, 20 heads, 1500 positions, adaptor 2048 ->
+3584); ``tiny`` is the same module at CPU size.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from a2llm_ros.configbase import ConfigBase
-from a2llm_ros.constants import AUDIO_ADAPTOR_RATE, AUDIO_ENCODER_RATE, MEL_FRAME_RATE
-
-#: Mel frames (100 Hz) per LLM audio position (12.5 Hz).
-MEL_FRAMES_PER_POSITION = int(MEL_FRAME_RATE / AUDIO_ADAPTOR_RATE)  # 8
-#: Encoder transformer rate (Hz) after the stride-2 conv.
-ENCODER_TRANSFORMER_RATE = MEL_FRAME_RATE // 2  # 50
+from a2llm_ros.constants import AUDIO_ENCODER_RATE
 
 
 @dataclass
 class AudioEncoderConfig(ConfigBase):
-    """Hyper-parameters of :class:`AudioEncoder` (see module docstring for presets)."""
+    """Sizes of :class:`AudioEncoder` and :class:`Adapter` (Step's ``audio_encoder_config``)."""
 
-    n_mels: int = 80
-    d_model: int = 512
-    n_layers: int = 6
-    n_heads: int = 8
-    ff: int = 2048
-    max_positions: int = 1500   # 50 Hz positions: 30 s
-    positions: str = "sinusoidal"   # or "learned"
-    adaptor_hidden: int = 1024
-    llm_hidden: int = 896
-    dropout: float = 0.0
+    n_mels: int = 128           # n_mels
+    d_model: int = 1280         # n_audio_state
+    n_layers: int = 32          # n_audio_layer
+    n_heads: int = 20           # n_audio_head
+    ff: int = 5120              # 4 x n_audio_state (Whisper)
+    max_positions: int = 1500   # n_audio_ctx: 50 Hz positions, 30 s
+    adaptor_hidden: int = 2048  # adapter.linear1 width
+    llm_hidden: int = 3584      # llm_dim
 
     PRESETS = {
         "tiny": dict(n_mels=80, d_model=128, n_layers=2, n_heads=4, ff=384,
                      adaptor_hidden=256, llm_hidden=256),
-        "edge": dict(n_mels=80, d_model=512, n_layers=6, n_heads=8, ff=2048,
-                     adaptor_hidden=1024, llm_hidden=896),
-        "paper": dict(n_mels=128, d_model=1280, n_layers=32, n_heads=20, ff=5120,
-                      adaptor_hidden=2048, llm_hidden=3584),
+        "edge": {},
+        "paper": {},
     }
 
     def __post_init__(self):
-        if self.positions not in ("sinusoidal", "learned"):
-            raise ValueError("AudioEncoderConfig.positions must be 'sinusoidal' or 'learned'")
         if self.d_model % self.n_heads:
             raise ValueError("AudioEncoderConfig: d_model must be divisible by n_heads")
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> torch.Tensor:
-    """Whisper's sinusoidal position table ``[length, channels]``."""
+    """Whisper's sinusoidal position table ``[length, channels]`` (initial value)."""
     half = channels // 2
     inc = math.log(max_timescale) / (half - 1)
     inv = torch.exp(-inc * torch.arange(half, dtype=torch.float32))  # [half]
@@ -81,33 +72,59 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> tor
 
 
 def n_positions(n_mel_frames: int) -> int:
-    """LLM audio positions (12.5 Hz) produced from ``n_mel_frames`` (100 Hz) frames."""
-    t50 = (n_mel_frames + 1) // 2  # conv stride 2, pad 1, kernel 3
-    t25 = (t50 + 1) // 2  # avg-pool 2 with ceil_mode
-    return (t25 + 1) // 2  # adaptor conv stride 2
+    """``<audio_patch>`` count for a piece of ``n_mel_frames`` frames (Step's formula)."""
+    e = (n_mel_frames - 2 + 1) // 2 // 2
+    return max((e + 2 - 3) // 2 + 1, 0)
 
 
-class EncoderLayer(nn.Module):
-    """Pre-LN Transformer encoder layer (self-attention + GELU MLP)."""
+def n_frames_50(n_mel_frames):
+    """Encoder transformer positions (50 Hz) of ``n_mel_frames`` (conv2: k3, s2, pad 1)."""
+    return (n_mel_frames - 1) // 2 + 1
 
-    def __init__(self, cfg: AudioEncoderConfig):
+
+class MultiHeadAttention(nn.Module):
+    """Whisper-style attention (``query``/``key``/``value``/``out``; key without bias)."""
+
+    def __init__(self, d: int, n_heads: int):
         super().__init__()
-        d = cfg.d_model
-        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.attn = nn.MultiheadAttention(d, cfg.n_heads, dropout=cfg.dropout,
-                                          batch_first=True)
-        self.mlp = nn.Sequential(nn.Linear(d, cfg.ff), nn.GELU(), nn.Linear(cfg.ff, d))
-        self.drop = nn.Dropout(cfg.dropout)
+        self.n_heads = n_heads
+        self.query = nn.Linear(d, d)
+        self.key = nn.Linear(d, d, bias=False)
+        self.value = nn.Linear(d, d)
+        self.out = nn.Linear(d, d)
 
-    def forward(self, x, pad_mask=None):  # x [B, T, d], pad_mask [B, T] True = padding
-        h = self.ln1(x)
-        h, _ = self.attn(h, h, h, key_padding_mask=pad_mask, need_weights=False)
-        x = x + self.drop(h)
-        return x + self.drop(self.mlp(self.ln2(x)))
+    def forward(self, x, bias=None):  # x [B, T, d], bias [B, 1, 1, T] additive
+        B, T, d = x.shape
+        h, dh = self.n_heads, d // self.n_heads
+        scale = dh ** -0.25
+        q = self.query(x).reshape(B, T, h, dh).transpose(1, 2) * scale  # [B, h, T, dh]
+        k = self.key(x).reshape(B, T, h, dh).transpose(1, 2) * scale
+        v = self.value(x).reshape(B, T, h, dh).transpose(1, 2)
+        scores = torch.matmul(q, k.transpose(-1, -2))  # [B, h, T, T]
+        if bias is not None:
+            scores = scores + bias
+        w = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        o = torch.matmul(w, v).transpose(1, 2).reshape(B, T, d)
+        return self.out(o)
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-LN self-attention + GELU MLP."""
+
+    def __init__(self, d: int, n_heads: int, ff: int):
+        super().__init__()
+        self.attn = MultiHeadAttention(d, n_heads)
+        self.attn_ln = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, ff), nn.GELU(), nn.Linear(ff, d))
+        self.mlp_ln = nn.LayerNorm(d)
+
+    def forward(self, x, bias=None):
+        x = x + self.attn(self.attn_ln(x), bias)
+        return x + self.mlp(self.mlp_ln(x))
 
 
 class AudioEncoder(nn.Module):
-    """Log-mel [B, M, T] at 100 Hz -> LLM input embeddings [B, ceil(T/8), H] at 12.5 Hz."""
+    """Log-mel [B, M, T] at 100 Hz -> encoder states [B, T25, d] at 25 Hz."""
 
     def __init__(self, cfg: Optional[AudioEncoderConfig] = None):
         super().__init__()
@@ -115,49 +132,63 @@ class AudioEncoder(nn.Module):
         d = cfg.d_model
         self.conv1 = nn.Conv1d(cfg.n_mels, d, 3, padding=1)
         self.conv2 = nn.Conv1d(d, d, 3, stride=2, padding=1)
-        if cfg.positions == "learned":
-            self.pos = nn.Parameter(sinusoids(cfg.max_positions, d) * 0.1)
-        else:
-            self.register_buffer("pos", sinusoids(cfg.max_positions, d), persistent=False)
-        self.layers = nn.ModuleList([EncoderLayer(cfg) for _ in range(cfg.n_layers)])
-        self.ln_post = nn.LayerNorm(d)
-        self.adaptor_conv = nn.Conv1d(d, cfg.adaptor_hidden, 3, stride=2, padding=1)
-        self.adaptor_mlp = nn.Sequential(nn.Linear(cfg.adaptor_hidden, cfg.llm_hidden),
-                                         nn.GELU(), nn.Linear(cfg.llm_hidden, cfg.llm_hidden))
+        self.positional_embedding = nn.Embedding(cfg.max_positions, d)
+        with torch.no_grad():
+            self.positional_embedding.weight.copy_(sinusoids(cfg.max_positions, d))
+        self.blocks = nn.ModuleList([ResidualAttentionBlock(d, cfg.n_heads, cfg.ff)
+                                     for _ in range(cfg.n_layers)])
+        self.avg_pooler = nn.AvgPool1d(2, 2)
+        self.after_norm = nn.LayerNorm(d)
 
-    def encode(self, mel, lengths=None):
-        """mel [B, M, T] -> (states [B, ceil(T/2), d] at 50 Hz, valid mask [B, T50] or None).
+    def encode(self, mel, lengths=None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """mel [B, M, T] -> (block output [B, T50, d] at 50 Hz, valid mask [B, T50] or None).
 
         With frame ``lengths`` [B] every valid output equals the output of the
         unpadded sample alone (padding is zeroed between stages, as the convs'
-        own zero padding would be).
+        own zero padding would be, and masked in attention).
         """
         if mel.shape[1] != self.cfg.n_mels:
             raise ValueError(f"expected {self.cfg.n_mels} mel bins, got {mel.shape[1]}")
         x = F.gelu(self.conv1(mel))  # [B, d, T]
-        valid50 = None
+        valid50, bias = None, None
         if lengths is not None:
             x = x * _valid(lengths, x.shape[-1])[:, None].to(x.dtype)
-            valid50 = _valid((lengths + 1) // 2, (x.shape[-1] + 1) // 2)  # [B, T50]
         x = F.gelu(self.conv2(x)).transpose(1, 2)  # [B, T50, d]
-        if x.shape[1] > self.cfg.max_positions:
-            raise ValueError(f"audio too long: {x.shape[1]} encoder frames > "
-                             f"{self.cfg.max_positions} ({self.cfg.max_positions / 50:.0f} s)")
-        x = x + self.pos[:x.shape[1]].to(x.dtype)
-        pad = None if valid50 is None else ~valid50
-        for layer in self.layers:
-            x = layer(x, pad)
-        return self.ln_post(x), valid50
+        T50 = x.shape[1]
+        if T50 > self.cfg.max_positions:
+            raise ValueError(f"audio too long: {T50} encoder frames > {self.cfg.max_positions}"
+                             f" ({self.cfg.max_positions / 50:.0f} s); split it into pieces")
+        if lengths is not None:
+            valid50 = _valid(n_frames_50(lengths), T50)  # [B, T50]
+            zero = torch.zeros((), dtype=x.dtype, device=x.device)
+            bias = torch.where(valid50, zero, torch.full_like(zero, -1e9))[:, None, None]
+        x = x + self.positional_embedding.weight[:T50].to(x.dtype)
+        for block in self.blocks:
+            x = block(x, bias)
+        return x, valid50
 
     def forward(self, mel, lengths=None):
-        """mel [B, M, T] (+ frame ``lengths`` [B]) -> embeddings [B, n_positions(T), H]."""
+        """mel [B, M, T] (+ frame ``lengths`` [B]) -> states [B, T50 // 2, d] at 25 Hz."""
         x, valid50 = self.encode(mel, lengths)  # [B, T50, d]
-        x = _pair_mean(x, valid50)  # [B, T25, d] at AUDIO_ENCODER_RATE
-        if lengths is not None:
-            n25 = ((lengths + 1) // 2 + 1) // 2
-            x = x * _valid(n25, x.shape[1])[..., None].to(x.dtype)
-        x = F.gelu(self.adaptor_conv(x.transpose(1, 2))).transpose(1, 2)  # [B, T12.5, a]
-        return self.adaptor_mlp(x)  # [B, T12.5, H]
+        x = self.avg_pooler(x.transpose(1, 2)).transpose(1, 2)  # [B, T25, d]
+        x = self.after_norm(x)
+        if lengths is not None:  # zero what the unpadded sample would not have
+            x = x * _valid(n_frames_50(lengths) // 2, x.shape[1])[..., None].to(x.dtype)
+        return x
+
+
+class Adapter(nn.Module):
+    """Encoder states [B, T25, d] -> LLM embeddings [B, ceil(T25 / 2), H] at 12.5 Hz."""
+
+    def __init__(self, cfg: AudioEncoderConfig):
+        super().__init__()
+        self.conv = nn.Conv1d(cfg.d_model, cfg.d_model, 3, stride=2, padding=1)
+        self.linear1 = nn.Linear(cfg.d_model, cfg.adaptor_hidden)
+        self.linear2 = nn.Linear(cfg.adaptor_hidden, cfg.llm_hidden)
+
+    def forward(self, x):
+        x = F.gelu(self.conv(x.transpose(1, 2))).transpose(1, 2)  # [B, T12.5, d]
+        return self.linear2(F.relu(self.linear1(x)))  # [B, T12.5, H]
 
 
 def _valid(lengths, size: int):
@@ -165,18 +196,5 @@ def _valid(lengths, size: int):
     return torch.arange(size, device=lengths.device)[None] < lengths[:, None]
 
 
-def _pair_mean(x, valid=None):
-    """Average pool 2 -> 1 along time of [B, T, d] (ceil mode; padding excluded)."""
-    B, T, d = x.shape
-    if valid is None:
-        valid = torch.ones(B, T, dtype=torch.bool, device=x.device)
-    w = valid.to(x.dtype)[..., None]  # [B, T, 1]
-    if T % 2:
-        x, w = F.pad(x, (0, 0, 0, 1)), F.pad(w, (0, 0, 0, 1))
-    total = (x * w).reshape(B, -1, 2, d).sum(2)  # [B, ceil(T/2), d]
-    count = w.reshape(B, -1, 2, 1).sum(2).clamp_min(1.0)
-    return total / count
-
-
-__all__ = ["AudioEncoderConfig", "AudioEncoder", "n_positions", "AUDIO_ENCODER_RATE",
-           "MEL_FRAMES_PER_POSITION"]
+__all__ = ["AudioEncoderConfig", "AudioEncoder", "Adapter", "n_positions", "n_frames_50",
+           "AUDIO_ENCODER_RATE"]

@@ -1,51 +1,46 @@
-"""Audio LLM backbone, vocabulary layout and the text/speech interleaving schedule.
+"""Audio LLM: the Qwen2 backbone, Step-Audio-2's vocabulary and chat format, interleaving.
 
 Backbone
 --------
-A Hugging Face ``Qwen2ForCausalLM``.  ``tiny`` builds it from a ``Qwen2Config``
-(random weights); ``edge`` / ``paper`` load it from a LOCAL directory in
-Hugging Face layout (``LLMConfig.hf_path``: config.json + safetensors +
-tokenizer files) with ``from_pretrained(path, local_files_only=True)`` and
-extend the vocabulary with ``resize_token_embeddings``.
+:class:`~a2llm_ros.model.qwen2.Qwen2LM` in every preset.  ``paper`` and ``edge``
+are Step-Audio-2-mini's ``text_config`` (hidden 3584, 28 layers, 28 heads, 4 KV
+heads, FFN 18944, vocabulary 158720, rope theta 1e6, untied head) and read
+their weights from a Step-Audio-2-mini folder (``LLMConfig.backbone``, see
+:mod:`a2llm_ros.model.step_audio`); ``tiny`` is the same module at CPU size.
 
-* ``edge``: Qwen2.5-0.5B shape (Qwen2.5-0.5B facts: hidden 896, 24 layers,
-  14 heads, 2 KV heads, FFN 4864, vocab 151936, tied embeddings, rope_theta
-  1e6).  Chosen over 1.5B for Jetson Orin memory and latency.
-* ``paper``: Qwen2.5-7B shape, the LLM of Step-Audio-2-mini (Qwen2.5-7B facts:
-  hidden 3584, 28 layers, 28 heads, 4 KV heads, FFN 18944, rope_theta 1e6,
-  untied embeddings, vocab 152064 in the released config).
-* ``tiny``: hidden 256, 4 layers, 4 heads, 2 KV heads, FFN 768 (CPU tests).
+Vocabulary (:class:`Vocab`, resolved by name from the tokenizer)
+----------------------------------------------------------------
+Text ids lie below ``<audio_start>`` (Step: 151688); speech code k is
+``<audio_0>`` + k (Step: 151696 + k, 6561 codes); ``<audio_{n_codes}>`` is the
+speech padding code.  ``<|BOT|>``, ``<|EOT|>``, ``<audio_start>``,
+``<audio_end>``, ``<audio_patch>``, ``<tts_start>``, ``<tts_end>``,
+``<tts_pad>`` come from the tokenizer files.
 
-Vocabulary layout (:class:`VocabLayout`)
----------------------------------------
-``[text 0 .. T-1][specials: SPECIAL_TOKENS][speech 0 .. n_codes-1]`` with
-``T = LLMConfig.text_vocab_size`` (>= the text tokenizer's size; for HF
-backbones the base model's embedding rows).
+Chat format (:func:`chat_pieces`, Step-Audio-2's official examples; every
+piece tokenised on its own, no BOS)::
 
-Sequence and interleaving (:class:`Schedule`)
----------------------------------------------
-(Training also uses ``... <audio_in_end> <transcribe> question text <text_end>``,
-an auxiliary speech-recognition task that teaches the audio path what was
-said; generation always continues after ``<answer>``.)
+    <|BOT|>system\\nYou are a helpful assistant.<|EOT|>   <|BOT|>human\\n
+    <audio_start> <audio_patch> x n <audio_end>   <|EOT|>   <|BOT|>assistant\\n<tts_start>
 
-``<bos> <audio_in_start> [audio embeddings, 12.5 Hz] <audio_in_end> <answer>``
-then groups of ``text_per_group`` text tokens followed by ``speech_per_group``
-speech tokens.  The text stream is the answer's text ids followed by
-``<text_end>``; the speech stream is the answer's speech tokens followed by
-``<speech_end>``.  A text phase ends after ``text_per_group`` tokens or at
-``<text_end>``; a speech phase ends after ``speech_per_group`` tokens; once
-``<text_end>`` was emitted only speech follows, once ``<speech_end>`` was
-emitted only text follows, and the answer is complete when both ended.
-:func:`build_answer_sequence` (training targets) and the generator use the
-same :class:`Schedule`, so both always agree on the kind of every position;
-decoding masks the logits to the allowed range (text + ``<text_end>`` or
-speech + ``<speech_end>``).
+The adaptor's first n outputs replace the embeddings of the n
+``<audio_patch>`` tokens.  The training-only transcription task puts
+:data:`ASR_INSTRUCTION` after the audio and ends with ``<|BOT|>assistant\\n``.
+
+Answer (:func:`build_answer_sequence`)
+--------------------------------------
+Text ids and speech ids interleaved in groups of ``text_per_group`` :
+``speech_per_group`` (:class:`Schedule`); the text stream ends with
+``<tts_pad>``, the speech stream with ``<tts_end>``, the answer with
+``<|EOT|>``.  A checkpoint trained on that fixed schedule sets
+``InterleaveConfig.enforce`` and decoding masks the logits to the kind the
+schedule expects; otherwise (Step's own interleaving) the generator reads
+whatever comes, text and speech by id range, padding dropped, until
+``<|EOT|>``.
 
 Default groups: ``tiny`` (characters) 4 text : 5 speech.  Measured on the 50
 FLAME-QA answers spoken by espeak-ng: 30.4 characters in 1.97 s on average,
 i.e. 0.62 characters per 25 Hz speech token, so 4:5 (0.8) keeps the text
-ahead of the speech (3:5 = 0.6 would fall behind).  ``edge`` / ``paper``
-(BPE, ~4 characters per token -> ~0.15 tokens per speech token) use 2:5.
+ahead of the speech.
 """
 from __future__ import annotations
 
@@ -56,56 +51,59 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from a2llm_ros.configbase import ConfigBase
+from a2llm_ros.model.qwen2 import KV, Qwen2LM
+from a2llm_ros.model.text_tokenizer import TextTokenizer, speech_token
 
-SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<audio_in_start>", "<audio_in_end>",
-                  "<answer>", "<text_end>", "<speech_end>", "<transcribe>")
 TEXT, SPEECH = "text", "speech"
 #: Label value ignored by the cross-entropy.
 IGNORE_INDEX = -100
+#: System prompt of Step-Audio-2's examples (and of every A²-LLM prompt).
+SYSTEM_PROMPT = "You are a helpful assistant."
+#: Instruction after the question audio in the training-only transcription task.
+ASR_INSTRUCTION = "Transcribe the speech."
+#: Prompt tasks: answer with speech (``<tts_start>``) or transcribe the question.
+TASK_ANSWER, TASK_TRANSCRIBE = 0, 1
 
 
 @dataclass
 class LLMConfig(ConfigBase):
-    """Qwen2 backbone shape, or a local Hugging Face directory (``hf_path``)."""
+    """Qwen2 backbone shape (Step-Audio-2-mini's ``text_config``) and where its weights are."""
 
-    hidden_size: int = 896
-    n_layers: int = 24
-    n_heads: int = 14
-    n_kv_heads: int = 2
-    intermediate_size: int = 4864
+    hidden_size: int = 3584
+    n_layers: int = 28
+    n_heads: int = 28
+    n_kv_heads: int = 4
+    intermediate_size: int = 18944
     rope_theta: float = 1_000_000.0
     rms_norm_eps: float = 1e-6
-    max_position_embeddings: int = 32768
-    tie_word_embeddings: bool = True
-    #: Text ids occupy [0, text_vocab_size); specials and speech follow.
-    text_vocab_size: int = 151936
-    #: Local HF directory of the pretrained backbone ("" = build from this config).
-    hf_path: str = ""
+    max_position_embeddings: int = 16384
+    tie_word_embeddings: bool = False
+    #: Embedding / LM-head rows.
+    vocab_size: int = 158720
+    #: Step-Audio-2-mini folder (absolute, or relative to the checkpoint); "" = weights
+    #: live in the checkpoint itself (tiny).
+    backbone: str = ""
 
     PRESETS = {
         "tiny": dict(hidden_size=256, n_layers=4, n_heads=4, n_kv_heads=2,
                      intermediate_size=768, max_position_embeddings=4096,
-                     tie_word_embeddings=False, text_vocab_size=128, hf_path=""),
-        "edge": dict(hidden_size=896, n_layers=24, n_heads=14, n_kv_heads=2,
-                     intermediate_size=4864, max_position_embeddings=32768,
-                     tie_word_embeddings=True, text_vocab_size=151936,
-                     hf_path="llm"),
-        "paper": dict(hidden_size=3584, n_layers=28, n_heads=28, n_kv_heads=4,
-                      intermediate_size=18944, max_position_embeddings=32768,
-                      tie_word_embeddings=False, text_vocab_size=152064,
-                      hf_path="llm"),
+                     vocab_size=384, backbone=""),
+        "edge": dict(backbone="step-audio-2-mini"),
+        "paper": dict(backbone="step-audio-2-mini"),
     }
 
 
 @dataclass
 class InterleaveConfig(ConfigBase):
-    """Text/speech group sizes of the answer (see module docstring)."""
+    """Text/speech group sizes of the answer, and whether decoding enforces them."""
 
     text_per_group: int = 4
     speech_per_group: int = 5
+    #: The checkpoint was trained on this fixed schedule: mask logits to it.
+    enforce: bool = False
 
     PRESETS = {
-        "tiny": dict(text_per_group=4, speech_per_group=5),
+        "tiny": dict(text_per_group=4, speech_per_group=5, enforce=True),
         "edge": dict(text_per_group=2, speech_per_group=5),
         "paper": dict(text_per_group=2, speech_per_group=5),
     }
@@ -118,28 +116,48 @@ class InterleaveConfig(ConfigBase):
 # ----------------------------------------------------------------------------- vocabulary
 
 @dataclass(frozen=True)
-class VocabLayout:
-    """Id ranges of the extended vocabulary."""
+class Vocab:
+    """Ids of the named tokens and the text / speech ranges (see module docstring)."""
 
-    n_text: int
+    size: int
     n_speech: int
-    specials: Tuple[str, ...] = SPECIAL_TOKENS
+    bot: int
+    eot: int
+    audio_start: int
+    audio_end: int
+    audio_patch: int
+    tts_start: int
+    tts_end: int
+    tts_pad: int
+    speech_start: int
+    speech_pad: int
+    unk: int = -1
+
+    @classmethod
+    def from_tokenizer(cls, tok: TextTokenizer, n_speech: int, size: int) -> "Vocab":
+        """Resolve every named token; raise naming what does not fit ``size``."""
+        start = tok.token_id(speech_token(0))
+        pad_name = speech_token(n_speech)
+        pad = tok.token_id(pad_name) if tok.has_token(pad_name) else start + n_speech
+        v = cls(size=size, n_speech=n_speech, bot=tok.token_id("<|BOT|>"),
+                eot=tok.token_id("<|EOT|>"), audio_start=tok.token_id("<audio_start>"),
+                audio_end=tok.token_id("<audio_end>"),
+                audio_patch=tok.token_id("<audio_patch>"),
+                tts_start=tok.token_id("<tts_start>"), tts_end=tok.token_id("<tts_end>"),
+                tts_pad=tok.token_id("<tts_pad>"), speech_start=start, speech_pad=pad,
+                unk=-1 if tok.unk_id is None else tok.unk_id)
+        if pad != start + n_speech:
+            raise ValueError(f"tokenizer: {pad_name} is id {pad}, expected {start + n_speech} "
+                             f"(speech tokens must be contiguous)")
+        if pad >= size or v.audio_start >= start:
+            raise ValueError(f"tokenizer ids do not fit the LLM: speech ids {start}..{pad} "
+                             f"(audio_start {v.audio_start}) with {size} embedding rows")
+        return v
 
     @property
-    def special_start(self) -> int:
-        return self.n_text
-
-    @property
-    def speech_start(self) -> int:
-        return self.n_text + len(self.specials)
-
-    @property
-    def size(self) -> int:
-        return self.speech_start + self.n_speech
-
-    def special(self, name: str) -> int:
-        """Id of a special token, e.g. ``special("<bos>")``."""
-        return self.n_text + self.specials.index(name)
+    def text_limit(self) -> int:
+        """Text ids are below this (``<audio_start>``)."""
+        return self.audio_start
 
     def speech_id(self, code):
         """Speech code(s) ``0..n_speech-1`` -> vocabulary id(s)."""
@@ -150,22 +168,64 @@ class VocabLayout:
         return token_id - self.speech_start
 
     def is_speech(self, token_id: int) -> bool:
-        return self.speech_start <= token_id < self.size
+        return self.speech_start <= token_id < self.speech_start + self.n_speech
 
     def is_text(self, token_id: int) -> bool:
-        return 0 <= token_id < self.n_text
+        return (0 <= token_id < self.text_limit and token_id not in (self.bot, self.eot)
+                and token_id != self.unk)
 
-    def kind_mask(self, kind: str, n_text_used: Optional[int] = None,
-                  device=None) -> torch.Tensor:
-        """Bool [size]: ids allowed when the next token is of ``kind``."""
+    def is_padding(self, token_id: int) -> bool:
+        return token_id in (self.tts_pad, self.speech_pad)
+
+    def kind_mask(self, kind: str, device=None) -> torch.Tensor:
+        """Bool [size]: ids allowed when the enforced schedule expects ``kind``."""
         mask = torch.zeros(self.size, dtype=torch.bool, device=device)
         if kind == TEXT:
-            mask[:n_text_used if n_text_used is not None else self.n_text] = True
-            mask[self.special("<text_end>")] = True
+            mask[:self.text_limit] = True
+            for i in (self.bot, self.eot, self.unk):
+                if 0 <= i < self.size:
+                    mask[i] = False
+            mask[self.tts_pad] = True  # text end
         else:
-            mask[self.speech_start:] = True
-            mask[self.special("<speech_end>")] = True
+            mask[self.speech_start:self.speech_start + self.n_speech] = True
+            mask[self.tts_end] = True  # speech end
         return mask
+
+
+# ----------------------------------------------------------------------------- chat format
+
+def chat_pieces(n_patches: int, task: int = TASK_ANSWER,
+                system: str = SYSTEM_PROMPT) -> List[Tuple[str, int]]:
+    """Prompt pieces ``(text, n)``: text pieces have n = 0; the audio piece is
+    ``("<audio_patch>", n_patches)`` between ``<audio_start>`` and ``<audio_end>``."""
+    pieces = [(f"<|BOT|>system\n{system}<|EOT|>", 0), ("<|BOT|>human\n", 0),
+              ("<audio_start>", 0), ("<audio_patch>", n_patches), ("<audio_end>", 0)]
+    if task == TASK_TRANSCRIBE:
+        return pieces + [(ASR_INSTRUCTION, 0), ("<|EOT|>", 0), ("<|BOT|>assistant\n", 0)]
+    return pieces + [("<|EOT|>", 0), ("<|BOT|>assistant\n<tts_start>", 0)]
+
+
+@dataclass
+class Prompt:
+    """Prompt ids with the slice of ``<audio_patch>`` positions."""
+
+    ids: List[int]
+    patch_start: int
+    n_patches: int
+
+
+def build_prompt(tok: TextTokenizer, vocab: Vocab, n_patches: int,
+                 task: int = TASK_ANSWER, system: str = SYSTEM_PROMPT) -> Prompt:
+    """Token ids of the chat prompt (each piece tokenised on its own)."""
+    ids: List[int] = []
+    start = 0
+    for text, n in chat_pieces(n_patches, task, system):
+        if n:
+            start = len(ids)
+            ids += [vocab.audio_patch] * n
+        else:
+            ids += tok.encode(text)
+    return Prompt(ids, start, n_patches)
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -180,8 +240,8 @@ class Schedule:
     speech_done: bool = False
     phase: str = TEXT
     in_group: int = 0
-    n_text: int = 0       # text ids pushed (without <text_end>)
-    n_speech: int = 0     # speech tokens pushed (without <speech_end>)
+    n_text: int = 0       # text ids pushed (without the end)
+    n_speech: int = 0     # speech tokens pushed (without the end)
 
     @classmethod
     def from_config(cls, cfg: InterleaveConfig) -> "Schedule":
@@ -220,18 +280,18 @@ class Schedule:
 
 @dataclass
 class AnswerSequence:
-    """Answer ids after ``<answer>`` with the kind of each position."""
+    """Answer ids after the prompt with the kind of each position."""
 
     ids: List[int] = field(default_factory=list)
-    is_text: List[bool] = field(default_factory=list)     # text id or <text_end>
+    is_text: List[bool] = field(default_factory=list)     # text target (text id or an end)
     is_speech_token: List[bool] = field(default_factory=list)  # speech id (not the end)
 
 
 def build_answer_sequence(text_ids: Sequence[int], speech_codes: Sequence[int],
-                          vocab: VocabLayout, cfg: InterleaveConfig) -> AnswerSequence:
-    """Interleave text ids and speech codes (0..n_codes-1) into the answer sequence."""
-    text = list(text_ids) + [vocab.special("<text_end>")]
-    speech = [vocab.speech_id(int(c)) for c in speech_codes] + [vocab.special("<speech_end>")]
+                          vocab: Vocab, cfg: InterleaveConfig) -> AnswerSequence:
+    """Interleave text ids and speech codes into the answer, ``<|EOT|>`` last."""
+    text = list(text_ids) + [vocab.tts_pad]
+    speech = [vocab.speech_id(int(c)) for c in speech_codes] + [vocab.tts_end]
     sched, out = Schedule.from_config(cfg), AnswerSequence()
     ti = si = 0
     while not sched.finished:
@@ -245,91 +305,47 @@ def build_answer_sequence(text_ids: Sequence[int], speech_codes: Sequence[int],
             out.is_text.append(False)
         out.ids.append(tok)
         sched.push(is_end)
+    out.ids.append(vocab.eot)
+    out.is_text.append(True)
+    out.is_speech_token.append(False)
     return out
+
+
+def text_sequence(text_ids: Sequence[int], vocab: Vocab) -> AnswerSequence:
+    """A text-only target (transcription): ``text <|EOT|>``."""
+    ids = list(text_ids) + [vocab.eot]
+    n = len(ids)
+    return AnswerSequence(ids=ids, is_text=[True] * n, is_speech_token=[False] * n)
 
 
 # ----------------------------------------------------------------------------- backbone
 
-def qwen2_config(cfg: LLMConfig, vocab_size: int):
-    """``transformers.Qwen2Config`` for a backbone built from ``cfg``."""
-    from transformers import Qwen2Config
-    return Qwen2Config(vocab_size=vocab_size, hidden_size=cfg.hidden_size,
-                       intermediate_size=cfg.intermediate_size,
-                       num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-                       num_key_value_heads=cfg.n_kv_heads, rope_theta=cfg.rope_theta,
-                       rms_norm_eps=cfg.rms_norm_eps,
-                       max_position_embeddings=cfg.max_position_embeddings,
-                       tie_word_embeddings=cfg.tie_word_embeddings,
-                       use_sliding_window=False, attention_dropout=0.0)
+def build_llm(cfg: LLMConfig, dtype: torch.dtype = torch.float32) -> Qwen2LM:
+    """The backbone module (random weights; a Step folder's are loaded afterwards)."""
+    lm = Qwen2LM(cfg.vocab_size, cfg.hidden_size, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads,
+                 cfg.intermediate_size, cfg.rms_norm_eps, cfg.rope_theta,
+                 cfg.tie_word_embeddings)
+    return lm.to(dtype)
 
 
-def resolve_hf_path(hf_path: str, base_dir: Optional[str]) -> str:
-    """Absolute backbone directory: ``hf_path`` as is, or relative to ``base_dir``."""
-    if os.path.isabs(hf_path) or base_dir is None:
-        return hf_path
-    return os.path.join(base_dir, hf_path)
+def resolve_backbone(path: str, base_dir: Optional[str]) -> str:
+    """Absolute backbone directory: ``path`` as is, or relative to ``base_dir``."""
+    if os.path.isabs(path) or base_dir is None:
+        return path
+    return os.path.join(base_dir, path)
 
 
-def check_backbone_shape(cfg: LLMConfig, hf_cfg) -> None:
-    """Raise ValueError naming the fields where the HF backbone differs from ``cfg``."""
-    pairs = {"hidden_size": hf_cfg.hidden_size, "n_layers": hf_cfg.num_hidden_layers,
-             "n_heads": hf_cfg.num_attention_heads, "n_kv_heads": hf_cfg.num_key_value_heads,
-             "intermediate_size": hf_cfg.intermediate_size}
-    bad = [f"{k} (config {getattr(cfg, k)}, backbone {v})" for k, v in pairs.items()
-           if getattr(cfg, k) != v]
-    if bad:
-        raise ValueError("LLM backbone does not match LLMConfig: " + ", ".join(bad))
-
-
-def build_llm(cfg: LLMConfig, vocab: VocabLayout, base_dir: Optional[str] = None,
-              dtype: torch.dtype = torch.float32):
-    """The backbone with ``vocab.size`` embedding rows (HF weights when ``hf_path``)."""
-    from transformers import Qwen2ForCausalLM
-    if not cfg.hf_path:
-        model = Qwen2ForCausalLM(qwen2_config(cfg, vocab.size))
-        return model.to(dtype)
-    path = resolve_hf_path(cfg.hf_path, base_dir)
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise FileNotFoundError(f"LLM backbone directory {path!r} has no config.json "
-                                f"(LLMConfig.hf_path={cfg.hf_path!r})")
-    model = Qwen2ForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
-    check_backbone_shape(cfg, model.config)
-    n_base = model.get_input_embeddings().weight.shape[0]
-    if n_base != cfg.text_vocab_size:
-        raise ValueError(f"LLM backbone at {path} has {n_base} embedding rows but "
-                         f"LLMConfig.text_vocab_size is {cfg.text_vocab_size}")
-    model.resize_token_embeddings(vocab.size, mean_resizing=False)
-    return model
-
-
-def base_causal_lm(llm):
-    """The ``Qwen2ForCausalLM`` inside a possible PEFT wrapper."""
+def base_causal_lm(llm) -> Qwen2LM:
+    """The :class:`Qwen2LM` inside a possible PEFT wrapper."""
     return llm.get_base_model() if hasattr(llm, "peft_config") else llm
 
 
-def llm_hidden(llm, inputs_embeds, attention_mask=None, cache=None):
-    """Backbone without the LM head: -> last hidden [B, T, H] after the final norm.
-
-    ``cache`` (a ``transformers`` ``DynamicCache``) is extended in place.
-    """
-    lm = base_causal_lm(llm)  # PEFT injects its LoRA layers into this model in place
-    out = lm.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                   cache=cache, use_cache=cache is not None)
-    return out.last_hidden_state
+def llm_hidden(llm, inputs_embeds, attention_mask=None,
+               past: Optional[List[KV]] = None) -> Tuple[torch.Tensor, List[KV]]:
+    """Backbone without the LM head: -> (last hidden [B, T, H] after the final norm, kv)."""
+    return base_causal_lm(llm)(inputs_embeds, attention_mask, past)
 
 
 def llm_logits(llm, hidden):
     """LM head: hidden [..., H] -> logits [..., V]."""
-    return base_causal_lm(llm).lm_head(hidden)
-
-
-def llm_hidden_and_logits(llm, inputs_embeds, attention_mask=None, cache=None):
-    """Run the backbone: -> (last hidden [B, T, H] after the final norm, logits [B, T, V])."""
-    hidden = llm_hidden(llm, inputs_embeds, attention_mask, cache)  # [B, T, H]
-    return hidden, llm_logits(llm, hidden)
-
-
-def new_cache(llm):
-    """An empty KV cache for incremental decoding."""
-    from transformers import DynamicCache
-    return DynamicCache(config=base_causal_lm(llm).config)
+    return base_causal_lm(llm).logits(hidden)

@@ -1,16 +1,16 @@
-"""Pluggable text tokenizers for the answer text of the audio LLM.
+"""The LLM's tokenizer: Hugging Face tokenizer files, special tokens resolved by name.
 
-* :class:`CharTokenizer` — one id per character, vocabulary generated from a
-  list of texts (or printable ASCII), stored as JSON in the checkpoint
-  (``tokenizer.json``).  Id 0 is the unknown character.  Default of ``tiny``.
-* :class:`HFTokenizer` — a Hugging Face tokenizer loaded from a LOCAL directory
-  (``AutoTokenizer.from_pretrained(dir, local_files_only=True)``); used by the
-  ``edge`` / ``paper`` presets whose LLM backbone ships its own tokenizer.
+Every preset reads tokenizer files (``tokenizer.json`` + ``tokenizer_config.json``)
+with ``transformers`` and no downloads:
 
-Both give plain text-token ids in ``[0, vocab_size)``; the LLM vocabulary
-layout (:class:`a2llm_ros.model.audio_llm.VocabLayout`) places its special and
-speech tokens after ``LLMConfig.text_vocab_size`` so that the text ids never
-change meaning.
+* a Step-Audio-2-mini folder ships its own (Qwen2 BPE plus added tokens);
+* ``tiny`` has its own small one, made by :func:`make_tiny_tokenizer` and stored in
+  the checkpoint directory: one id per printable ASCII character (and newline),
+  then the same named special tokens as Step's, then the speech tokens
+  ``<audio_0>`` ... ``<audio_{n}>`` (the last one is the padding code).
+
+The chat and speech tokens are always looked up by name (:data:`CHAT_TOKENS`,
+:func:`speech_token`), never by number.
 """
 from __future__ import annotations
 
@@ -18,135 +18,117 @@ import json
 import os
 import string
 from dataclasses import dataclass
-from typing import Iterable, List, Sequence
+from typing import List, Sequence
 
 from a2llm_ros.configbase import ConfigBase
 
-#: Printable ASCII without the vertical whitespace characters.
-PRINTABLE = "".join(c for c in string.printable if c not in "\t\n\r\x0b\x0c")
+#: Named tokens of Step-Audio-2's chat format that every tokenizer must have.
+CHAT_TOKENS = ("<|BOT|>", "<|EOT|>", "<audio_start>", "<audio_end>", "<audio_patch>",
+               "<tts_start>", "<tts_end>", "<tts_pad>")
+#: Characters of the tiny tokenizer (printable ASCII without vertical whitespace, plus \n).
+TINY_CHARS = "".join(c for c in string.printable if c not in "\t\r\x0b\x0c")
 UNK = "\ufffd"
+#: Files a tokenizer directory holds.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def speech_token(code: int) -> str:
+    """Name of speech code ``code`` in Step's vocabulary (``<audio_{code}>``)."""
+    return f"<audio_{int(code)}>"
 
 
 @dataclass
 class TextTokenizerConfig(ConfigBase):
-    """Which text tokenizer to use: ``kind`` is ``"char"`` or ``"hf"``.
+    """Where the tokenizer files are: ``"checkpoint"`` (tiny) or ``"backbone"`` (Step folder)."""
 
-    For ``"hf"`` the tokenizer files are read from ``LLMConfig.hf_path``.
-    """
+    source: str = "backbone"
 
-    kind: str = "char"
-
-    PRESETS = {"tiny": dict(kind="char"), "edge": dict(kind="hf"), "paper": dict(kind="hf")}
+    PRESETS = {"tiny": dict(source="checkpoint"), "edge": {}, "paper": {}}
 
     def __post_init__(self):
-        if self.kind not in ("char", "hf"):
-            raise ValueError(f"TextTokenizerConfig.kind must be 'char' or 'hf', got {self.kind!r}")
+        if self.source not in ("checkpoint", "backbone"):
+            raise ValueError(f"TextTokenizerConfig.source must be 'checkpoint' or 'backbone',"
+                             f" got {self.source!r}")
+
+
+class TokenizerError(ValueError):
+    """Tokenizer files are missing or lack a required token."""
 
 
 class TextTokenizer:
-    """Interface: text <-> ids in ``[0, vocab_size)``."""
+    """A Hugging Face tokenizer with the chat/speech tokens resolved by name."""
 
-    kind = "base"
-
-    @property
-    def vocab_size(self) -> int:
-        raise NotImplementedError
-
-    def encode(self, text: str) -> List[int]:
-        """Text -> token ids (no special tokens)."""
-        raise NotImplementedError
-
-    def decode(self, ids: Sequence[int]) -> str:
-        """Token ids -> text."""
-        raise NotImplementedError
-
-
-class CharTokenizer(TextTokenizer):
-    """Character-level tokenizer; id 0 is the unknown character."""
-
-    kind = "char"
-
-    def __init__(self, chars: Iterable[str]):
-        chars = [c for c in dict.fromkeys(chars) if c != UNK]
-        if any(len(c) != 1 for c in chars):
-            raise ValueError("CharTokenizer: every vocabulary entry must be one character")
-        self.chars = [UNK] + chars
-        self.index = {c: i for i, c in enumerate(self.chars)}
+    def __init__(self, tok, path: str = ""):
+        self.tok, self.path = tok, path
+        vocab = tok.get_vocab()
+        missing = [t for t in CHAT_TOKENS if t not in vocab]
+        if missing:
+            raise TokenizerError(f"tokenizer {path or '(in memory)'} lacks the special tokens "
+                                 f"{', '.join(missing)} (Step-Audio-2 chat format)")
+        if speech_token(0) not in vocab:
+            raise TokenizerError(f"tokenizer {path or '(in memory)'} has no speech token "
+                                 f"{speech_token(0)}")
+        self._vocab = vocab
+        unk = getattr(tok, "unk_token_id", None)
+        self.unk_id = int(unk) if unk is not None else None
 
     @classmethod
-    def from_texts(cls, texts: Iterable[str], base: str = PRINTABLE) -> "CharTokenizer":
-        """Vocabulary = ``base`` characters plus every other character seen in ``texts``."""
-        seen = list(base)
-        for text in texts:
-            seen.extend(text)
-        return cls(seen)
+    def load(cls, path: str) -> "TextTokenizer":
+        """Tokenizer files of a local directory (no downloads)."""
+        from transformers import PreTrainedTokenizerFast
+        if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+            raise TokenizerError(f"{path}: no tokenizer.json (tokenizer files expected here)")
+        try:
+            tok = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError, json.JSONDecodeError) as exc:
+            raise TokenizerError(f"{path}: cannot read the tokenizer files: {exc}") from exc
+        return cls(tok, path)
 
-    @classmethod
-    def printable_ascii(cls) -> "CharTokenizer":
-        """The default tiny vocabulary: printable ASCII (96 ids with UNK)."""
-        return cls(PRINTABLE)
+    def save(self, path: str) -> None:
+        """Write ``tokenizer.json`` + ``tokenizer_config.json`` into ``path``."""
+        os.makedirs(path, exist_ok=True)
+        self.tok.save_pretrained(path)
 
-    @property
-    def vocab_size(self) -> int:
-        return len(self.chars)
+    def token_id(self, name: str) -> int:
+        """Id of a named token, e.g. ``token_id("<tts_start>")``."""
+        if name not in self._vocab:
+            raise TokenizerError(f"tokenizer {self.path} has no token {name!r}")
+        return int(self._vocab[name])
 
-    def encode(self, text: str) -> List[int]:
-        return [self.index.get(c, 0) for c in text]
+    def has_token(self, name: str) -> bool:
+        return name in self._vocab
 
-    def decode(self, ids: Sequence[int]) -> str:
-        return "".join(self.chars[i] if 0 <= i < len(self.chars) else UNK for i in ids)
-
-    def to_json(self) -> str:
-        """JSON text stored as ``tokenizer.json`` in a checkpoint."""
-        return json.dumps({"kind": "char", "chars": self.chars[1:]}, ensure_ascii=False)
-
-    @classmethod
-    def from_json(cls, text: str) -> "CharTokenizer":
-        data = json.loads(text)
-        if data.get("kind") != "char" or not isinstance(data.get("chars"), list):
-            raise ValueError("tokenizer.json is not a char tokenizer vocabulary")
-        return cls(data["chars"])
-
-
-#: ``tokenizer_class`` values meaning "a plain tokenizer.json" (not tied to a model type).
-GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
-
-
-def load_hf_tokenizer(path: str):
-    """Tokenizer of a local HF directory, without downloads.
-
-    ``AutoTokenizer`` normally; when ``tokenizer_config.json`` declares a
-    generic fast tokenizer it is loaded as ``PreTrainedTokenizerFast``
-    (``AutoTokenizer`` would pick the model type's class from ``config.json``
-    and ignore a custom ``tokenizer.json``).
-    """
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-    cfg_path = os.path.join(path, "tokenizer_config.json")
-    declared = None
-    if os.path.isfile(cfg_path):
-        with open(cfg_path, encoding="utf-8") as f:
-            declared = json.load(f).get("tokenizer_class")
-    if declared in GENERIC_TOKENIZER_CLASSES:
-        return PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
-
-
-class HFTokenizer(TextTokenizer):
-    """A Hugging Face tokenizer from a local directory (no downloads)."""
-
-    kind = "hf"
-
-    def __init__(self, path: str):
-        self.path = path
-        self.tok = load_hf_tokenizer(path)
-
-    @property
-    def vocab_size(self) -> int:
+    def __len__(self) -> int:
         return len(self.tok)
 
     def encode(self, text: str) -> List[int]:
+        """Text -> ids (named special tokens in the text are recognised; no BOS added)."""
         return list(self.tok.encode(text, add_special_tokens=False))
 
     def decode(self, ids: Sequence[int]) -> str:
+        """Text ids -> text."""
         return self.tok.decode(list(ids), skip_special_tokens=True,
                                clean_up_tokenization_spaces=False)
+
+
+def make_tiny_tokenizer(n_codes: int) -> TextTokenizer:
+    """The ``tiny`` tokenizer: characters, the chat tokens, ``<audio_0..n_codes>``.
+
+    Layout: ``[UNK, chars...][<|BOT|> <|EOT|>][<audio_start> ... <tts_pad>]
+    [<audio_0> ... <audio_{n_codes}>]``, so, as in Step's, text ids lie below
+    ``<audio_start>`` and speech code k is ``<audio_0>`` + k.
+    """
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+    chars = [UNK] + list(dict.fromkeys(TINY_CHARS))
+    core = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(chars)}, merges=[],
+                                unk_token=UNK))
+    core.decoder = decoders.Fuse()
+    specials = list(CHAT_TOKENS) + [speech_token(k) for k in range(n_codes + 1)]
+    core.add_special_tokens(specials)
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token=UNK)
+    return TextTokenizer(tok, "tiny")
+
+
+__all__ = ["TextTokenizer", "TextTokenizerConfig", "TokenizerError", "CHAT_TOKENS",
+           "make_tiny_tokenizer", "speech_token", "TOKENIZER_FILES"]

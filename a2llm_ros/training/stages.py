@@ -213,7 +213,7 @@ class Trainer:
                                          asr_weight=self.cfg.asr_weight)
             if ctc_head is not None:
                 texts = [self.data.samples[j].question_text for j in idx]
-                losses["ctc"] = ctc_loss(ctc_head, model.audio_encoder, batch.mel,
+                losses["ctc"] = ctc_loss(ctc_head, model.encoder, batch.mel,
                                          batch.mel_lengths, texts)
                 losses["total"] = losses["total"] + self.cfg.ctc_weight * losses["ctc"]
             return losses
@@ -225,7 +225,8 @@ class Trainer:
         self._prepare_codes(model)
         model.train()
         _freeze(model)
-        params = _unfreeze(list(model.audio_encoder.parameters()) + list(model.llm.parameters()))
+        params = _unfreeze(list(model.encoder.parameters()) + list(model.adapter.parameters())
+                           + list(model.llm.parameters()))
         head = None
         if self.cfg.ctc_weight > 0:
             head = CTCHead(model.cfg.audio.d_model).to(self.device)
@@ -243,7 +244,7 @@ class Trainer:
     def _ctc_example(self, model: A2LLM, head: CTCHead) -> List[str]:
         """CTC best paths of two training questions (a sanity line in done.json)."""
         batch = model.collate_samples(self.data.items([0, len(self.data) - 1])).to(self.device)
-        return greedy_decode(head, model.audio_encoder, batch.mel, batch.mel_lengths)
+        return greedy_decode(head, model.encoder, batch.mel, batch.mel_lengths)
 
     def _run_connector(self, model: A2LLM, run_dir: str) -> dict:
         self._prepare_codes(model)

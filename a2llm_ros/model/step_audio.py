@@ -1,0 +1,259 @@
+"""Step-Audio-2-mini folders: detection, config, fingerprint and lazy weight loading.
+
+A published folder holds ``config.json`` (``model_type: step_audio_2``, nested
+``text_config`` and ``audio_encoder_config``), ``model-0000N-of-0000M.safetensors``
+shards with ``model.safetensors.index.json`` (or one ``model.safetensors``) and
+tokenizer files.  Its tensors map onto :class:`~a2llm_ros.model.a2llm.A2LLM`
+unchanged except for one prefix: ``model.*`` / ``lm_head.*`` -> ``llm.model.*`` /
+``llm.lm_head.*``; ``encoder.*`` and ``adapter.*`` keep their names.
+
+Loading builds the encoder, adaptor and LLM on the ``meta`` device and assigns
+each tensor as it is read from its shard (``load_state_dict(assign=True)``), so
+the weights are never held twice.  No ``trust_remote_code``, no pickle.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Dict, List, Optional
+
+import torch
+
+STEP_MODEL_TYPE = "step_audio_2"
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+#: Step-Audio-2-mini ``text_config`` keys -> LLMConfig fields.
+TEXT_KEYS = {"hidden_size": "hidden_size", "num_hidden_layers": "n_layers",
+             "num_attention_heads": "n_heads", "num_key_value_heads": "n_kv_heads",
+             "intermediate_size": "intermediate_size", "rope_theta": "rope_theta",
+             "rms_norm_eps": "rms_norm_eps", "vocab_size": "vocab_size",
+             "max_position_embeddings": "max_position_embeddings",
+             "tie_word_embeddings": "tie_word_embeddings"}
+#: ``audio_encoder_config`` keys -> AudioEncoderConfig fields.
+AUDIO_KEYS = {"n_mels": "n_mels", "n_audio_state": "d_model", "n_audio_head": "n_heads",
+              "n_audio_layer": "n_layers", "n_audio_ctx": "max_positions",
+              "llm_dim": "llm_hidden"}
+#: Fixed facts of Step's audio path that the code relies on.
+AUDIO_FIXED = {"kernel_size": 3, "adapter_stride": 2}
+#: Width of ``adapter.linear1`` (not in the config: read from the weights).
+ADAPTER_HIDDEN_KEY = "adapter.linear1.weight"
+
+
+class BackboneError(ValueError):
+    """A Step-Audio-2-mini folder is incomplete or does not match."""
+
+
+def _config_path(path: str) -> str:
+    return os.path.join(path, "config.json")
+
+
+def is_step_folder(path: str) -> bool:
+    """Whether ``path`` is a directory whose config.json declares ``step_audio_2``."""
+    cfg = _config_path(path)
+    if not os.path.isfile(cfg):
+        return False
+    try:
+        with open(cfg) as f:
+            return json.load(f).get("model_type") == STEP_MODEL_TYPE
+    except (OSError, ValueError):
+        return False
+
+
+def read_folder_config(path: str) -> dict:
+    """The folder's config.json, checked: model type and the nested sections."""
+    cfg_path = _config_path(path)
+    if not os.path.isfile(cfg_path):
+        raise BackboneError(f"{path}: no config.json (a Step-Audio-2-mini folder expected)")
+    with open(cfg_path) as f:
+        raw = json.load(f)
+    if raw.get("model_type") != STEP_MODEL_TYPE:
+        raise BackboneError(f"{cfg_path}: model_type {raw.get('model_type')!r}, expected "
+                            f"{STEP_MODEL_TYPE!r}")
+    for section in ("text_config", "audio_encoder_config"):
+        if not isinstance(raw.get(section), dict):
+            raise BackboneError(f"{cfg_path}: missing section {section!r}")
+    audio = raw["audio_encoder_config"]
+    for key, value in AUDIO_FIXED.items():
+        if audio.get(key, value) != value:
+            raise BackboneError(f"{cfg_path}: audio_encoder_config.{key} is {audio[key]}, "
+                                f"this code supports {value}")
+    return raw
+
+
+def shard_map(path: str) -> Dict[str, str]:
+    """Tensor name -> shard file (absolute), every shard checked to exist."""
+    index = os.path.join(path, INDEX_FILE)
+    if os.path.isfile(index):
+        with open(index) as f:
+            weight_map = json.load(f).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise BackboneError(f"{index}: no weight_map")
+        out = {k: os.path.join(path, v) for k, v in weight_map.items()}
+    elif os.path.isfile(os.path.join(path, SINGLE_FILE)):
+        from safetensors import safe_open
+        single = os.path.join(path, SINGLE_FILE)
+        with safe_open(single, framework="pt") as f:
+            out = {k: single for k in f.keys()}
+    else:
+        raise BackboneError(f"{path}: neither {INDEX_FILE} nor {SINGLE_FILE}")
+    missing = sorted({v for v in out.values() if not os.path.isfile(v)})
+    if missing:
+        names = ", ".join(os.path.basename(m) for m in missing)
+        raise BackboneError(f"{path}: missing shard file(s) {names} named in {INDEX_FILE}")
+    return out
+
+
+def fingerprint(path: str) -> str:
+    """Cheap identity of a folder: config.json, the weight map and the shard sizes."""
+    h = hashlib.sha256()
+    with open(_config_path(path), "rb") as f:
+        h.update(f.read())
+    shards = shard_map(path)
+    for key in sorted(shards):
+        h.update(f"{key}={os.path.basename(shards[key])}\n".encode())
+    for shard in sorted(set(shards.values())):
+        h.update(f"{os.path.basename(shard)}:{os.path.getsize(shard)}\n".encode())
+    return "sha256:" + h.hexdigest()[:32]
+
+
+def _adapter_hidden(path: str) -> Optional[int]:
+    from safetensors import safe_open
+    shards = shard_map(path)
+    if ADAPTER_HIDDEN_KEY not in shards:
+        return None
+    with safe_open(shards[ADAPTER_HIDDEN_KEY], framework="pt") as f:
+        return int(f.get_slice(ADAPTER_HIDDEN_KEY).get_shape()[0])
+
+
+def config_overrides(path: str) -> Dict[str, dict]:
+    """``A2LLMConfig.preset`` overrides read from a folder (sizes of llm, audio, mel)."""
+    raw = read_folder_config(path)
+    text, audio = raw["text_config"], raw["audio_encoder_config"]
+    llm = {field: text[key] for key, field in TEXT_KEYS.items() if key in text}
+    enc = {field: audio[key] for key, field in AUDIO_KEYS.items() if key in audio}
+    if "d_model" in enc:
+        enc["ff"] = 4 * enc["d_model"]
+    hidden = _adapter_hidden(path)
+    if hidden is not None:
+        enc["adaptor_hidden"] = hidden
+    return {"llm": llm, "audio": enc, "mel": {"n_mels": enc.get("n_mels", 128)}}
+
+
+def step_config(path: str, preset: str = "paper"):
+    """An :class:`A2LLMConfig` for a bare folder: its sizes, backbone = the folder."""
+    from a2llm_ros.config import A2LLMConfig
+    over = config_overrides(path)
+    over["llm"]["backbone"] = os.path.abspath(path)
+    return A2LLMConfig.preset(preset, **over)
+
+
+def check_config(cfg, path: str) -> None:
+    """Raise BackboneError naming every size where ``cfg`` and the folder differ."""
+    over = config_overrides(path)
+    bad = []
+    for part in ("llm", "audio"):
+        ours = getattr(cfg, part)
+        for key, value in over[part].items():
+            if getattr(ours, key) != value:
+                bad.append(f"{part}.{key} (checkpoint {getattr(ours, key)}, folder {value})")
+    if bad:
+        raise BackboneError(f"backbone {path} does not match the checkpoint config: "
+                            + ", ".join(bad))
+
+
+def _target_name(key: str) -> str:
+    if key.startswith(("model.", "lm_head.")):
+        return "llm." + key
+    return key
+
+
+@torch.no_grad()
+def load_backbone_weights(model, path: str, dtype: torch.dtype) -> None:
+    """Assign the folder's tensors to ``model.encoder/adapter/llm`` (built on meta)."""
+    from safetensors import safe_open
+    shards = shard_map(path)
+    expected = {}
+    for part in ("encoder", "adapter", "llm"):
+        for name, t in getattr(model, part).state_dict().items():
+            expected[f"{part}.{name}"] = t
+    tied = bool(getattr(model.cfg.llm, "tie_word_embeddings", False))
+    unexpected = sorted(k for k in shards if _target_name(k) not in expected)
+    if unexpected:
+        more = f" ... (+{len(unexpected) - 10})" if len(unexpected) > 10 else ""
+        raise BackboneError(f"{path}: unexpected tensors {', '.join(unexpected[:10])}{more}")
+    have = {_target_name(k) for k in shards}
+    missing = sorted(k for k in expected if k not in have
+                     and not (tied and k == "llm.lm_head.weight"))
+    if missing:
+        more = f" ... (+{len(missing) - 10})" if len(missing) > 10 else ""
+        raise BackboneError(f"{path}: missing tensors {', '.join(missing[:10])}{more}")
+    by_shard: Dict[str, List[str]] = {}
+    for key, shard in shards.items():
+        by_shard.setdefault(shard, []).append(key)
+    for shard, keys in sorted(by_shard.items()):
+        with safe_open(shard, framework="pt") as f:
+            for key in keys:
+                target = _target_name(key)
+                shape = tuple(f.get_slice(key).get_shape())
+                want = tuple(expected[target].shape)
+                if shape != want:
+                    raise BackboneError(f"{os.path.basename(shard)}: {key} has shape {shape}, "
+                                        f"the config expects {want}")
+                part, name = target.split(".", 1)
+                value = f.get_tensor(key)
+                value = value.to(dtype) if value.is_floating_point() else value
+                getattr(model, part).load_state_dict({name: value}, strict=False, assign=True)
+    if tied:
+        model.llm.lm_head.weight = model.llm.model.embed_tokens.weight
+    model.llm.model.init_rope()
+
+
+def default_dtype(device) -> torch.dtype:
+    """Backbone compute dtype: bfloat16 on CUDA, float32 elsewhere."""
+    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+
+
+def model_on_backbone(cfg, base_dir: Optional[str], reference: Optional[dict], device,
+                      dtype: Optional[torch.dtype], tokenizer=None):
+    """An :class:`A2LLM` whose encoder, adaptor and LLM are read from ``cfg.llm.backbone``.
+
+    ``reference`` (``{"path", "fingerprint"}`` from a checkpoint) is checked
+    against the folder; the connector and motion tokenizer are new (random).
+    """
+    from a2llm_ros.model.a2llm import A2LLM
+    from a2llm_ros.model.audio_llm import resolve_backbone
+    path = resolve_backbone(cfg.llm.backbone, base_dir)
+    if not os.path.isdir(path):
+        raise BackboneError(f"backbone folder not found: {path} (llm.backbone="
+                            f"{cfg.llm.backbone!r}, relative to {base_dir})")
+    read_folder_config(path)
+    check_config(cfg, path)
+    if reference and reference.get("fingerprint"):
+        found = fingerprint(path)
+        if found != reference["fingerprint"]:
+            raise BackboneError(f"backbone {path} is not the one this checkpoint was made on: "
+                                f"fingerprint {found}, expected {reference['fingerprint']} "
+                                f"(config.json, weight map or shard sizes differ)")
+    dtype = dtype or default_dtype(device)
+    model = A2LLM(cfg, tokenizer, base_dir=base_dir, meta_backbone=True)
+    load_backbone_weights(model, path, dtype)
+    model.backbone_dir = path
+    return model
+
+
+def load_step_folder(path: str, device="cpu", dtype: Optional[torch.dtype] = None,
+                     seed: int = 0):
+    """A bare Step-Audio-2-mini folder as an A²-LLM (new connector and motion tokenizer)."""
+    from a2llm_ros.checkpoint import synthetic_codec_audio
+    cfg = step_config(path)
+    torch.manual_seed(int(seed))
+    model = model_on_backbone(cfg, None, None, device, dtype)
+    if not model.token2wav.is_fitted:
+        model.speech_tokenizer.fit([synthetic_codec_audio(seed)], seed=seed)
+    return model.to(device).eval()
+
+
+__all__ = ["is_step_folder", "read_folder_config", "shard_map", "fingerprint", "step_config",
+           "check_config", "load_backbone_weights", "model_on_backbone", "load_step_folder",
+           "BackboneError", "STEP_MODEL_TYPE"]
