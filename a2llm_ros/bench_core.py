@@ -95,7 +95,7 @@ def run_once(gen: StreamingGenerator, wave: np.ndarray) -> Dict[str, float]:
         now = time.perf_counter()
         steps.append((now - ts) * 1e3)
         since = (now - t0) * 1e3
-        if gen.state.schedule.n_speech and "ttfs_ms" not in firsts:
+        if gen.state.speech_codes and "ttfs_ms" not in firsts:
             firsts["ttfs_ms"] = since
         for e in events:
             key = {TextEvent: "ttft_ms", AudioEvent: "ttfa_ms", FlameEvent: "ttff_ms"}.get(type(e))

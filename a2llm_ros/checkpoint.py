@@ -145,9 +145,10 @@ def save_checkpoint(model: A2LLM, out_dir: str, dtype: Optional[torch.dtype] = N
     storage = str(dtype).replace("torch.", "") if dtype is not None else "native"
     backbone = None
     if model.cfg.llm.backbone:
-        from a2llm_ros.model.step_audio import fingerprint
+        from a2llm_ros.model.step_audio import fingerprint, fingerprint_parts
         path = model.backbone_dir or model.cfg.llm.backbone
-        backbone = {"path": model.cfg.llm.backbone, "fingerprint": fingerprint(path)}
+        backbone = {"path": model.cfg.llm.backbone, "fingerprint": fingerprint(path),
+                    "parts": fingerprint_parts(path)}
     save_file(tensors, os.path.join(out_dir, WEIGHTS_FILE),
               metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
@@ -171,6 +172,11 @@ def read_config(ckpt_dir: str) -> A2LLMConfig:
     with open(path) as f:
         meta = json.load(f)
     if meta.get("format") != FORMAT:
+        if "model_type" in meta:
+            from a2llm_ros.model.step_audio import STEP_MODEL_TYPE
+            raise CheckpointError(f"{path}: model_type {meta['model_type']!r} is neither a "
+                                  f"Step-Audio-2-mini folder (model_type {STEP_MODEL_TYPE!r})"
+                                  f" nor an a2llm_ros checkpoint")
         raise CheckpointError(f"{path}: not an a2llm_ros checkpoint config")
     if int(meta.get("format_version", -1)) != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {meta.get('format_version')}"
@@ -326,5 +332,5 @@ def init_model(cfg: A2LLMConfig, seed: int = 0, base_dir: Optional[str] = None) 
         model = step_audio.model_on_backbone(cfg, base_dir, None, "cpu", None)
     else:
         model = A2LLM(cfg, base_dir=base_dir)
-    model.speech_tokenizer.fit([synthetic_codec_audio(seed)], seed=seed)
+    model.speech_tokenizer.fit([synthetic_codec_audio(seed)], seed=seed, placeholder=True)
     return model.eval()

@@ -12,8 +12,8 @@ import importlib
 import sys
 
 #: verb -> module under a2llm_ros.commands
-VERBS = ("doctor", "init", "generate", "data", "train", "eval", "export", "bench",
-         "bag", "bringup", "demo", "flame")
+VERBS = ("doctor", "init", "generate", "backbone-check", "data", "train", "eval", "export",
+         "bench", "bag", "bringup", "demo", "flame")
 
 
 def _load(verb: str):

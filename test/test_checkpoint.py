@@ -1,4 +1,4 @@
-"""Checkpoint save/load: round trip, strict errors, HF-layout (edge) backbone, LoRA."""
+"""Checkpoint save/load: round trip, strict errors, LoRA (Step backbones: test_step_backbone)."""
 import json
 import os
 
@@ -14,14 +14,6 @@ from a2llm_ros.generation import GenerationConfig, StreamingGenerator
 
 torch.set_num_threads(1)
 GEN = GenerationConfig(greedy=True, max_speech_tokens=12)
-WORDS = ["hello", "there", "robot", "yes", "no", "the", "library", "is", "open", "today"]
-#: edge preset structure with tiny sizes
-EDGE_TINY = dict(
-    llm=dict(hidden_size=64, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=128,
-             max_position_embeddings=1024, text_vocab_size=16, hf_path="llm"),
-    audio=dict(d_model=64, n_layers=1, n_heads=4, ff=128, adaptor_hidden=64),
-    connector=dict(d_model=64, n_layers=1, n_heads=4, ff=128, max_segments=16),
-    motion=dict(latent_dim=32, hidden=64, enc_depth=1, dec_depth=1))
 
 
 def question(seconds=1.0, seed=0):
@@ -37,28 +29,13 @@ def tiny_dir(tmp_path_factory):
     return out, model
 
 
-def write_hf_backbone(path, cfg):
-    """A tiny Qwen2 backbone + WordLevel tokenizer in Hugging Face layout."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-    vocab = {w: i for i, w in enumerate(["[UNK]"] + WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(path)
-    torch.manual_seed(5)
-    llm = cfg.llm
-    Qwen2ForCausalLM(Qwen2Config(
-        vocab_size=llm.text_vocab_size, hidden_size=llm.hidden_size,
-        intermediate_size=llm.intermediate_size, num_hidden_layers=llm.n_layers,
-        num_attention_heads=llm.n_heads, num_key_value_heads=llm.n_kv_heads,
-        tie_word_embeddings=True)).save_pretrained(path)
-
-
 def test_round_trip_same_outputs(tiny_dir):
     out, model = tiny_dir
-    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "tokenizer.json",
+                                       "tokenizer_config.json"]
     meta = json.load(open(os.path.join(out, "config.json")))
     assert meta["preset"] == "tiny" and meta["flame_layout"]["dim"] == 58
+    assert meta["llm_weights"] == "checkpoint" and meta["backbone"] is None
     assert set(meta["versions"]) == {"a2llm_ros", "torch", "transformers"}
     loaded = load_checkpoint(out, expected_config=A2LLMConfig.preset("tiny"))
     a = StreamingGenerator(model, GEN).generate(question())
@@ -105,12 +82,12 @@ def test_weight_errors_name_keys(tiny_dir, tmp_path):
     tensors = load_file(str(bad / "model.safetensors"))
     del tensors["connector.bos"]
     tensors["extra.thing"] = torch.zeros(2)
-    tensors["audio_encoder.conv1.bias"] = torch.zeros(3)
+    tensors["encoder.conv1.bias"] = torch.zeros(3)
     save_file(tensors, str(bad / "model.safetensors"))
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(str(bad))
     msg = str(err.value)
-    assert "connector.bos" in msg and "extra.thing" in msg and "audio_encoder.conv1.bias" in msg
+    assert "connector.bos" in msg and "extra.thing" in msg and "encoder.conv1.bias" in msg
 
 
 def test_resolve_default_and_missing(tmp_path):
@@ -122,32 +99,6 @@ def test_resolve_default_and_missing(tmp_path):
         resolve_checkpoint(str(tmp_path / "nope"))
     with pytest.raises(FileNotFoundError, match="config.json"):
         resolve_checkpoint(str(tmp_path))
-
-
-def test_edge_layout_hf_backbone(tmp_path):
-    cfg = A2LLMConfig.preset("edge", **EDGE_TINY)
-    ckpt = tmp_path / "ckpt"
-    write_hf_backbone(str(ckpt / "llm"), cfg)
-    model = init_model(cfg, seed=2, base_dir=str(ckpt))
-    assert model.text_tokenizer.kind == "hf"
-    assert model.text_tokenizer.encode("hello robot") == [1, 3]
-    assert model.llm.get_input_embeddings().weight.shape[0] == model.vocab.size
-    save_checkpoint(model, str(ckpt))
-    from safetensors.torch import load_file
-    stored = load_file(str(ckpt / "model.safetensors"))
-    assert not any(k.startswith("llm.") for k in stored)  # backbone stays in llm/
-    assert stored["llm_ext.embed_rows"].shape == (model.vocab.size - 16, 64)
-    loaded = load_checkpoint(str(ckpt))
-    gen = GenerationConfig(greedy=True, max_speech_tokens=10, max_text_tokens=4)
-    a = StreamingGenerator(model, gen).generate(question())
-    b = StreamingGenerator(loaded, gen).generate(question())
-    assert a.text_ids == b.text_ids and a.speech_codes == b.speech_codes
-    np.testing.assert_allclose(a.frames, b.frames, atol=1e-6)
-    # a backbone of the wrong shape is named clearly
-    bad = A2LLMConfig.preset("edge", **{**EDGE_TINY, "llm": {**EDGE_TINY["llm"],
-                                                             "n_layers": 3}})
-    with pytest.raises(ValueError, match="n_layers"):
-        init_model(bad, base_dir=str(ckpt))
 
 
 def test_lora_adapter_saved_and_loaded(tmp_path):
@@ -171,7 +122,7 @@ def test_lora_adapter_saved_and_loaded(tmp_path):
     from a2llm_ros.model.audio_llm import llm_hidden
     x = torch.randn(1, 7, 256)
     with torch.no_grad():
-        on = llm_hidden(loaded.llm, x)
+        on, _ = llm_hidden(loaded.llm, x)
         with loaded.llm.disable_adapter():
-            off = llm_hidden(loaded.llm, x)
+            off, _ = llm_hidden(loaded.llm, x)
     assert (on - off).abs().max() > 1e-4

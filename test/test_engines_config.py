@@ -8,7 +8,7 @@ from a2llm_ros.config import A2LLMConfig
 from a2llm_ros.configbase import ConfigMismatchError
 from a2llm_ros.engines import BackendConfig, EngineError, describe_auto
 from a2llm_ros.engines import cache
-from a2llm_ros.engines.graphs import NEEDED, profile_dims
+from a2llm_ros.engines.graphs import NEEDED, profile_dims, prompt_overhead
 from a2llm_ros.engines.select import choose_auto
 from a2llm_ros.engines.tensorrt_build import engine_options, graph_precision
 
@@ -38,16 +38,28 @@ def test_backend_config_presets_validation_and_round_trip():
 
 
 def test_profile_shapes_follow_the_config():
-    model_cfg = A2LLMConfig.preset("tiny")
-    dims = profile_dims(model_cfg, BackendConfig(max_question_s=10.0, opt_question_s=2.0,
-                                                 max_context=1024, opt_context=300))
+    import numpy as np
+
+    from a2llm_ros.generation import TorchBackend, prompt_embeds
+    from a2llm_ros.model.a2llm import A2LLM
+    from a2llm_ros.model.audio_encoder import n_positions
+    model = A2LLM(A2LLMConfig.preset("tiny"))
+    extra = prompt_overhead(model)  # the chat prompt's ids around the <audio_patch> run
+    assert extra > 50 and all(len(model.prompt(n).ids) == extra + n for n in (1, 2, 25, 375))
+    dims = profile_dims(model, BackendConfig(max_question_s=10.0, opt_question_s=2.0,
+                                             max_context=1024, opt_context=300))
     assert dims["mel_frames"] == (10, 200, 1000)  # 0.1 s, 2 s, 10 s at 100 Hz
-    assert dims["prompt_len"] == (4 + 2, 4 + 25, 4 + 125)  # 12.5 Hz audio positions + 4
-    assert dims["past_len"] == (6, 300, 1023)
+    # Step's <audio_patch> count (~12.5 Hz) + the rest of the prompt
+    assert dims["prompt_len"] == (extra + 1, extra + 25, extra + 125)
+    assert [n_positions(t) for t in dims["mel_frames"]] == [1, 25, 125]
+    assert dims["past_len"] == (extra + 1, 300, 1023)
+    # the prompt the generator builds for a 2 s question has the "opt" length
+    wave = np.zeros(2 * 16000, np.float32)
+    assert prompt_embeds(TorchBackend(model), wave).shape[1] == dims["prompt_len"][1]
     # the encoder's 1500 positions (30 s) cap the question length
-    assert profile_dims(model_cfg, BackendConfig(max_question_s=60.0))["mel_frames"][2] == 3000
+    assert profile_dims(model, BackendConfig(max_question_s=60.0))["mel_frames"][2] == 3000
     with pytest.raises(ValueError, match="max_context 200 must exceed the longest prompt"):
-        profile_dims(model_cfg, BackendConfig(max_context=200, opt_context=100))
+        profile_dims(model, BackendConfig(max_context=200, opt_context=100))
 
 
 def test_cache_key_changes_with_every_ingredient():

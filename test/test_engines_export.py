@@ -9,7 +9,7 @@ import torch
 from a2llm_ros.checkpoint import init_model, save_checkpoint
 from a2llm_ros.config import A2LLMConfig
 from a2llm_ros.engines import BackendConfig, EngineError
-from a2llm_ros.engines.graphs import GRAPHS, OPSET
+from a2llm_ros.engines.graphs import GRAPHS, OPSET, prompt_overhead
 from a2llm_ros.engines.onnx_export import (MANIFEST, TENSORRT_OPS, export_onnx, onnx_sha256,
                                            read_json, repeat_token_graph, token_step_graph,
                                            unsupported_ops)
@@ -66,10 +66,15 @@ def test_graphs_are_tensorrt_parser_compatible_and_described(exported):
     llm = read_json(os.path.join(out, "llm_decode.json"))
     past = next(i for i in llm["inputs"] if i["name"] == "past_kv")
     assert past["shape"] == [4, 2, 2, "past_len", 64]  # [L, 2, G, P, dh] of the tiny LLM
-    assert llm["profiles"]["default"]["past_kv"] == [[4, 2, 2, 6, 64], [4, 2, 2, 512, 64],
-                                                     [4, 2, 2, 2047, 64]]
+    # shortest prompt: the chat format around one audio patch (a 0.1 s question)
+    shortest = len(model.prompt(1).ids)
+    assert shortest == prompt_overhead(model) + 1 > 50
+    assert llm["profiles"]["default"]["past_kv"] == [[4, 2, 2, shortest, 64],
+                                                     [4, 2, 2, 512, 64], [4, 2, 2, 2047, 64]]
     static = read_json(os.path.join(out, "llm.json"))
     assert list(static["profiles"]) == ["prefill", "decode"]
+    assert static["profiles"]["prefill"]["inputs_embeds"] == [
+        [1, len(model.prompt(n).ids), 256] for n in (1, 62, 375)]  # 0.1 s, 5 s, 30 s
     assert static["profiles"]["decode"]["inputs_embeds"] == [[1, 1, 256]] * 3
     audio = read_json(os.path.join(out, "audio_encoder.json"))
     assert audio["dims"]["mel_frames"] == [10, 500, 3000]

@@ -22,6 +22,8 @@ from a2llm_ros.checkpoint import init_model, save_checkpoint
 from a2llm_ros.config import A2LLMConfig
 from a2llm_ros.engines import BackendConfig, EngineError
 from a2llm_ros.engines import cache
+from a2llm_ros.engines.graphs import prompt_overhead
+from a2llm_ros.engines.model_info import ModelInfo
 from a2llm_ros.engines.onnx_export import export_onnx
 from a2llm_ros.generation import GenerationConfig, StreamingGenerator
 
@@ -83,8 +85,9 @@ def test_build_records_options_profiles_and_cache(ckpt, trt, capsys):
     assert llm["inputs"]["past_kv"] == "float16" and llm["outputs"]["present_kv"] == "float16"
     assert llm["workspace"] == cfg.workspace_mb << 20
     prefill, decode = llm["profiles"]
-    assert prefill["inputs_embeds"][0] == [1, 6, 256]  # 0.1 s question -> 6-position prompt
-    assert prefill["inputs_embeds"][2] == [1, 4 + 50, 256]  # 4 s -> 50 audio positions
+    extra = prompt_overhead(ModelInfo(path))  # chat-format positions besides the audio
+    assert prefill["inputs_embeds"][0] == [1, extra + 1, 256]  # 0.1 s -> 1 audio position
+    assert prefill["inputs_embeds"][2] == [1, extra + 50, 256]  # 4 s -> 50 audio positions
     assert decode["inputs_embeds"] == [[1, 1, 256]] * 3
     t2w = built["token2wav.onnx"]
     assert "FP16" not in t2w["flags"] and "TF32" not in t2w["flags"]  # ill-conditioned GL
@@ -127,7 +130,7 @@ def test_whole_turn_on_tensorrt_runtime_equals_torch(ckpt, trt):
 def test_stale_state_and_profile_limits(ckpt, trt):
     path, _ = ckpt
     backend = _load(path, _cfg(path, cuda_graph=False))
-    prompt = torch.randn(1, 9, 256)
+    prompt = torch.randn(1, prompt_overhead(backend.model) + 2, 256)  # within "prefill"
     _, _, kv0 = backend.prefill(prompt)
     _, _, kv1 = backend.decode(5, kv0)
     _, _, kv2 = backend.decode(6, kv1)

@@ -144,3 +144,44 @@ def test_bench_core_smoke(model):
     for key in ("ttft_ms", "ttfa_ms", "ttff_ms", "rtf", "prefill_ms"):
         assert res[key]["mean"] > 0
     assert res["ttff_ms"]["mean"] >= res["ttfa_ms"]["mean"]
+
+
+class _Scripted(TorchBackend):
+    """Torch backend whose logits follow a script of token ids (Step-style output)."""
+
+    def __init__(self, model, script):
+        super().__init__(model)
+        self.script, self.i = list(script), 0
+
+    def _forced(self, logits):
+        logits = torch.full_like(logits, -1e4)
+        logits[self.script[min(self.i, len(self.script) - 1)]] = 0.0
+        self.i += 1
+        return logits
+
+    def prefill(self, embeds):
+        logits, hidden, cache = super().prefill(embeds)
+        return self._forced(logits), hidden, cache
+
+    def decode(self, token_id, cache):
+        logits, hidden, cache = super().decode(token_id, cache)
+        return self._forced(logits), hidden, cache
+
+
+def test_free_reading_of_step_interleaved_output():
+    """Without an enforced schedule the generator reads the backbone's own output: text and
+    speech by id range, <tts_pad> / the padding code / <tts_end> dropped, <|EOT|> ends it."""
+    import dataclasses
+    free = A2LLMConfig.preset("tiny")
+    free = dataclasses.replace(
+        free, interleave=dataclasses.replace(free.interleave, enforce=False))
+    model = init_model(free, seed=4)
+    v, tok = model.vocab, model.text_tokenizer
+    hi = tok.encode("Hi")
+    script = (hi + [v.speech_id(c) for c in (3, 4, 5)] + [v.tts_pad, v.speech_pad]
+              + [v.speech_id(c) for c in (6, 7, 8, 9)] + [v.tts_end, v.eot])
+    res = StreamingGenerator(_Scripted(model, script), GenerationConfig(greedy=True)).generate(
+        question())
+    assert res.text == "Hi" and res.speech_codes == [3, 4, 5, 6, 7, 8, 9]
+    assert res.end_reason == "eos" and res.audio.shape[0] == 7 * 640
+    assert res.frames.shape[0] == 7  # one FLAME frame per speech token: lockstep

@@ -25,17 +25,22 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rebuild TensorRT engines even when cached ones exist")
     parser.add_argument("--no-cuda-graph", action="store_true",
                         help="TensorRT runtime without CUDA-graph capture")
+    parser.add_argument("--weights", default=None, choices=("none", "int8", "int4"),
+                        help="torch backend: weight-only LLM quantization (docs/edge.md)")
 
 
 def backend_config(args, checkpoint_dir: str, **paths):
     """BackendConfig from the checkpoint's preset and the command-line overrides."""
     from a2llm_ros.checkpoint import read_config
     from a2llm_ros.engines import BackendConfig
-    preset = read_config(checkpoint_dir).preset_name
+    from a2llm_ros.model.step_audio import is_step_folder
+    # a bare Step-Audio-2-mini folder loads as the paper preset (step_audio.step_config)
+    preset = "paper" if is_step_folder(checkpoint_dir) else read_config(checkpoint_dir).preset_name
     values = BackendConfig.preset(preset if preset in BackendConfig.PRESETS else "tiny").to_dict()
     overrides = {"precision": args.precision, "workspace_mb": args.workspace_mb,
                  "max_context": args.max_context, "max_question_s": args.max_question_s,
-                 "kv_cache": args.kv_cache, "device": args.device}
+                 "kv_cache": args.kv_cache, "device": args.device,
+                 "weights": getattr(args, "weights", None)}
     values.update({k: v for k, v in overrides.items() if v is not None})
     values.update({k: v for k, v in paths.items() if v})
     values["force_engine_update"] = bool(args.force_engine_update)

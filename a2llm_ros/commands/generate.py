@@ -60,15 +60,23 @@ def write_outputs(out_dir: str, result, layout) -> dict:
             "frames": int(result.frames.shape[0]), "end": result.end_reason}
 
 
+def read_question(path: str, verb: str):
+    """The question WAV, validated; None after printing why (exit with EXIT_BAD_INPUT)."""
+    from a2llm_ros.audio.io import read_wav
+    from a2llm_ros.generation import check_question
+    try:
+        return check_question(read_wav(path))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"a2llm {verb}: bad input audio: {exc}", file=sys.stderr)
+        return None
+
+
 def run(args) -> int:
     import torch
 
-    from a2llm_ros.audio.io import read_wav
-    from a2llm_ros.generation import GenerationConfig, StreamingGenerator, check_question
-    try:
-        wave = check_question(read_wav(args.input))
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"a2llm generate: bad input audio: {exc}", file=sys.stderr)
+    from a2llm_ros.generation import GenerationConfig, StreamingGenerator
+    wave = read_question(args.input, "generate")
+    if wave is None:
         return EXIT_BAD_INPUT
     from a2llm_ros.checkpoint import resolve_checkpoint
     from a2llm_ros.commands.export import backend_config

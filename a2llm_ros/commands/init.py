@@ -13,16 +13,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model size preset (default: tiny)")
     parser.add_argument("--out", required=True, help="output checkpoint directory")
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
-    parser.add_argument("--hf-path", default=None,
-                        help="edge/paper: local Hugging Face directory of the Qwen2 backbone "
-                             "(config.json + safetensors + tokenizer files); stored relative "
-                             "to --out when inside it, else absolute")
+    parser.add_argument("--backbone", default=None,
+                        help="edge/paper: Step-Audio-2-mini folder (config.json + safetensors "
+                             "shards + tokenizer files); the encoder, adaptor and LLM sizes and "
+                             "weights come from it and are not copied. Stored relative to "
+                             "--out when inside it, else absolute, with its fingerprint")
     parser.add_argument("--fp16", action="store_true",
                         help="store floating weights as float16 (halves the file)")
 
 
-def _hf_path(args) -> str:
-    path = os.path.abspath(args.hf_path)
+def _backbone_path(args) -> str:
+    path = os.path.abspath(args.backbone)
     out = os.path.abspath(args.out)
     if os.path.commonpath([path, out]) == out:
         return os.path.relpath(path, out)
@@ -36,11 +37,21 @@ def run(args) -> int:
     from a2llm_ros.config import A2LLMConfig
     overrides = {}
     if args.preset != "tiny":
-        if not args.hf_path:
-            print(f"a2llm init: --preset {args.preset} needs --hf-path DIR (a local Hugging "
-                  f"Face Qwen2 directory)", file=sys.stderr)
+        if not args.backbone:
+            print(f"a2llm init: --preset {args.preset} needs --backbone DIR (a local "
+                  f"Step-Audio-2-mini folder)", file=sys.stderr)
             return 2
-        overrides["llm"] = {"hf_path": _hf_path(args)}
+        from a2llm_ros.model.step_audio import config_overrides
+        try:
+            overrides = config_overrides(args.backbone)
+        except (OSError, ValueError) as exc:
+            print(f"a2llm init: {exc}", file=sys.stderr)
+            return 1
+        overrides["llm"]["backbone"] = _backbone_path(args)
+    elif args.backbone:
+        print("a2llm init: --backbone is for the edge/paper presets (tiny keeps its "
+              "weights in the checkpoint)", file=sys.stderr)
+        return 2
     try:
         cfg = A2LLMConfig.preset(args.preset, **overrides)
         os.makedirs(args.out, exist_ok=True)
@@ -50,6 +61,7 @@ def run(args) -> int:
         print(f"a2llm init: {exc}", file=sys.stderr)
         return 1
     size = os.path.getsize(os.path.join(args.out, "model.safetensors")) / 1e6
-    print(f"wrote {args.preset} checkpoint to {args.out}: {model.n_params() / 1e6:.2f} M "
+    where = f" on backbone {cfg.llm.backbone}" if cfg.llm.backbone else ""
+    print(f"wrote {args.preset} checkpoint{where} to {args.out}: {model.n_params() / 1e6:.2f} M "
           f"parameters, model.safetensors {size:.1f} MB")
     return 0

@@ -18,6 +18,8 @@ from a2llm_ros.constants import MEL_FRAME_RATE, MEL_HOP, SAMPLE_RATE
 KINDS = ("auto", "torch", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8", "fp8")
 KV_MODES = ("auto", "dynamic", "static")
+#: Weight-only LLM quantization of the torch backend (a2llm_ros.model.quantize).
+WEIGHT_MODES = ("none", "int8", "int4")
 #: Default sub-directories of a checkpoint for exported graphs and engines.
 ONNX_SUBDIR, ENGINE_SUBDIR = "onnx", "tensorrt"
 #: Shortest question the generator accepts (seconds), see generation.check_question.
@@ -47,6 +49,9 @@ class BackendConfig(ConfigBase):
       position per step) or ``static`` (one ``llm`` graph over a fixed-capacity
       cache of ``max_context`` positions: fixed shapes, so the decode step can be
       captured as a CUDA graph); ``auto`` = static for TensorRT, dynamic otherwise.
+    * ``weights``: weight-only quantization of the LLM's linear layers in the torch
+      backend (``none``, ``int8``, ``int4``; torchao, see docs/edge.md); the ONNX
+      Runtime and TensorRT engines keep their own ``precision``.
     * ``max_context`` / ``opt_context``: LLM positions (prompt + answer) the engines
       are built for; ``max_question_s`` / ``opt_question_s`` bound the audio input.
     """
@@ -68,6 +73,7 @@ class BackendConfig(ConfigBase):
     opt_question_s: float = 5.0
     threads: int = 1
     torch_compile: bool = False
+    weights: str = "none"
     calibration_turns: int = 4
     verbose: bool = False
 
@@ -83,6 +89,8 @@ class BackendConfig(ConfigBase):
             bad.append(f"kind={self.kind!r} (one of {', '.join(KINDS)})")
         if self.precision not in PRECISIONS:
             bad.append(f"precision={self.precision!r} (one of {', '.join(PRECISIONS)})")
+        if self.weights not in WEIGHT_MODES:
+            bad.append(f"weights={self.weights!r} (one of {', '.join(WEIGHT_MODES)})")
         if self.kv_cache not in KV_MODES:
             bad.append(f"kv_cache={self.kv_cache!r} (one of {', '.join(KV_MODES)})")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):

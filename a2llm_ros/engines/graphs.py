@@ -3,7 +3,12 @@
 Each wrapper reuses the trained modules' weights and computes exactly what the
 PyTorch code computes, written with ops that ONNX opset :data:`OPSET` and
 TensorRT's ONNX parser support (no complex numbers, no STFT/DFT ops, no
-data-dependent Python branches).  The graphs (``B = 1`` everywhere; ``L``
+data-dependent Python branches).  The audio encoder graph IS the model's
+``adapter(encoder(mel))``, and the LLM graphs call the pieces of
+:class:`~a2llm_ros.model.qwen2.Qwen2LM` (``layer.qkv``, ``layer.attend``,
+``model.rope``, ``model.norm``, ``logits``) and only keep the key/value
+tensors in their own layout, so the exported arithmetic has one definition.
+The graphs (``B = 1`` everywhere; ``L``
 LLM layers, ``G`` KV heads, ``dh`` head size, ``C`` = ``max_context``)::
 
     audio_encoder   mel [1, M, T]                -> audio_embeds [1, A, H]
@@ -47,23 +52,19 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from a2llm_ros.constants import MEL_FRAME_RATE, SAMPLES_PER_SPEECH_TOKEN
 from a2llm_ros.engines.config import BackendConfig
 from a2llm_ros.model.audio_encoder import n_positions
 from a2llm_ros.model.audio_llm import base_causal_lm
+from a2llm_ros.model.qwen2 import MASK_MIN
 from a2llm_ros.model.speech_codec import _EPS as GL_EPS
 from a2llm_ros.model.speech_codec import CROSSFADE, N_PAST_FRAMES, GriffinLimToken2Wav
 
 #: ONNX opset of every exported graph.  TensorRT 10's ONNX parser supports
 #: opsets 9-20 (8.6: up to 17); 17 is the first with LayerNormalization.
 OPSET = 17
-#: Additive attention mask value (as Hugging Face: the float32 minimum).
-MASK_MIN = torch.finfo(torch.float32).min
-#: Prompt tokens around the audio embeddings: <bos> <audio_in_start> .. <audio_in_end> <answer>.
-PROMPT_EXTRA = 4
 #: Longest token_embed call the engines are built for.
 MAX_EMBED_IDS = 64
 
@@ -126,7 +127,8 @@ class GraphSpec:
 # ----------------------------------------------------------------------------- helpers
 
 def _attention(q, k, v, bias=None):
-    """Softmax attention: q [h, T, dh], k/v [h, S, dh], bias [.., T, S] -> [h, T, dh]."""
+    """Connector attention (its module uses SDPA, which has no ONNX/TensorRT-friendly
+    export): q [h, T, dh], k/v [h, S, dh], bias [.., T, S] -> [h, T, dh]."""
     scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
     if bias is not None:
         scores = scores + bias
@@ -142,39 +144,18 @@ def _arange_like(x: torch.Tensor, dim: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------- audio encoder
 
 class AudioEncoderGraph(nn.Module):
-    """Log-mel [1, M, T] -> audio embeddings [1, A, H] (AudioEncoder.forward without lengths)."""
+    """Log-mel [1, M, T] -> adaptor outputs [1, A, H]: ``adapter(encoder(mel))``.
 
-    def __init__(self, encoder):
+    The model's own modules (``A2LLM.encode_audio`` without lengths); the
+    prompt uses the first ``n_positions(T)`` rows.
+    """
+
+    def __init__(self, encoder, adapter):
         super().__init__()
-        self.enc = encoder
-
-    def _layer(self, layer, x):  # x [1, T, d]
-        attn = layer.attn
-        d, h = attn.embed_dim, attn.num_heads
-        y = layer.ln1(x)[0]  # [T, d]
-        qkv = F.linear(y, attn.in_proj_weight, attn.in_proj_bias)  # [T, 3d]
-        q, k, v = (t.reshape(-1, h, d // h).transpose(0, 1) for t in qkv.split(d, dim=-1))
-        o = _attention(q, k, v).transpose(0, 1).reshape(1, -1, d)  # [1, T, d]
-        x = x + attn.out_proj(o)
-        return x + layer.mlp(layer.ln2(x))
+        self.encoder, self.adapter = encoder, adapter
 
     def forward(self, mel):
-        enc = self.enc
-        x = F.gelu(enc.conv1(mel))  # [1, d, T]
-        x = F.gelu(enc.conv2(x)).transpose(1, 2)  # [1, T50, d]
-        x = x + enc.pos[:x.shape[1]].to(x.dtype)
-        for layer in enc.layers:
-            x = self._layer(layer, x)
-        x = enc.ln_post(x)  # [1, T50, d]
-        # average pool 2 -> 1 with ceil mode: pad one zero frame, pair even/odd frames
-        xp = F.pad(x, (0, 0, 0, 1))  # [1, T50 + 1, d]
-        wp = F.pad(torch.ones_like(x[..., :1]), (0, 0, 0, 1))  # [1, T50 + 1, 1]
-        odd, wodd = xp[:, 1::2], wp[:, 1::2]  # [1, ceil(T50 / 2), .]
-        n = odd.shape[1]
-        even, weven = xp[:, 0::2][:, :n], wp[:, 0::2][:, :n]
-        x = (even + odd) / (weven + wodd)  # [1, T25, d]
-        x = F.gelu(enc.adaptor_conv(x.transpose(1, 2))).transpose(1, 2)  # [1, A, a]
-        return enc.adaptor_mlp(x)  # [1, A, H]
+        return self.adapter(self.encoder(mel))
 
 
 class TokenEmbedGraph(nn.Module):
@@ -190,137 +171,110 @@ class TokenEmbedGraph(nn.Module):
 
 # ----------------------------------------------------------------------------- LLM
 
-class LLMCore(nn.Module):
-    """The Qwen2 decoder stack with explicit per-layer key/value tensors.
+class LLMGraph(nn.Module):
+    """Base of the LLM graphs: the backbone's own pieces, the KV layout [L, 2, G, S, dh].
 
-    Same computation as ``transformers``' Qwen2 (RMSNorm, rotary positions with
-    ``rope_theta``, grouped-query attention, SwiGLU MLP), with the rotary
-    cos/sin tables precomputed for ``max_positions`` positions.
+    Every piece of arithmetic is :class:`~a2llm_ros.model.qwen2.Qwen2LM`'s
+    (``layer.qkv``, ``layer.attend``, ``model.norm``, ``logits``); the graphs
+    only slice / concatenate / overwrite key-value tensors and build the
+    attention bias, as ``Qwen2LM.forward`` does for its list of per-layer
+    tensors.  The rotary cos/sin rows are ``model.rope(0 .. max_positions - 1)``,
+    gathered by position: computing ``position * frequency`` in the graph would
+    let a TensorRT FP16 engine round positions above 2048 (FP16 spacing 2 and
+    more), i.e. rotate keys by the wrong angle; a gathered table only rounds the
+    cos/sin values.
     """
 
     def __init__(self, llm, max_positions: int):
         super().__init__()
-        lm = base_causal_lm(llm)
-        cfg = lm.config
-        self.layers = lm.model.layers
-        self.norm = lm.model.norm
-        self.embed = lm.model.embed_tokens
-        self.lm_head = lm.lm_head
-        self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
-        rot = lm.model.rotary_emb
-        pos = torch.arange(max_positions, dtype=torch.float32)
-        freqs = pos[:, None] * rot.inv_freq.float()[None]  # [Pmax, dh / 2]
-        emb = torch.cat([freqs, freqs], dim=-1)  # [Pmax, dh]
-        scale = float(getattr(rot, "attention_scaling", 1.0))
-        self.register_buffer("cos", emb.cos() * scale, persistent=True)
-        self.register_buffer("sin", emb.sin() * scale, persistent=True)
+        self.lm = base_causal_lm(llm)
+        inner = self.lm.model
+        with torch.no_grad():
+            pos = torch.arange(max_positions, device=inner.norm.weight.device)
+            cos, sin = inner.rope(pos)  # [Pmax, dh] float32
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
 
-    def _rope(self, x, cos, sin):  # x [h, T, dh], cos/sin [T, dh]
-        half = self.head_dim // 2
-        rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-        return x * cos + rot * sin
+    @property
+    def layers(self):
+        return self.lm.model.layers
 
-    def qkv(self, layer, x, cos, sin):
-        """x [1, T, H] -> q [h, T, dh], k / v [G, T, dh] (rotary applied to q and k)."""
-        a, dh = layer.self_attn, self.head_dim
-        y = layer.input_layernorm(x)
-        q = a.q_proj(y)[0].reshape(-1, self.n_heads, dh).transpose(0, 1)
-        k = a.k_proj(y)[0].reshape(-1, self.n_kv, dh).transpose(0, 1)
-        v = a.v_proj(y)[0].reshape(-1, self.n_kv, dh).transpose(0, 1)
-        return self._rope(q, cos, sin), self._rope(k, cos, sin), v
-
-    def attend(self, layer, x, q, k, v, bias=None):
-        """Attention over k/v [G, S, dh] (+ bias [T, S]) and the MLP: x [1, T, H] -> same."""
-        rep = self.n_heads // self.n_kv
-        k = k[:, None].expand(-1, rep, -1, -1).reshape(self.n_heads, -1, self.head_dim)
-        v = v[:, None].expand(-1, rep, -1, -1).reshape(self.n_heads, -1, self.head_dim)
-        o = _attention(q, k, v, bias)  # [h, T, dh]
-        o = o.transpose(0, 1).reshape(1, -1, self.n_heads * self.head_dim)
-        x = x + layer.self_attn.o_proj(o)
-        return x + layer.mlp(layer.post_attention_layernorm(x))
+    def rope(self, pos, x):
+        """Rotary rows of absolute positions ``pos`` [T] in ``x``'s dtype."""
+        return self.cos[pos].to(x.dtype), self.sin[pos].to(x.dtype)
 
     def head(self, x):
-        """x [1, T, H] -> (logits [1, V], hidden [1, H]) of the last position."""
-        h = self.norm(x)[:, -1]  # [1, H]
-        return self.lm_head(h), h
+        """x [1, T, H] -> (logits [1, V], hidden [1, H] after the final norm) of the last
+        position."""
+        h = self.lm.model.norm(x[:, -1])  # [1, H]
+        return self.lm.logits(h), h
 
 
-class LLMPrefillGraph(nn.Module):
+def _causal_bias(pos_q, pos_k, like):
+    """Additive bias [T, S]: 0 where key position <= query position, else MASK_MIN."""
+    allowed = pos_k[None, :] <= pos_q[:, None]
+    zero = torch.zeros_like(like[:1, :1])
+    return torch.where(allowed, zero, torch.full_like(zero, MASK_MIN))
+
+
+class LLMPrefillGraph(LLMGraph):
     """Prompt embeddings [1, P, H] -> last logits, last hidden, KV cache [L, 2, G, P, dh]."""
 
-    def __init__(self, core: LLMCore):
-        super().__init__()
-        self.core = core
-
     def forward(self, inputs_embeds):
-        core = self.core
-        pos = _arange_like(inputs_embeds, 1)  # [P]
-        cos, sin = core.cos[pos], core.sin[pos]  # [P, dh]
-        causal = pos[None, :] > pos[:, None]  # [P, P] key after query
-        bias = torch.where(causal, torch.full_like(cos[:1, :1], MASK_MIN),
-                           torch.zeros_like(cos[:1, :1]))  # [P, P]
-        x, kv = inputs_embeds, []
-        for layer in core.layers:
-            q, k, v = core.qkv(layer, x, cos, sin)
-            kv.append(torch.stack([k, v]))  # [2, G, P, dh]
-            x = core.attend(layer, x, q, k, v, bias)
-        logits, hidden = core.head(x)
+        x = inputs_embeds
+        pos = _arange_like(x, 1)  # [P]
+        cos, sin = self.rope(pos, x)  # [P, dh]
+        bias = _causal_bias(pos, pos, cos)  # [P, P]
+        kv = []
+        for layer in self.layers:
+            q, k, v = layer.qkv(x, cos, sin)  # k, v [1, G, P, dh]
+            kv.append(torch.stack([k[0], v[0]]))  # [2, G, P, dh]
+            x = layer.attend(x, q, k, v, bias)
+        logits, hidden = self.head(x)
         return logits, hidden, torch.stack(kv)
 
 
-class LLMDecodeGraph(nn.Module):
+class LLMDecodeGraph(LLMGraph):
     """One token [1, 1] + KV cache [L, 2, G, P, dh] -> logits, hidden, cache [.., P + 1, ..]."""
 
-    def __init__(self, core: LLMCore):
-        super().__init__()
-        self.core = core
-
     def forward(self, token_id, past_kv):
-        core = self.core
-        x = core.embed(token_id.long())  # [1, 1, H]
+        x = self.lm.get_input_embeddings()(token_id.long())  # [1, 1, H]
         pos = _arange_like(past_kv, 3)[-1:] + 1  # [1] = P
-        cos, sin = core.cos[pos], core.sin[pos]  # [1, dh]
+        cos, sin = self.rope(pos, x)  # [1, dh]
         kv = []
-        for i, layer in enumerate(core.layers):
-            q, k, v = core.qkv(layer, x, cos, sin)
-            k = torch.cat([past_kv[i, 0], k], dim=1)  # [G, P + 1, dh]
-            v = torch.cat([past_kv[i, 1], v], dim=1)
-            kv.append(torch.stack([k, v]))
-            x = core.attend(layer, x, q, k, v)
-        logits, hidden = core.head(x)
+        for i, layer in enumerate(self.layers):
+            q, k, v = layer.qkv(x, cos, sin)
+            k = torch.cat([past_kv[i, 0][None], k], dim=2)  # [1, G, P + 1, dh]
+            v = torch.cat([past_kv[i, 1][None], v], dim=2)
+            kv.append(torch.stack([k[0], v[0]]))
+            x = layer.attend(x, q, k, v)  # one query sees every key (as Qwen2LM.forward)
+        logits, hidden = self.head(x)
         return logits, hidden, torch.stack(kv)
 
 
-class LLMStaticGraph(nn.Module):
+class LLMStaticGraph(LLMGraph):
     """T new positions over a fixed-capacity cache (see module docstring)."""
 
-    def __init__(self, core: LLMCore):
-        super().__init__()
-        self.core = core
-
     def forward(self, inputs_embeds, past_kv, past_len):
-        core = self.core
+        x = inputs_embeds
         start = past_len.long()  # [1]
-        offs = _arange_like(inputs_embeds, 1)  # [T]
+        offs = _arange_like(x, 1)  # [T]
         pos = start + offs  # [T] absolute positions
         last = offs[-1:]  # [1] = T - 1
-        cos, sin = core.cos[pos], core.sin[pos]  # [T, dh]
+        cos, sin = self.rope(pos, x)  # [T, dh]
         slots = _arange_like(past_kv, 3)  # [C]
         rel = slots - start  # [C] slot - past_len
         write = (rel >= 0) & (rel <= last)  # [C] slots written by this call
         src = torch.minimum(rel.clamp(min=0), last)  # [C] new position per slot
-        allowed = slots[None, :] <= pos[:, None]  # [T, C]
-        bias = torch.where(allowed, torch.zeros_like(cos[:1, :1]),
-                           torch.full_like(cos[:1, :1], MASK_MIN))
-        x, kv = inputs_embeds, []
-        for i, layer in enumerate(core.layers):
-            q, k, v = core.qkv(layer, x, cos, sin)  # k, v [G, T, dh]
-            k = torch.where(write[None, :, None], k[:, src], past_kv[i, 0])  # [G, C, dh]
-            v = torch.where(write[None, :, None], v[:, src], past_kv[i, 1])
+        bias = _causal_bias(pos, slots, cos)  # [T, C]: also hides the unwritten slots
+        kv = []
+        for i, layer in enumerate(self.layers):
+            q, k, v = layer.qkv(x, cos, sin)  # k, v [1, G, T, dh]
+            k = torch.where(write[:, None], k[0][:, src], past_kv[i, 0])  # [G, C, dh]
+            v = torch.where(write[:, None], v[0][:, src], past_kv[i, 1])
             kv.append(torch.stack([k, v]))
-            x = core.attend(layer, x, q, k, v, bias)
-        logits, hidden = core.head(x)
+            x = layer.attend(x, q, k[None], v[None], bias)
+        logits, hidden = self.head(x)
         return logits, hidden, torch.stack(kv)
 
 
@@ -524,14 +478,25 @@ def _clip(value: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, value))
 
 
-def profile_dims(model_cfg, cfg: BackendConfig) -> Dict[str, Tuple[int, int, int]]:
-    """(min, opt, max) of every dynamic axis, from the model and backend configs."""
-    max_frames = 2 * model_cfg.audio.max_positions  # encoder positions run at 50 Hz
+def prompt_overhead(model) -> int:
+    """Prompt positions besides the audio patches (the chat format's text and markers).
+
+    ``model`` is an ``A2LLM`` or a :class:`~a2llm_ros.engines.model_info.ModelInfo`;
+    a question of T mel frames gives a prompt of this + ``n_positions(T)``
+    positions.
+    """
+    return len(model.prompt(0).ids)
+
+
+def profile_dims(model, cfg: BackendConfig) -> Dict[str, Tuple[int, int, int]]:
+    """(min, opt, max) of every dynamic axis, from the model (its config and chat
+    prompt) and the backend config."""
+    max_frames = 2 * model.cfg.audio.max_positions  # encoder positions run at 50 Hz
     lo, opt, hi = cfg.mel_frames()
     hi = min(hi, max_frames)
     opt = _clip(opt, lo, hi)
     mel = (lo, opt, hi)
-    prompt = tuple(PROMPT_EXTRA + n_positions(t) for t in mel)
+    prompt = tuple(len(model.prompt(n_positions(t)).ids) for t in mel)  # as generation's
     if prompt[2] >= cfg.max_context:
         raise ValueError(f"max_context {cfg.max_context} must exceed the longest prompt "
                          f"({prompt[2]} positions for {hi / MEL_FRAME_RATE:.0f} s of audio)")
@@ -553,9 +518,8 @@ def _profile(inputs: List[IOSpec], dims) -> Dict[str, Tuple[Tuple[int, ...], ...
 
 def kv_shape(model, length: Dim) -> Tuple[Dim, ...]:
     """[L, 2, G, length, dh] of the LLM KV tensors."""
-    lm = base_causal_lm(model.llm).config
-    dh = getattr(lm, "head_dim", None) or lm.hidden_size // lm.num_attention_heads
-    return (lm.num_hidden_layers, 2, lm.num_key_value_heads, length, dh)
+    lm = base_causal_lm(model.llm)
+    return (lm.n_layers, 2, lm.n_kv, length, lm.head_dim)
 
 
 def connector_state_shape(model) -> Tuple[int, ...]:
@@ -585,7 +549,7 @@ def _rand(shape, gen, scale=1.0):
 def build_spec(name: str, model, cfg: BackendConfig,
                dims: Optional[Dict[str, Tuple[int, int, int]]] = None) -> GraphSpec:
     """The :class:`GraphSpec` of graph ``name`` for ``model`` (an ``A2LLM``)."""
-    dims = dims or profile_dims(model.cfg, cfg)
+    dims = dims or profile_dims(model, cfg)
     builders: Dict[str, Callable] = {
         "audio_encoder": _spec_audio, "token_embed": _spec_embed,
         "llm_prefill": _spec_prefill, "llm_decode": _spec_decode, "llm": _spec_static,
@@ -607,7 +571,7 @@ def _spec_audio(model, cfg, dims):
     M, H = model.cfg.audio.n_mels, _hidden(model)
     gen = torch.Generator().manual_seed(0)
     return GraphSpec(
-        "audio_encoder", AudioEncoderGraph(model.audio_encoder),
+        "audio_encoder", AudioEncoderGraph(model.encoder, model.adapter),
         [IOSpec("mel", "float32", (1, M, "mel_frames"))],
         [IOSpec("audio_embeds", "float32", (1, "audio_positions", H))],
         {"mel": _rand((1, M, 203), gen)}, description="audio encoder + adaptor")
@@ -633,10 +597,9 @@ def _llm_outputs(model, kv_len):
 
 def _spec_prefill(model, cfg, dims):
     gen = torch.Generator().manual_seed(1)
-    core = LLMCore(model.llm, cfg.max_context)
     H = _hidden(model)
     return GraphSpec(
-        "llm_prefill", LLMPrefillGraph(core),
+        "llm_prefill", LLMPrefillGraph(model.llm, cfg.max_context),
         [IOSpec("inputs_embeds", "float32", (1, "prompt_len", H))],
         _llm_outputs(model, "prompt_len"),
         {"inputs_embeds": _rand((1, 9, H), gen)}, description="LLM prefill (dynamic cache)")
@@ -644,10 +607,9 @@ def _spec_prefill(model, cfg, dims):
 
 def _spec_decode(model, cfg, dims):
     gen = torch.Generator().manual_seed(2)
-    core = LLMCore(model.llm, cfg.max_context)
     outs = _llm_outputs(model, "present_len")
     return GraphSpec(
-        "llm_decode", LLMDecodeGraph(core),
+        "llm_decode", LLMDecodeGraph(model.llm, cfg.max_context),
         [IOSpec("token_id", "int32", (1, 1)),
          IOSpec("past_kv", "float32", kv_shape(model, "past_len"))], outs,
         {"token_id": torch.tensor([[5]], dtype=torch.int32),
@@ -657,7 +619,6 @@ def _spec_decode(model, cfg, dims):
 
 def _spec_static(model, cfg, dims):
     gen = torch.Generator().manual_seed(3)
-    core = LLMCore(model.llm, cfg.max_context)
     H, C = _hidden(model), cfg.max_context
     inputs = [IOSpec("inputs_embeds", "float32", (1, "query_len", H)),
               IOSpec("past_kv", "float32", kv_shape(model, C)),
@@ -667,7 +628,7 @@ def _spec_static(model, cfg, dims):
     profiles = {"prefill": {"inputs_embeds": tuple((1, p, H) for p in prompt)},
                 "decode": {"inputs_embeds": ((1, 1, H),) * 3}}
     return GraphSpec(
-        "llm", LLMStaticGraph(core), inputs, _llm_outputs(model, C),
+        "llm", LLMStaticGraph(model.llm, cfg.max_context), inputs, _llm_outputs(model, C),
         {"inputs_embeds": _rand((1, 7, H), gen), "past_kv": torch.zeros(kv),
          "past_len": torch.tensor([0], dtype=torch.int32)},
         profiles=profiles, description="LLM prefill/decode over a fixed-capacity cache")

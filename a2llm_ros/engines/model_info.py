@@ -2,8 +2,8 @@
 
 :class:`ModelInfo` stands in for :class:`~a2llm_ros.model.a2llm.A2LLM` as
 ``Backend.model`` of the ONNX Runtime and TensorRT backends: configs,
-vocabulary layout, text tokenizer, FLAME layout, the log-mel front end and
-the speech codec (its small tensors are read from the checkpoint's
+vocabulary, text tokenizer and chat prompt, FLAME layout, the log-mel front
+end and the speech codec (its small tensors are read from the checkpoint's
 safetensors), without building or loading the neural networks.
 """
 from __future__ import annotations
@@ -16,21 +16,21 @@ import numpy as np
 import torch
 
 from a2llm_ros.audio.features import log_mel_spectrogram, mel_filterbank
-from a2llm_ros.checkpoint import (CODEC_PREFIX, TOKENIZER_FILE, WEIGHTS_FILE, CheckpointError,
+from a2llm_ros.checkpoint import (CODEC_PREFIX, WEIGHTS_FILE, CheckpointError, backbone_dir,
                                   read_config, resolve_checkpoint)
 from a2llm_ros.flame.layout import FlameLayout
-from a2llm_ros.model.audio_llm import VocabLayout, resolve_hf_path
+from a2llm_ros.model.audio_llm import TASK_ANSWER, Prompt, Vocab, build_prompt
 from a2llm_ros.model.speech_codec import load_codec_state_dict, make_codec
-from a2llm_ros.model.text_tokenizer import CharTokenizer, HFTokenizer
+from a2llm_ros.model.text_tokenizer import TextTokenizer, TokenizerError
 
 
 class ModelInfo:
-    """Configs, tokenizers, layouts and codec of a checkpoint (no network weights).
+    """Configs, tokenizer, vocabulary, layouts and codec of a checkpoint (no network weights).
 
     Attributes used by :mod:`a2llm_ros.generation`: ``cfg``, ``vocab``,
-    ``text_tokenizer``, ``layout``, ``device``, :meth:`log_mel`; also
-    ``speech_tokenizer`` / ``token2wav`` (the fitted codec) and
-    ``checkpoint_dir``.
+    ``text_tokenizer``, ``layout``, ``device``, :meth:`log_mel`,
+    :meth:`prompt`; also ``speech_tokenizer`` / ``token2wav`` (the fitted
+    codec) and ``checkpoint_dir``.
     """
 
     def __init__(self, checkpoint_dir: str, n_params: Optional[int] = None):
@@ -38,25 +38,28 @@ class ModelInfo:
         self.cfg = cfg = read_config(self.checkpoint_dir)
         self.layout = FlameLayout(n_expr=cfg.motion.n_expr)
         self.text_tokenizer = self._text_tokenizer()
-        if self.text_tokenizer.vocab_size > cfg.llm.text_vocab_size:
-            raise CheckpointError(f"text tokenizer has {self.text_tokenizer.vocab_size} ids > "
-                                  f"llm.text_vocab_size {cfg.llm.text_vocab_size}")
-        self.vocab = VocabLayout(cfg.llm.text_vocab_size, cfg.codec.n_codes)
+        try:
+            self.vocab = Vocab.from_tokenizer(self.text_tokenizer, cfg.codec.n_codes,
+                                              cfg.llm.vocab_size)
+        except ValueError as exc:  # a named token missing, ids beyond the LLM's rows
+            raise CheckpointError(f"{self.checkpoint_dir}: {exc}") from exc
         self.mel_filters = mel_filterbank(cfg.mel)
         self.speech_tokenizer, self.token2wav = make_codec(cfg.codec)
         self._load_codec()
         self.device = torch.device("cpu")
         self._n_params = n_params
 
-    def _text_tokenizer(self):
-        cfg = self.cfg
-        if cfg.text.kind == "char":
-            path = os.path.join(self.checkpoint_dir, TOKENIZER_FILE)
-            if not os.path.isfile(path):
-                raise CheckpointError(f"{self.checkpoint_dir}: missing {TOKENIZER_FILE}")
-            with open(path, encoding="utf-8") as f:
-                return CharTokenizer.from_json(f.read())
-        return HFTokenizer(resolve_hf_path(cfg.llm.hf_path, os.path.abspath(self.checkpoint_dir)))
+    def _text_tokenizer(self) -> TextTokenizer:
+        """The tokenizer files beside the weights (tiny) or in the backbone folder (as
+        ``checkpoint.load_checkpoint`` reads them)."""
+        if self.cfg.text.source == "checkpoint":
+            path = self.checkpoint_dir
+        else:
+            path = backbone_dir(self.checkpoint_dir, self.cfg)
+        try:
+            return TextTokenizer.load(path)
+        except TokenizerError as exc:
+            raise CheckpointError(str(exc)) from exc
 
     def _load_codec(self) -> None:
         from safetensors import safe_open
@@ -77,6 +80,10 @@ class ModelInfo:
         """Question wave [N] float32 16 kHz -> log-mel [M, N // 160] (as ``A2LLM.log_mel``)."""
         wave = torch.as_tensor(np.asarray(wave, dtype=np.float32))
         return log_mel_spectrogram(wave, self.cfg.mel, self.mel_filters)
+
+    def prompt(self, n_patches: int, task: int = TASK_ANSWER) -> Prompt:
+        """The chat prompt's ids for ``n_patches`` audio positions (as ``A2LLM.prompt``)."""
+        return build_prompt(self.text_tokenizer, self.vocab, n_patches, task)
 
     def n_params(self) -> int:
         """Parameter count of the networks (from the export manifest; 0 when unknown)."""

@@ -12,8 +12,8 @@ onnx-tensorrt operator matrix of TensorRT 10); export fails otherwise.
 
 Parity: every graph is run with ONNX Runtime (CPU) on inputs other than the
 export example (other lengths, several streaming steps) and compared with the
-PyTorch modules it was made from (``AudioEncoder.forward``,
-``transformers`` Qwen2 with its KV cache, ``MotionConnector.step``,
+PyTorch modules it was made from (``A2LLM.encode_audio``,
+``Qwen2LM.forward`` with its KV cache, ``MotionConnector.step``,
 ``MotionTokenizer.decode_step``, ``GriffinLimToken2Wav.step``); the maximum
 absolute error is printed and asserted against a per-graph tolerance.
 
@@ -48,7 +48,8 @@ from a2llm_ros.engines.graphs import (GRAPHS, OPSET, GraphSpec, Token2WavStepGra
                                       profile_dims, token2wav_state_shapes)
 
 FORMAT = "a2llm_ros.onnx_export"
-FORMAT_VERSION = 1
+#: 2: Step-Audio-2 encoder + adaptor and chat prompt (checkpoint format 2).
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 
 #: ONNX operators TensorRT 10's ONNX parser supports (onnx-tensorrt operator matrix).
@@ -342,7 +343,7 @@ def export_onnx(model, out_dir: str, cfg: Optional[BackendConfig] = None,
         raise EngineError(f"unknown graphs {unknown}; known: {', '.join(GRAPHS)}")
     os.makedirs(out_dir, exist_ok=True)
     model = model.eval()
-    dims = profile_dims(model.cfg, cfg)
+    dims = profile_dims(model, cfg)
     manifest_path = os.path.join(out_dir, MANIFEST)
     old = read_json(manifest_path) if os.path.isfile(manifest_path) else {}
     entries = dict(old.get("graphs", {})) if _same_source(old, model, checkpoint_dir, cfg) \

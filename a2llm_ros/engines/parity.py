@@ -71,7 +71,7 @@ def _audio(name, path, model, cfg, tol):
     errs = {}
     for T in sorted({lo, lo + 1, 137, min(opt, 4 * lo + 3)}):
         mel = torch.randn(1, model.cfg.audio.n_mels, T, generator=gen)
-        ref = model.audio_encoder(mel)
+        ref = model.encode_audio(mel)  # adapter(encoder(mel)), no lengths
         out = s.run(None, {"mel": mel.numpy()})[0]
         errs[f"T={T}"] = _err(out, ref)
     return _result(errs, tol)
@@ -88,20 +88,19 @@ def _embed(name, path, model, cfg, tol):
 
 
 def _torch_kv(cache) -> np.ndarray:
-    """HF DynamicCache -> [L, 2, G, T, dh] (batch 1)."""
-    return torch.stack([torch.stack([layer.keys[0], layer.values[0]])
-                        for layer in cache.layers]).numpy()
+    """Qwen2LM's per-layer (k, v) [1, G, T, dh] -> [L, 2, G, T, dh] (batch 1)."""
+    return torch.stack([torch.stack([k[0], v[0]]) for k, v in cache]).numpy()
 
 
 def _llm(name, path, model, cfg, tol):
-    from a2llm_ros.engines.graphs import kv_shape
+    from a2llm_ros.engines.graphs import kv_shape, prompt_overhead
     from a2llm_ros.generation import TorchBackend
     backend = TorchBackend(model)
     s = session(path)
     gen = torch.Generator().manual_seed(11)
     H = model.cfg.llm.hidden_size
     errs: Dict[str, float] = {}
-    for P in (6, 23):
+    for P in (6, 23, 1 + prompt_overhead(model)):  # the last: a 0.1 s question's prompt
         x = torch.randn(1, P, H, generator=gen)
         logits, hidden, cache = backend.prefill(x)
         kv = _torch_kv(cache)

@@ -110,7 +110,8 @@ def describe_auto(checkpoint_dir: Optional[str] = None,
 
 def load_torch_backend(checkpoint_dir: str, cfg: BackendConfig):
     """PyTorch backend: the checkpoint on ``cfg.device``; fp16 LLM on CUDA when
-    ``precision`` is fp16; the LLM backbone wrapped in ``torch.compile`` on request."""
+    ``precision`` is fp16; weight-only int8/int4 LLM when ``weights`` says so; the LLM
+    backbone compiled (``torch.compile``) on request."""
     import torch
 
     from a2llm_ros.checkpoint import load_checkpoint
@@ -126,9 +127,14 @@ def load_torch_backend(checkpoint_dir: str, cfg: BackendConfig):
     model = load_checkpoint(checkpoint_dir, device=device)
     if device.startswith("cuda") and cfg.precision == "fp16":
         model.llm.half()
-    if cfg.torch_compile:
-        lm = base_causal_lm(model.llm)
-        lm.model = torch.compile(lm.model, dynamic=True)
+    if cfg.weights != "none":
+        from a2llm_ros.model.quantize import quantize_llm_weights
+        try:
+            quantize_llm_weights(model, cfg.weights)
+        except RuntimeError as exc:
+            raise EngineError(str(exc)) from exc
+    if cfg.torch_compile:  # the whole decoder forward (Qwen2LM.__call__), compiled in place
+        base_causal_lm(model.llm).compile(dynamic=True)
     backend = TorchBackend(model)
     return backend
 

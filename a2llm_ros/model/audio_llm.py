@@ -194,12 +194,16 @@ class Vocab:
 
 # ----------------------------------------------------------------------------- chat format
 
+#: Marks the audio piece in :func:`chat_pieces` (``n_patches`` copies of ``<audio_patch>``).
+AUDIO_PIECE = -1
+
+
 def chat_pieces(n_patches: int, task: int = TASK_ANSWER,
                 system: str = SYSTEM_PROMPT) -> List[Tuple[str, int]]:
     """Prompt pieces ``(text, n)``: text pieces have n = 0; the audio piece is
-    ``("<audio_patch>", n_patches)`` between ``<audio_start>`` and ``<audio_end>``."""
+    ``("<audio_patch>", AUDIO_PIECE)`` between ``<audio_start>`` and ``<audio_end>``."""
     pieces = [(f"<|BOT|>system\n{system}<|EOT|>", 0), ("<|BOT|>human\n", 0),
-              ("<audio_start>", 0), ("<audio_patch>", n_patches), ("<audio_end>", 0)]
+              ("<audio_start>", 0), ("<audio_patch>", AUDIO_PIECE), ("<audio_end>", 0)]
     if task == TASK_TRANSCRIBE:
         return pieces + [(ASR_INSTRUCTION, 0), ("<|EOT|>", 0), ("<|BOT|>assistant\n", 0)]
     return pieces + [("<|EOT|>", 0), ("<|BOT|>assistant\n<tts_start>", 0)]
@@ -220,9 +224,9 @@ def build_prompt(tok: TextTokenizer, vocab: Vocab, n_patches: int,
     ids: List[int] = []
     start = 0
     for text, n in chat_pieces(n_patches, task, system):
-        if n:
+        if n == AUDIO_PIECE:
             start = len(ids)
-            ids += [vocab.audio_patch] * n
+            ids += [vocab.audio_patch] * n_patches
         else:
             ids += tok.encode(text)
     return Prompt(ids, start, n_patches)

@@ -24,8 +24,13 @@ Default kind ``"kmeans_mel"``
 -----------------------------
 Tokens are k-means codes (k-means++ init + Lloyd, deterministic per seed)
 over stacks of ``stack = 4`` log-mel frames (10 ms hop; 4 frames = one 40 ms
-token).  The log-mel is the Whisper recipe of :mod:`a2llm_ros.audio.features`
-without the per-utterance dynamic-range clamp, so it is invertible.
+token).  A real fit needs at least one token vector per code; the untrained
+placeholder codec of a randomly initialised model (``fit(...,
+placeholder=True)``, e.g. Step's 6561 codes from 16 s of synthetic audio)
+takes every vector once and the rest drawn with replacement, jittered
+(:func:`placeholder_centroids`).  The log-mel is the Whisper recipe of
+:mod:`a2llm_ros.audio.features` without the per-utterance dynamic-range
+clamp, so it is invertible.
 
 The decoder looks the centroid up (4 mel frames), maps mel power to linear
 power with a non-negative least-squares inverse of the mel filterbank
@@ -111,8 +116,10 @@ class SpeechCodecConfig(ConfigBase):
 
     PRESETS = {
         "tiny": {},
-        "edge": {},
-        "paper": {"n_mels": 128, "n_codes": 1024},
+        # Step-Audio-2's speech vocabulary: <audio_0> ... <audio_6560> (+ <audio_6561>
+        # as padding); its untrained placeholder is fitted with ``placeholder=True``
+        "edge": {"n_codes": 6561},
+        "paper": {"n_mels": 128, "n_codes": 6561},
     }
 
     def __post_init__(self):
@@ -183,8 +190,14 @@ class SpeechTokenizer:
         """float32 ``[N]`` at SAMPLE_RATE -> int64 ``[N // SAMPLES_PER_SPEECH_TOKEN]``."""
         raise NotImplementedError
 
-    def fit(self, waves: Iterable, seed: int = 0) -> "SpeechTokenizer":
-        """Fit codec parameters on mono float32 waves; no-op for pretrained codecs."""
+    def fit(self, waves: Iterable, seed: int = 0,
+            placeholder: bool = False) -> "SpeechTokenizer":
+        """Fit codec parameters on mono float32 waves; no-op for pretrained codecs.
+
+        ``placeholder``: the fit only makes an untrained model usable (synthetic
+        audio, see :func:`a2llm_ros.checkpoint.synthetic_codec_audio`); a codec
+        may then accept less data than a real fit needs.
+        """
         return self
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
@@ -317,9 +330,16 @@ def lloyd(x: torch.Tensor, centroids: torch.Tensor, iters: int) -> torch.Tensor:
 
 
 def fit_kmeans(x: torch.Tensor, k: int, iters: int, seed: int,
-               max_points: int = 0) -> torch.Tensor:
-    """Deterministic k-means (k-means++ + Lloyd, float64): ``[P, D]`` -> float32 ``[k, D]``."""
+               max_points: int = 0, placeholder: bool = False) -> torch.Tensor:
+    """Deterministic k-means (k-means++ + Lloyd, float64): ``[P, D]`` -> float32 ``[k, D]``.
+
+    Fewer than ``k`` vectors raise, unless ``placeholder`` is set: then the
+    codebook is :func:`placeholder_centroids` (for the untrained codec of a
+    randomly initialised model, never for a real fit).
+    """
     if x.shape[0] < k:
+        if placeholder and x.shape[0] > 0:
+            return placeholder_centroids(x, k, seed)
         raise ValueError(f"need at least {k} token vectors to fit {k} codes, got "
                          f"{x.shape[0]} ({x.shape[0] * SAMPLES_PER_SPEECH_TOKEN / SAMPLE_RATE:.1f}"
                          f" s of audio)")
@@ -328,6 +348,34 @@ def fit_kmeans(x: torch.Tensor, k: int, iters: int, seed: int,
     if max_points and x.shape[0] > max_points:
         x = x[torch.randperm(x.shape[0], generator=gen)[:max_points]]
     return lloyd(x, kmeans_plus_plus(x, k, gen), iters).float()
+
+
+#: Jitter of placeholder centroids, as a fraction of each dimension's spread.
+PLACEHOLDER_JITTER = 0.05
+
+
+def placeholder_centroids(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """A codebook of ``k`` codes from ``P < k`` vectors (untrained placeholder codec).
+
+    Every vector is a code once (in a seeded random order), the remaining
+    ``k - P`` codes are vectors drawn with replacement, and every code gets a
+    small deterministic Gaussian jitter (:data:`PLACEHOLDER_JITTER` x the
+    per-dimension standard deviation) so that no two codes are equal.  No
+    Lloyd iterations: with more codes than vectors they would only leave
+    codes empty.  ``[P, D]`` -> float32 ``[k, D]``, deterministic for ``seed``.
+    """
+    P = x.shape[0]
+    if not 0 < P < k:
+        raise ValueError(f"placeholder_centroids: need 0 < vectors < codes, got {P} vectors "
+                         f"for {k} codes")
+    gen = torch.Generator().manual_seed(int(seed))
+    x = x.double()
+    idx = torch.cat([torch.randperm(P, generator=gen),
+                     torch.randint(P, (k - P,), generator=gen)])  # [k]
+    spread = x.std(0, unbiased=False) if P > 1 else x.abs().mean(0)  # [D]
+    spread = torch.where(spread > 0, spread, torch.ones_like(spread))
+    noise = torch.randn(k, x.shape[1], generator=gen, dtype=torch.float64)
+    return (x[idx] + PLACEHOLDER_JITTER * spread[None] * noise).float()
 
 
 # ----------------------------------------------------------------------------- kmeans_mel
@@ -441,12 +489,18 @@ class KMeansMelTokenizer(SpeechTokenizer):
             return torch.zeros(0, dtype=torch.long)
         return _sq_distances(vectors, cents).argmin(1).long()  # [n]
 
-    def fit(self, waves: Iterable, seed: int = 0) -> "KMeansMelTokenizer":
-        """k-means over the token vectors of ``waves`` (deterministic for ``seed``)."""
+    def fit(self, waves: Iterable, seed: int = 0,
+            placeholder: bool = False) -> "KMeansMelTokenizer":
+        """k-means over the token vectors of ``waves`` (deterministic for ``seed``).
+
+        Fewer token vectors than codes raise ``ValueError``; with
+        ``placeholder=True`` (the synthetic codec of an untrained model) they
+        give :func:`placeholder_centroids` instead.
+        """
         vectors = [self.codebook.token_vectors(_as_wave(w)) for w in waves]
         data = torch.cat(vectors) if vectors else torch.zeros(0, 1)  # [P, D]
         cents = fit_kmeans(data, self.cfg.n_codes, self.cfg.kmeans_iters, seed,
-                           self.cfg.max_fit_vectors)
+                           self.cfg.max_fit_vectors, placeholder=placeholder)
         self.codebook.set_centroids(cents)
         return self
 

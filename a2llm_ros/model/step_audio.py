@@ -117,6 +117,40 @@ def fingerprint(path: str) -> str:
     return "sha256:" + h.hexdigest()[:32]
 
 
+def fingerprint_parts(path: str) -> dict:
+    """What :func:`fingerprint` covers, part by part (stored beside it in a checkpoint so
+    that a mismatch can be named): ``{"config": sha256 of config.json, "weight_map":
+    sha256 of the tensor -> shard map, "shards": {file name: bytes}}``."""
+    with open(_config_path(path), "rb") as f:
+        config = hashlib.sha256(f.read()).hexdigest()[:16]
+    shards = shard_map(path)
+    wmap = hashlib.sha256("".join(f"{k}={os.path.basename(shards[k])}\n"
+                                  for k in sorted(shards)).encode()).hexdigest()[:16]
+    sizes = {os.path.basename(s): os.path.getsize(s) for s in sorted(set(shards.values()))}
+    return {"config": config, "weight_map": wmap, "shards": sizes}
+
+
+def fingerprint_difference(reference: Optional[dict], found: dict) -> str:
+    """What differs between two :func:`fingerprint_parts` (``""`` when unknown or none)."""
+    if not reference:
+        return ""
+    out = []
+    if reference.get("config") != found["config"]:
+        out.append("config.json changed")
+    if reference.get("weight_map") != found["weight_map"]:
+        out.append("the tensor -> shard map changed")
+    ref_shards = reference.get("shards") or {}
+    for name in sorted(set(ref_shards) | set(found["shards"])):
+        was, now = ref_shards.get(name), found["shards"].get(name)
+        if was is None:
+            out.append(f"new shard {name}")
+        elif now is None:
+            out.append(f"shard {name} is gone")
+        elif was != now:
+            out.append(f"shard {name} is {now} bytes, was {was}")
+    return "; ".join(out)
+
+
 def _adapter_hidden(path: str) -> Optional[int]:
     from safetensors import safe_open
     shards = shard_map(path)
@@ -218,8 +252,9 @@ def model_on_backbone(cfg, base_dir: Optional[str], reference: Optional[dict], d
                       dtype: Optional[torch.dtype], tokenizer=None):
     """An :class:`A2LLM` whose encoder, adaptor and LLM are read from ``cfg.llm.backbone``.
 
-    ``reference`` (``{"path", "fingerprint"}`` from a checkpoint) is checked
-    against the folder; the connector and motion tokenizer are new (random).
+    ``reference`` (``{"path", "fingerprint", "parts"}`` from a checkpoint) is
+    checked against the folder (a mismatch names what differs when ``parts``
+    is there); the connector and motion tokenizer are new (random).
     """
     from a2llm_ros.model.a2llm import A2LLM
     from a2llm_ros.model.audio_llm import resolve_backbone
@@ -232,9 +267,11 @@ def model_on_backbone(cfg, base_dir: Optional[str], reference: Optional[dict], d
     if reference and reference.get("fingerprint"):
         found = fingerprint(path)
         if found != reference["fingerprint"]:
+            what = fingerprint_difference(reference.get("parts"), fingerprint_parts(path)) \
+                or "config.json, weight map or shard sizes differ"
             raise BackboneError(f"backbone {path} is not the one this checkpoint was made on: "
                                 f"fingerprint {found}, expected {reference['fingerprint']} "
-                                f"(config.json, weight map or shard sizes differ)")
+                                f"({what})")
     dtype = dtype or default_dtype(device)
     model = A2LLM(cfg, tokenizer, base_dir=base_dir, meta_backbone=True)
     load_backbone_weights(model, path, dtype)
@@ -250,10 +287,12 @@ def load_step_folder(path: str, device="cpu", dtype: Optional[torch.dtype] = Non
     torch.manual_seed(int(seed))
     model = model_on_backbone(cfg, None, None, device, dtype)
     if not model.token2wav.is_fitted:
-        model.speech_tokenizer.fit([synthetic_codec_audio(seed)], seed=seed)
+        # an untrained placeholder (fewer synthetic vectors than Step's 6561 codes)
+        model.speech_tokenizer.fit([synthetic_codec_audio(seed)], seed=seed, placeholder=True)
     return model.to(device).eval()
 
 
-__all__ = ["is_step_folder", "read_folder_config", "shard_map", "fingerprint", "step_config",
+__all__ = ["is_step_folder", "read_folder_config", "shard_map", "fingerprint",
+           "fingerprint_parts", "fingerprint_difference", "step_config", "config_overrides",
            "check_config", "load_backbone_weights", "model_on_backbone", "load_step_folder",
            "BackboneError", "STEP_MODEL_TYPE"]
