@@ -14,12 +14,24 @@ The embedding table is not quantized (one row is read per token).
 """
 from __future__ import annotations
 
+import logging
+
+import torch
 from torch import nn
 
 #: Accepted weight modes.
 WEIGHT_MODES = ("none", "int8", "int4")
 #: Group size of int4 weight scales.
 INT4_GROUP_SIZE = 128
+
+
+def quiet_torchao_on_cpu() -> None:
+    """Without CUDA, torchao warns at import that its CUDA kernel libraries do not load
+    (peft imports it too); those warnings say nothing about the CPU path, so hide them."""
+    if not torch.cuda.is_available():
+        logger = logging.getLogger("torchao")
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.ERROR)
 
 
 def quantize_llm_weights(model, mode: str):
@@ -29,6 +41,7 @@ def quantize_llm_weights(model, mode: str):
                          f"got {mode!r}")
     if mode == "none":
         return model
+    quiet_torchao_on_cpu()
     try:
         from torchao.quantization import (Int4WeightOnlyConfig, Int8WeightOnlyConfig,
                                           quantize_)
@@ -67,4 +80,5 @@ def _tensor_bytes(t) -> int:
     return sum(_tensor_bytes(getattr(t, n)) for n in names)
 
 
-__all__ = ["WEIGHT_MODES", "quantize_llm_weights", "linear_weight_bytes"]
+__all__ = ["WEIGHT_MODES", "quantize_llm_weights", "linear_weight_bytes",
+           "quiet_torchao_on_cpu"]

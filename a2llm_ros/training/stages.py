@@ -346,6 +346,8 @@ def _unfreeze(params: List[torch.nn.Parameter]) -> List[torch.nn.Parameter]:
 
 def reset_lora(model: A2LLM, cfg: TrainConfig) -> None:
     """"LoRA reset": discard any adapter (unmerged) and attach a fresh one."""
+    from a2llm_ros.model.quantize import quiet_torchao_on_cpu
+    quiet_torchao_on_cpu()  # peft imports torchao when it is installed
     from peft import LoraConfig, get_peft_model
     if hasattr(model.llm, "peft_config"):
         model.llm = model.llm.unload()  # removes the LoRA layers without merging
