@@ -203,7 +203,8 @@ def _check_keys(ckpt_dir: str, stored: Dict[str, torch.Tensor],
                               + "; ".join(parts))
 
 
-def _text_tokenizer(ckpt_dir: str, cfg: A2LLMConfig) -> TextTokenizer:
+def load_text_tokenizer(ckpt_dir: str, cfg: A2LLMConfig) -> TextTokenizer:
+    """The tokenizer files beside the weights (tiny) or in the backbone folder."""
     if cfg.text.source == "checkpoint":
         path = ckpt_dir
     else:
@@ -246,9 +247,9 @@ def load_checkpoint(ckpt_dir: str, expected_config: Optional[A2LLMConfig] = None
     if cfg.llm.backbone:
         meta = _read_meta(ckpt_dir)
         model = step_audio.model_on_backbone(cfg, base, meta.get("backbone"), device, dtype,
-                                             _text_tokenizer(ckpt_dir, cfg))
+                                             load_text_tokenizer(ckpt_dir, cfg))
     else:
-        model = A2LLM(cfg, _text_tokenizer(ckpt_dir, cfg), base_dir=base)
+        model = A2LLM(cfg, load_text_tokenizer(ckpt_dir, cfg), base_dir=base)
     stored = load_file(weights)
     expected = {k: v for k, v in checkpoint_tensors(model).items()
                 if not k.startswith(CODEC_PREFIX)}
@@ -321,7 +322,8 @@ def synthetic_codec_audio(seed: int, seconds: float = SYNTH_CODEC_SECONDS):
     return np.concatenate(pieces).astype(np.float32)
 
 
-def init_model(cfg: A2LLMConfig, seed: int = 0, base_dir: Optional[str] = None) -> A2LLM:
+def init_model(cfg: A2LLMConfig, seed: int = 0, base_dir: Optional[str] = None,
+               device="cpu", dtype: Optional[torch.dtype] = None) -> A2LLM:
     """A randomly initialised model (seeded) with a codec fitted on synthetic audio.
 
     With ``llm.backbone`` the encoder, adaptor and LLM come from that folder.
@@ -329,7 +331,7 @@ def init_model(cfg: A2LLMConfig, seed: int = 0, base_dir: Optional[str] = None) 
     torch.manual_seed(int(seed))
     if cfg.llm.backbone:
         from a2llm_ros.model import step_audio
-        model = step_audio.model_on_backbone(cfg, base_dir, None, "cpu", None)
+        model = step_audio.model_on_backbone(cfg, base_dir, None, device, dtype)
     else:
         model = A2LLM(cfg, base_dir=base_dir)
     model.speech_tokenizer.fit([synthetic_codec_audio(seed)], seed=seed, placeholder=True)

@@ -51,7 +51,8 @@ from a2llm_ros.constants import (FLAME_FPS, MEL_WINDOW, SAMPLE_RATE,
                                  SAMPLES_PER_SPEECH_TOKEN, SPEECH_TOKENS_PER_SEGMENT)
 from a2llm_ros.model.a2llm import A2LLM
 from a2llm_ros.model.audio_encoder import n_positions
-from a2llm_ros.model.audio_llm import SPEECH, TEXT, Schedule, llm_hidden, llm_logits
+from a2llm_ros.model.audio_llm import (SPEECH, TEXT, Schedule, llm_hidden, llm_logits,
+                                       splice_audio)
 from a2llm_ros.model.connector import sample_codes
 
 #: Shortest accepted question (seconds).
@@ -279,9 +280,7 @@ def prompt_embeds(backend: Backend, wave) -> torch.Tensor:
     mel = model.log_mel(check_question(wave))  # [M, T]
     audio = backend.encode_audio(mel)  # [1, A, H]
     prompt = model.prompt(n_positions(mel.shape[1]))
-    emb = backend.embed_tokens(prompt.ids)  # [1, P, H]
-    a, n = prompt.patch_start, prompt.n_patches
-    return torch.cat([emb[:, :a], audio[:, :n].to(emb.dtype), emb[:, a + n:]], dim=1)
+    return splice_audio(prompt, backend.embed_tokens(prompt.ids), audio)  # [1, P, H]
 
 
 class TokenChooser:

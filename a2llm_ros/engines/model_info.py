@@ -16,12 +16,11 @@ import numpy as np
 import torch
 
 from a2llm_ros.audio.features import log_mel_spectrogram, mel_filterbank
-from a2llm_ros.checkpoint import (CODEC_PREFIX, WEIGHTS_FILE, CheckpointError, backbone_dir,
-                                  read_config, resolve_checkpoint)
+from a2llm_ros.checkpoint import (CODEC_PREFIX, WEIGHTS_FILE, CheckpointError,
+                                  load_text_tokenizer, read_config, resolve_checkpoint)
 from a2llm_ros.flame.layout import FlameLayout
 from a2llm_ros.model.audio_llm import TASK_ANSWER, Prompt, Vocab, build_prompt
 from a2llm_ros.model.speech_codec import load_codec_state_dict, make_codec
-from a2llm_ros.model.text_tokenizer import TextTokenizer, TokenizerError
 
 
 class ModelInfo:
@@ -37,7 +36,7 @@ class ModelInfo:
         self.checkpoint_dir = resolve_checkpoint(checkpoint_dir)
         self.cfg = cfg = read_config(self.checkpoint_dir)
         self.layout = FlameLayout(n_expr=cfg.motion.n_expr)
-        self.text_tokenizer = self._text_tokenizer()
+        self.text_tokenizer = load_text_tokenizer(self.checkpoint_dir, cfg)
         try:
             self.vocab = Vocab.from_tokenizer(self.text_tokenizer, cfg.codec.n_codes,
                                               cfg.llm.vocab_size)
@@ -48,18 +47,6 @@ class ModelInfo:
         self._load_codec()
         self.device = torch.device("cpu")
         self._n_params = n_params
-
-    def _text_tokenizer(self) -> TextTokenizer:
-        """The tokenizer files beside the weights (tiny) or in the backbone folder (as
-        ``checkpoint.load_checkpoint`` reads them)."""
-        if self.cfg.text.source == "checkpoint":
-            path = self.checkpoint_dir
-        else:
-            path = backbone_dir(self.checkpoint_dir, self.cfg)
-        try:
-            return TextTokenizer.load(path)
-        except TokenizerError as exc:
-            raise CheckpointError(str(exc)) from exc
 
     def _load_codec(self) -> None:
         from safetensors import safe_open

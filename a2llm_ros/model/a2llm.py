@@ -32,7 +32,8 @@ from a2llm_ros.flame.layout import FlameLayout
 from a2llm_ros.model.audio_encoder import Adapter, AudioEncoder, n_positions
 from a2llm_ros.model.audio_llm import (IGNORE_INDEX, TASK_ANSWER, TASK_TRANSCRIBE, Prompt, Vocab,
                                        build_answer_sequence, build_llm, build_prompt,
-                                       llm_hidden, llm_logits, resolve_backbone, text_sequence)
+                                       llm_hidden, llm_logits, resolve_backbone, splice_audio,
+                                       text_sequence)
 from a2llm_ros.model.connector import MotionConnector
 from a2llm_ros.model.motion_tokenizer import MotionTokenizer
 from a2llm_ros.model.speech_codec import make_codec
@@ -136,9 +137,7 @@ class A2LLM(nn.Module):
 
     def prompt_embeds(self, prompt: Prompt, audio_embeds) -> torch.Tensor:
         """Prompt ids with the ``<audio_patch>`` rows replaced: audio [n, H] -> [P, H]."""
-        emb = self.embed_ids(prompt.ids)  # [P, H]
-        a, n = prompt.patch_start, prompt.n_patches
-        return torch.cat([emb[:a], audio_embeds[:n].to(emb.dtype), emb[a + n:]])
+        return splice_audio(prompt, self.embed_ids(prompt.ids), audio_embeds)  # [P, H]
 
     # -- data --------------------------------------------------------------------------
     def collate(self, question_waves: Sequence, answer_texts: Sequence[str],

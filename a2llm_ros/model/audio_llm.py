@@ -232,6 +232,14 @@ def build_prompt(tok: TextTokenizer, vocab: Vocab, n_patches: int,
     return Prompt(ids, start, n_patches)
 
 
+def splice_audio(prompt: Prompt, prompt_embeds, audio_embeds):
+    """Replace the ``<audio_patch>`` rows: prompt embeds [.., P, H], audio [.., A, H] ->
+    [.., P, H] with the first ``n_patches`` audio rows in place (A >= n_patches)."""
+    a, n = prompt.patch_start, prompt.n_patches
+    audio = audio_embeds[..., :n, :].to(prompt_embeds.dtype)
+    return torch.cat([prompt_embeds[..., :a, :], audio, prompt_embeds[..., a + n:, :]], dim=-2)
+
+
 # ----------------------------------------------------------------------------- schedule
 
 @dataclass

@@ -104,19 +104,6 @@ def shard_map(path: str) -> Dict[str, str]:
     return out
 
 
-def fingerprint(path: str) -> str:
-    """Cheap identity of a folder: config.json, the weight map and the shard sizes."""
-    h = hashlib.sha256()
-    with open(_config_path(path), "rb") as f:
-        h.update(f.read())
-    shards = shard_map(path)
-    for key in sorted(shards):
-        h.update(f"{key}={os.path.basename(shards[key])}\n".encode())
-    for shard in sorted(set(shards.values())):
-        h.update(f"{os.path.basename(shard)}:{os.path.getsize(shard)}\n".encode())
-    return "sha256:" + h.hexdigest()[:32]
-
-
 def fingerprint_parts(path: str) -> dict:
     """What :func:`fingerprint` covers, part by part (stored beside it in a checkpoint so
     that a mismatch can be named): ``{"config": sha256 of config.json, "weight_map":
@@ -128,6 +115,12 @@ def fingerprint_parts(path: str) -> dict:
                                   for k in sorted(shards)).encode()).hexdigest()[:16]
     sizes = {os.path.basename(s): os.path.getsize(s) for s in sorted(set(shards.values()))}
     return {"config": config, "weight_map": wmap, "shards": sizes}
+
+
+def fingerprint(path: str) -> str:
+    """Cheap identity of a folder: one hash over :func:`fingerprint_parts`."""
+    parts = json.dumps(fingerprint_parts(path), sort_keys=True).encode()
+    return "sha256:" + hashlib.sha256(parts).hexdigest()[:32]
 
 
 def fingerprint_difference(reference: Optional[dict], found: dict) -> str:
@@ -281,15 +274,10 @@ def model_on_backbone(cfg, base_dir: Optional[str], reference: Optional[dict], d
 
 def load_step_folder(path: str, device="cpu", dtype: Optional[torch.dtype] = None,
                      seed: int = 0):
-    """A bare Step-Audio-2-mini folder as an A²-LLM (new connector and motion tokenizer)."""
-    from a2llm_ros.checkpoint import synthetic_codec_audio
-    cfg = step_config(path)
-    torch.manual_seed(int(seed))
-    model = model_on_backbone(cfg, None, None, device, dtype)
-    if not model.token2wav.is_fitted:
-        # an untrained placeholder (fewer synthetic vectors than Step's 6561 codes)
-        model.speech_tokenizer.fit([synthetic_codec_audio(seed)], seed=seed, placeholder=True)
-    return model.to(device).eval()
+    """A bare Step-Audio-2-mini folder as an A²-LLM (new connector and motion tokenizer,
+    placeholder speech codec: :func:`a2llm_ros.checkpoint.init_model`)."""
+    from a2llm_ros.checkpoint import init_model
+    return init_model(step_config(path), seed, device=device, dtype=dtype).to(device)
 
 
 __all__ = ["is_step_folder", "read_folder_config", "shard_map", "fingerprint",
