@@ -9,7 +9,7 @@ Layout of a checkpoint directory::
                         them, ``connector.*``, ``motion_tokenizer.*`` incl. its
                         normalisation/codebook buffers) and the speech codec
                         tensors (``codec.*``)
-    tokenizer.json,     the tokenizer files (``text.source == "checkpoint"``: tiny)
+    tokenizer.json,     the tokenizer files (no ``llm.backbone``: tiny)
     tokenizer_config.json
     lora/               PEFT adapter (``adapter_config.json`` + safetensors), if any
 
@@ -159,7 +159,7 @@ def save_checkpoint(model: A2LLM, out_dir: str, dtype: Optional[torch.dtype] = N
             "lora": _is_peft(model.llm)}
     with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
         json.dump(meta, f, indent=2)
-    if model.cfg.text.source == "checkpoint":
+    if not model.cfg.llm.backbone:
         model.text_tokenizer.save(out_dir)
     if _is_peft(model.llm):
         model.llm.save_pretrained(os.path.join(out_dir, LORA_DIR), safe_serialization=True)
@@ -205,7 +205,7 @@ def _check_keys(ckpt_dir: str, stored: Dict[str, torch.Tensor],
 
 def load_text_tokenizer(ckpt_dir: str, cfg: A2LLMConfig) -> TextTokenizer:
     """The tokenizer files beside the weights (tiny) or in the backbone folder."""
-    if cfg.text.source == "checkpoint":
+    if not cfg.llm.backbone:
         path = ckpt_dir
     else:
         path = resolve_backbone(cfg.llm.backbone, os.path.abspath(ckpt_dir))

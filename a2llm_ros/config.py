@@ -19,9 +19,8 @@ from a2llm_ros.model.audio_llm import InterleaveConfig, LLMConfig
 from a2llm_ros.model.connector import ConnectorConfig
 from a2llm_ros.model.motion_tokenizer import MotionTokenizerConfig
 from a2llm_ros.model.speech_codec import SpeechCodecConfig
-from a2llm_ros.model.text_tokenizer import TextTokenizerConfig
 
-_PARTS = {"text": TextTokenizerConfig, "mel": MelConfig, "audio": AudioEncoderConfig,
+_PARTS = {"mel": MelConfig, "audio": AudioEncoderConfig,
           "llm": LLMConfig, "interleave": InterleaveConfig, "connector": ConnectorConfig,
           "motion": MotionTokenizerConfig, "codec": SpeechCodecConfig}
 
@@ -31,7 +30,6 @@ class A2LLMConfig(ConfigBase):
     """All component configs of :class:`a2llm_ros.model.a2llm.A2LLM`."""
 
     preset_name: str = "tiny"
-    text: TextTokenizerConfig = field(default_factory=lambda: TextTokenizerConfig.preset("tiny"))
     mel: MelConfig = field(default_factory=lambda: MelConfig.preset("tiny"))
     audio: AudioEncoderConfig = field(
         default_factory=lambda: AudioEncoderConfig.preset("tiny"))
@@ -79,6 +77,3 @@ class A2LLMConfig(ConfigBase):
         bad = [name for name, (a, b) in checks.items() if a != b]
         if bad:
             raise ConfigMismatchError("A2LLMConfig (linked sizes)", differing=bad)
-        if self.text.source == "backbone" and not self.llm.backbone:
-            raise ValueError("A2LLMConfig: text.source='backbone' needs llm.backbone "
-                             "(a Step-Audio-2-mini folder with the tokenizer files)")

@@ -72,7 +72,7 @@ class TrainBatch:
 
 def make_text_tokenizer(cfg: A2LLMConfig, base_dir: Optional[str] = None) -> TextTokenizer:
     """A new model's tokenizer: the tiny one, or the backbone folder's files."""
-    if cfg.text.source == "checkpoint":
+    if not cfg.llm.backbone:
         return make_tiny_tokenizer(cfg.codec.n_codes)
     return TextTokenizer.load(resolve_backbone(cfg.llm.backbone, base_dir))
 

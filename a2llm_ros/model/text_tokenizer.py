@@ -17,10 +17,8 @@ from __future__ import annotations
 import json
 import os
 import string
-from dataclasses import dataclass
 from typing import List, Sequence
 
-from a2llm_ros.configbase import ConfigBase
 
 #: Named tokens of Step-Audio-2's chat format that every tokenizer must have.
 CHAT_TOKENS = ("<|BOT|>", "<|EOT|>", "<audio_start>", "<audio_end>", "<audio_patch>",
@@ -35,20 +33,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 def speech_token(code: int) -> str:
     """Name of speech code ``code`` in Step's vocabulary (``<audio_{code}>``)."""
     return f"<audio_{int(code)}>"
-
-
-@dataclass
-class TextTokenizerConfig(ConfigBase):
-    """Where the tokenizer files are: ``"checkpoint"`` (tiny) or ``"backbone"`` (Step folder)."""
-
-    source: str = "backbone"
-
-    PRESETS = {"tiny": dict(source="checkpoint"), "edge": {}, "paper": {}}
-
-    def __post_init__(self):
-        if self.source not in ("checkpoint", "backbone"):
-            raise ValueError(f"TextTokenizerConfig.source must be 'checkpoint' or 'backbone',"
-                             f" got {self.source!r}")
 
 
 class TokenizerError(ValueError):
@@ -130,5 +114,5 @@ def make_tiny_tokenizer(n_codes: int) -> TextTokenizer:
     return TextTokenizer(tok, "tiny")
 
 
-__all__ = ["TextTokenizer", "TextTokenizerConfig", "TokenizerError", "CHAT_TOKENS",
+__all__ = ["TextTokenizer", "TokenizerError", "CHAT_TOKENS",
            "make_tiny_tokenizer", "speech_token", "TOKENIZER_FILES"]
