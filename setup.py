@@ -26,6 +26,6 @@ setup(
     include_package_data=True,
     package_data={PACKAGE: ["_vendor/*/package.xml", "_vendor/*/CMakeLists.txt",
                             "_vendor/*/msg/*.msg", "_vendor/*/COLCON_IGNORE",
-                            "checkpoints/default/*"]},
+                            "checkpoints/default/*", "assets/*.wav"]},
     entry_points={"console_scripts": ["a2llm = a2llm_ros.cli:main"] + NODE_ENTRY_POINTS},
 )

@@ -104,8 +104,9 @@ def run_once(gen: StreamingGenerator, wave: np.ndarray) -> Dict[str, float]:
             if isinstance(e, AudioEvent):
                 n_samples += e.samples.shape[0]
     total = time.perf_counter() - t0
-    firsts.update(total_s=total, audio_s=n_samples / SAMPLE_RATE,
-                  rtf=total / max(n_samples / SAMPLE_RATE, 1e-9))
+    rate = gen.model.token2wav.sample_rate
+    firsts.update(total_s=total, audio_s=n_samples / rate,
+                  rtf=total / max(n_samples / rate, 1e-9))
     firsts["steps"] = steps
     return firsts
 

@@ -239,7 +239,22 @@ def _describe_step(path: str) -> dict:
                       f"tokenizer",
             "sizes": _step_sizes(config), "weights": stats, "backbone_weights": stats,
             "checkpoint_weights": None, "fingerprint": step_audio.fingerprint(path),
-            "problems": []}
+            "codec": _describe_token2wav(path), "problems": []}
+
+
+def _describe_token2wav(path: str) -> str:
+    """One line on the folder's ``token2wav/`` (the speech codec), files only."""
+    from a2llm_ros.model.a2llm import TOKEN2WAV_DIR
+    from a2llm_ros.model.step_token2wav import TOKEN2WAV_FILES, missing_files
+    folder = os.path.join(path, TOKEN2WAV_DIR)
+    if not os.path.isdir(folder):
+        return f"no {TOKEN2WAV_DIR}/: speaks through a placeholder k-means codec"
+    missing = missing_files(folder)
+    if missing:
+        return f"{TOKEN2WAV_DIR}/ incomplete (missing or empty {', '.join(missing)}): " \
+               f"placeholder k-means codec"
+    size = sum(os.path.getsize(os.path.join(folder, n)) for n in TOKEN2WAV_FILES)
+    return f"{TOKEN2WAV_DIR}/ complete ({_mb(size)}): step_token2wav, 24 kHz"
 
 
 def _describe_a2llm(path: str, meta: dict) -> dict:
@@ -358,6 +373,8 @@ def checkpoint_report(path: str) -> Tuple[str, bool]:
         state = "fingerprint matches" if b["found"] and b["found"] == b["reference"] else \
             f"fingerprint {b['found']} (checkpoint made on {b['reference']})"
         lines.append(f"  backbone    {b['path']} ({state})")
+    if d.get("codec"):
+        lines.append(f"  codec       {d['codec']}")
     parts = []
     if d["backbone_weights"] is not None and d["checkpoint_weights"] is not None:
         parts = [f"backbone {_count(d['backbone_weights']['n_elements'])}",

@@ -63,7 +63,7 @@ def timed_turn(gen: StreamingGenerator, wave: np.ndarray) -> dict:
         events.extend(new)
     total = time.perf_counter() - t0
     result = collect(events, gen.model)
-    audio_s = result.audio.size / SAMPLE_RATE
+    audio_s = result.audio.size / result.sample_rate
     firsts.update(compute_s=total, audio_s=audio_s,
                   rtf=total / audio_s if audio_s else float("nan"))
     return {"result": result, "timing": firsts}
@@ -131,10 +131,12 @@ def _score_sample(s, gen: StreamingGenerator, mesh, answers: Dict[int, str],
     if res.frames.shape[0] >= 3:
         row.update(face_metrics(res.frames, s.answer_flame, mesh))
     if judge is not None:
-        heard, sentence = judge.identify(res.audio) if res.audio.size else (None, "")
+        heard, sentence = judge.identify(res.audio_at(SAMPLE_RATE)) if res.audio.size \
+            else (None, "")
         row.update(asr_grammar_id=heard, asr_grammar_heard=sentence,
                    asr_right=bool(heard == s.answer_id),
-                   asr_transcript=judge.transcribe(res.audio) if res.audio.size else "",
+                   asr_transcript=judge.transcribe(res.audio_at(SAMPLE_RATE)) if res.audio.size
+                   else "",
                    asr_reference_transcript=judge.transcribe(s.answer_audio))
         row["asr_reference_right"] = judge.identify(s.answer_audio)[0] == s.answer_id
         row["wer_errors"], row["wer_words"] = word_errors(s.answer_text, row["asr_transcript"])

@@ -13,19 +13,26 @@ explicit :class:`GeneratorState`:
   are masked to the kind the :class:`~a2llm_ros.model.audio_llm.Schedule`
   expects), feeds it to the LLM with the KV cache and returns the events it
   caused, in time order: a :class:`TextEvent` per text token; every ``SPEECH_TOKENS_PER_SEGMENT``
-  (5) speech tokens one :class:`AudioEvent` (Token2Wav.step, 5 x 640 samples =
-  200 ms) followed by one :class:`FlameEvent` (connector step on the five
-  speech tokens' hidden states -> 6 RVQ codes -> MotionTokenizer.decode_step
-  -> 5 frames); finally an :class:`EndEvent`.
+  (5) speech tokens go through ``Token2Wav.step`` (an :class:`AudioEvent` when
+  audio is ready: at once for the tiny codec, 5 x 640 samples = 200 ms; per
+  25-token chunk after 3 tokens of lookahead for Step's codec at 24 kHz), then
+  one :class:`FlameEvent` (connector step on the five speech tokens' hidden
+  states -> 6 RVQ codes -> MotionTokenizer.decode_step -> 5 frames); at the
+  end ``Token2Wav.flush`` releases the held-back audio, then an :class:`EndEvent`.
+  A FlameEvent is held until the audio under its frames has been emitted, so
+  events always leave in time order (a codec with lookahead delays the motion
+  with its voice).
 * :meth:`~StreamingGenerator.cancel` (barge-in) ends the turn at once with
   reason ``"cancel"``; :meth:`~StreamingGenerator.reset` drops all state.
 
 Timing is derived from counts, never from the wall clock: after N speech
-tokens the audio covers exactly ``N * 640`` samples (N x 40 ms) and the
-motion N frames at 25 fps.  When the answer ends after a partial group of
-r < 5 speech tokens, their audio is decoded as is and the motion segment is
-completed by repeating the last speech token's hidden state; only the first
-r of its 5 frames are kept, so FLAME frames == audio seconds x 25 exactly.
+tokens the audio covers exactly ``N * samples_per_token`` samples at the
+codec's rate (N x 40 ms: 640 at 16 kHz, 960 at 24 kHz) and the motion N
+frames at 25 fps; ``start_sample`` counts at the codec's rate.  When the
+answer ends after a partial group of r < 5 speech tokens, their audio is
+decoded as is and the motion segment is completed by repeating the last
+speech token's hidden state; only the first r of its 5 frames are kept, so
+FLAME frames == audio seconds x 25 exactly.
 
 The answer ends with ``"eos"`` at ``<|EOT|>`` (or, with an enforced schedule,
 once both ``<tts_pad>`` and ``<tts_end>`` ended their streams), or with
@@ -47,8 +54,8 @@ import numpy as np
 import torch
 
 from a2llm_ros.configbase import ConfigBase
-from a2llm_ros.constants import (FLAME_FPS, MEL_WINDOW, SAMPLE_RATE,
-                                 SAMPLES_PER_SPEECH_TOKEN, SPEECH_TOKENS_PER_SEGMENT)
+from a2llm_ros.constants import (FLAME_FPS, MEL_WINDOW, SAMPLE_RATE, SPEECH_TOKEN_RATE,
+                                 SPEECH_TOKENS_PER_SEGMENT)
 from a2llm_ros.model.a2llm import A2LLM
 from a2llm_ros.model.audio_encoder import n_positions
 from a2llm_ros.model.audio_llm import (SPEECH, TEXT, Schedule, llm_hidden, llm_logits,
@@ -133,10 +140,16 @@ class TurnResult:
     text: str
     text_ids: List[int]
     speech_codes: List[int]
-    audio: np.ndarray          # float32 [n_speech * 640]
+    audio: np.ndarray          # float32 [n_speech * samples_per_token]
     frames: np.ndarray         # float32 [n_speech, D]
     end_reason: str
     events: List[Event] = field(default_factory=list)
+    sample_rate: int = SAMPLE_RATE  # of ``audio`` (the codec's output rate)
+
+    def audio_at(self, rate: int) -> np.ndarray:
+        """``audio`` resampled to ``rate`` (as is when equal)."""
+        from a2llm_ros.audio.features import resample
+        return resample(self.audio, self.sample_rate, rate)
 
 
 # ----------------------------------------------------------------------------- backend
@@ -188,8 +201,12 @@ class Backend:
         raise NotImplementedError
 
     def token2wav_step(self, tokens: torch.Tensor, state):
-        """Speech codes [n] -> (audio float32 [n * 640], state)."""
+        """Speech codes [n] -> (audio float32 ready so far [m], state)."""
         raise NotImplementedError
+
+    def token2wav_flush(self, state):
+        """End of the answer: (the audio still held back [m], state)."""
+        return self.model.token2wav.flush(state)
 
 
 class TorchBackend(Backend):
@@ -246,6 +263,9 @@ class TorchBackend(Backend):
 
     def token2wav_step(self, tokens, state):
         return self.model.token2wav.step(tokens.cpu(), state)
+
+    def token2wav_flush(self, state):
+        return self.model.token2wav.flush(state)
 
 
 def _connector_dtype(model) -> torch.dtype:
@@ -373,6 +393,9 @@ class GeneratorState:
     pending_hidden: List[torch.Tensor] = field(default_factory=list)  # [H] each
     n_samples: int = 0
     n_frames: int = 0
+    #: FLAME events decoded ahead of the audio (codec lookahead), released once the
+    #: audio covering them is out.
+    held_motion: List["FlameEvent"] = field(default_factory=list)
     t2w_state: Any = None
     connector_state: Any = None
     motion_state: Any = None
@@ -439,7 +462,8 @@ class StreamingGenerator:
             if is_speech:
                 s.pending_hidden.append(hidden)
                 if len(s.pending_hidden) == SPEECH_TOKENS_PER_SEGMENT:
-                    events += self._motion()
+                    s.held_motion += self._motion()
+                    events += self._release_motion()
         if finished or capped:
             events += self._finish("eos" if finished else "cap")
         return events
@@ -481,15 +505,42 @@ class StreamingGenerator:
         s.text_emitted = full
         return [TextEvent(s.turn_id, delta, len(s.text_ids) - 1)] if delta else []
 
-    def _audio(self) -> List[Event]:
+    def _audio(self, flush: bool = False) -> List[Event]:
+        """Pending codes through the codec (``flush``: then its held-back rest).
+
+        Audio comes in uneven pieces when the codec has lookahead; ``start_sample``
+        counts samples at the codec's rate, so over a turn sample
+        ``k * samples_per_token`` starts speech token (and FLAME frame) ``k``.
+        """
         s = self.state
         codes = torch.tensor(s.pending_codes, dtype=torch.long)  # [n]
-        audio, s.t2w_state = self.backend.token2wav_step(codes, s.t2w_state)  # [n * 640]
         s.pending_codes = []
+        audio = torch.zeros(0)
+        if codes.numel():
+            audio, s.t2w_state = self.backend.token2wav_step(codes, s.t2w_state)  # [m]
+        if flush:
+            rest, s.t2w_state = self.backend.token2wav_flush(s.t2w_state)
+            audio = torch.cat([audio.reshape(-1).cpu(), rest.reshape(-1).cpu()])
+        if audio.shape[0] == 0:
+            return []
+        rate = self.model.token2wav.sample_rate
         start = s.n_samples
         s.n_samples += audio.shape[0]
         return [AudioEvent(s.turn_id, audio.detach().cpu().numpy().astype(np.float32),
-                           SAMPLE_RATE, start / SAMPLE_RATE, start)]
+                           rate, start / rate, start)]
+
+    def _release_motion(self, final: bool = False) -> List[Event]:
+        """Held FLAME events whose frames the emitted audio already covers (all when
+        ``final``): events leave in time order, audio first, so a consumer that
+        anchors the turn at its first output never sees motion ahead of its voice."""
+        s = self.state
+        per_frame = self.model.token2wav.samples_per_token
+        out = []
+        while s.held_motion and (final or (s.held_motion[0].start_frame
+                                           + len(s.held_motion[0].frames)) * per_frame
+                                 <= s.n_samples):
+            out.append(s.held_motion.pop(0))
+        return out
 
     def _motion(self, keep: int = SPEECH_TOKENS_PER_SEGMENT) -> List[Event]:
         s = self.state
@@ -506,13 +557,12 @@ class StreamingGenerator:
 
     def _finish(self, reason: str) -> List[Event]:
         s = self.state
-        events: List[Event] = []
-        if s.pending_codes:
-            events += self._audio()
+        events: List[Event] = self._audio(flush=True)
         if s.pending_hidden:
             r = len(s.pending_hidden)
             s.pending_hidden += [s.pending_hidden[-1]] * (SPEECH_TOKENS_PER_SEGMENT - r)
-            events += self._motion(keep=r)
+            s.held_motion += self._motion(keep=r)
+        events += self._release_motion(final=True)
         s.active, s.end_reason, s.cache = False, reason, None
         events.append(EndEvent(s.turn_id, reason, len(s.speech_codes), s.n_frames))
         return events
@@ -530,7 +580,8 @@ def collect(events, model: A2LLM) -> TurnResult:
         text=text, text_ids=[], speech_codes=[],
         audio=np.concatenate(audio) if audio else np.zeros(0, np.float32),
         frames=np.concatenate(frames) if frames else np.zeros((0, D), np.float32),
-        end_reason=end[-1].reason if end else "", events=evs)
+        end_reason=end[-1].reason if end else "", events=evs,
+        sample_rate=model.token2wav.sample_rate)
 
 
 # ----------------------------------------------------------------------------- reference
@@ -569,7 +620,8 @@ def generate_batch(model: Union[A2LLM, TorchBackend], question_wave,
     frames = _batch_motion(model, hidden, cfg, motion_gen)
     audio = model.token2wav.decode(torch.tensor(codes, dtype=torch.long))
     text = model.text_tokenizer.decode(text_ids)
-    return TurnResult(text, text_ids, codes, audio.numpy().astype(np.float32), frames, reason)
+    return TurnResult(text, text_ids, codes, audio.numpy().astype(np.float32), frames, reason,
+                      sample_rate=model.token2wav.sample_rate)
 
 
 @torch.no_grad()
@@ -620,4 +672,4 @@ def event_to_json(event: Event) -> dict:
                 "dim": int(event.frames.shape[1]), "duration": n / event.fps}
     return {"type": "end", "turn_id": event.turn_id, "reason": event.reason,
             "n_speech_tokens": event.n_speech_tokens, "n_frames": event.n_frames,
-            "duration": event.n_speech_tokens * SAMPLES_PER_SPEECH_TOKEN / SAMPLE_RATE}
+            "duration": event.n_speech_tokens / SPEECH_TOKEN_RATE}

@@ -98,7 +98,7 @@ def _ns(stamp):
 
 
 def _audio_timeline(audio_msgs):
-    """[(stamp_ns, n_samples)] of S16LE mono 16 kHz speech messages, in order."""
+    """[(stamp_ns, n_samples)] of S16LE mono speech messages, in order."""
     return [(_ns(m.header.stamp), len(m.audio.data) // 2) for _, m in audio_msgs]
 
 
@@ -183,6 +183,42 @@ def test_spoken_question_gets_speech_and_flame_on_one_timeline(checkpoint, quest
     keys = {kv.key for kv in statuses[-1].values}
     assert {"backend", "first_output_latency_ms", "input_queue_depth",
             "output_queue_depth"} <= keys
+
+
+def test_speech_resampled_to_the_output_rate_keeps_the_timeline_exact(checkpoint, questions):
+    """output.sample_rate 24000 with the 16 kHz tiny codec: resampled (soxr), AudioInfo says
+    24 kHz, and speech frame k carries exactly the stamp of sample 960 k (1e9 / 24000 is no
+    integer: stamps are computed per sample, never with a rounded step)."""
+    from audio_common_msgs.msg import AudioInfo
+
+    from a2llm_ros.ros.qos import latched_qos
+    rate, tokens = 24000, 25
+    with ros_context() as (ctx, executor):
+        g = Graph(ctx, executor, checkpoint, "rate24k", tokens=tokens,
+                  **{"output.sample_rate": rate})
+        info = Recorder(g.tester, {"speech/audio_info": (AudioInfo, latched_qos())})
+        try:
+            g.start(rate=16000, channels=1)
+            assert g.node.runtime.output_rate == rate
+            g.mic.say(questions[0])
+            g.wait_state(IDLE, 1)
+            assert info.wait_for(lambda: info.get("speech/audio_info"), 5.0)
+            diag = g.node.diagnostics_values()
+        finally:
+            g.close()
+    ((_, msg),) = info.get("speech/audio_info")
+    assert (msg.sample_rate, msg.channels, msg.bitrate) == (rate, 1, rate * 16)
+    assert diag["output_sample_rate"] == str(rate)
+    timeline = _audio_timeline(g.rec.get("speech/audio_stamped"))
+    starts = np.cumsum([0] + [n for _, n in timeline])
+    assert starts[-1] == tokens * 960                     # exact length after resampling
+    t0 = timeline[0][0]
+    for (stamp, _), sample in zip(timeline, starts):
+        assert stamp == t0 + sample * NS_PER_S // rate
+    frames = [m for _, m in g.rec.get("flame/frames") if m.turn_id == 1]
+    assert len(frames) == tokens
+    for k, frame in enumerate(frames):
+        assert _ns(frame.header.stamp) == t0 + (960 * k) * NS_PER_S // rate
 
 
 def test_barge_in_stops_output_within_200ms_and_answers_new_question(

@@ -5,7 +5,7 @@ import types
 import numpy as np
 import pytest
 
-from a2llm_ros.ros.output import NS_PER_FRAME, NS_PER_SAMPLE, OutputScheduler
+from a2llm_ros.ros.output import NS_PER_FRAME, OutputScheduler, sample_time_ns
 from a2llm_ros.ros.params import (A2llmNodeConfig, ParamError, build_config, coerce,
                                   field_kinds, flatten)
 
@@ -81,7 +81,7 @@ def test_scheduler_releases_lead_before_presentation_in_time_order():
     assert [i.kind for i in rest].count("audio") == 4
     assert [i.payload["abs_frame"] for i in rest if i.kind == "flame_frame"] == [26, 27, 28, 29]
     audio = [i for i in batch + rest if i.kind == "audio"]
-    assert all(b.t_ns == a.t_ns + 640 * NS_PER_SAMPLE for a, b in zip(audio, audio[1:]))
+    assert all(b.t_ns == a.t_ns + sample_time_ns(640, 16000) for a, b in zip(audio, audio[1:]))
 
 
 def test_flush_turn_and_monotonic_frames_after_barge_in():
@@ -151,6 +151,8 @@ def test_speech_audio_messages_and_input_formats():
         np.testing.assert_allclose(np.frombuffer(raw, "<i2") / 32767.0, wave, atol=1e-4)
         info = mc.audio_info_msg("F32LE")
         assert (info.channels, info.sample_rate, info.sample_format) == (1, 16000, "F32LE")
+        info = mc.audio_info_msg("S16LE", sample_rate=24000)   # the output rate, reported
+        assert (info.sample_rate, info.bitrate) == (24000, 24000 * 16)
         fmt = mc.ros_drivers_format(types.SimpleNamespace(
             channels=1, sample_rate=48000, sample_format="f32le", coding_format="WAVE"))
         assert fmt == AudioFormat(1, 48000, "F32LE", "wave")

@@ -126,11 +126,11 @@ class Recorder(SessionSink):
         return [(e[2], e[4]) for e in self.kinds("state")]
 
 
-def _make(gen, **turn_kwargs):
+def _make(gen, output_rate=SAMPLE_RATE, **turn_kwargs):
     rec = Recorder()
     vad_cfg = VadConfig(min_speech_ms=150, min_silence_ms=400, speech_pad_ms=100)
     session = ConversationSession(lambda: gen, rec, TurnConfig(**turn_kwargs), vad_cfg,
-                                  vad_backend=AmplitudeBackend())
+                                  vad_backend=AmplitudeBackend(), output_rate=output_rate)
     return session, rec
 
 
@@ -474,3 +474,169 @@ def test_barge_in_on_a_lagging_answer_leaves_no_hole():
             continue  # emitted after the clock jump (not in this turn's plan)
         covered.update(range(first, first + len(e[3])))
     assert set(range(drv.sample // SAMPLES_PER_FRAME + 1)) <= covered
+
+
+# ----------------------------------------------------------------------------- output rate
+
+TONE_HZ = 440.0
+
+
+class CodecGenerator(FakeGenerator):
+    """Like FakeGenerator, but the audio is a continuous 440 Hz tone at the codec's ``rate``
+    in uneven pieces (a codec with lookahead holds some back; the rest comes with the end);
+    ``motion=False`` emits no FLAME at all."""
+
+    def __init__(self, rate, n_segments=5, endless=False, motion=True, seed=0):
+        super().__init__(n_segments=n_segments, endless=endless)
+        self.rate, self.motion = rate, motion
+        self.rng = np.random.default_rng(seed)
+        self.sent = 0
+
+    def start(self, wave):
+        super().start(wave)
+        self.sent = 0
+
+    def tone(self, first, end):
+        t = np.arange(first, end) / self.rate
+        return (0.5 * np.sin(2 * np.pi * TONE_HZ * t)).astype(np.float32)
+
+    def _audio(self, upto):
+        """Audio up to sample ``upto``, in one to three uneven events."""
+        events = []
+        cuts = sorted(self.rng.integers(self.sent, upto + 1, size=2).tolist()) + [upto]
+        for cut in cuts:
+            if cut > self.sent:
+                events.append(AudioEvent(0, self.tone(self.sent, cut), self.rate,
+                                         self.sent / self.rate, self.sent))
+                self.sent = cut
+        return events
+
+    def step(self):
+        if not self.active:
+            return []
+        k, per_segment = self.k, self.rate // 5                  # 200 ms of audio
+        due = (k + 1) * per_segment
+        events = [TextEvent(0, f"w{k} ", k)]
+        events += self._audio(due - int(self.rng.integers(0, per_segment // 2)))
+        if self.motion:
+            events.append(FlameEvent(0, np.ones((5, FRAME_DIM), np.float32), 25, k * 0.2, k * 5))
+        self.k += 1
+        if self.k >= self.n_segments and not self.endless:
+            self.active = False
+            events += self._audio(due)
+            events.append(EndEvent(0, "eos", self.k * 5, self.k * 5))
+        return events
+
+
+def _speech(rec, turn_id=None):
+    """(concatenated sink audio, [(start, n)]) of one turn (default: all)."""
+    audio = [e for e in rec.kinds("audio") if turn_id is None or e[2] == turn_id]
+    if not audio:
+        return np.zeros(0, np.float32), []
+    return np.concatenate([e[3] for e in audio]), [(e[4], len(e[3])) for e in audio]
+
+
+@pytest.mark.parametrize("codec_rate,output_rate", [(24000, 16000), (16000, 24000),
+                                                    (24000, 24000), (16000, 16000)])
+def test_codec_audio_at_the_output_rate_exact_and_continuous(codec_rate, output_rate):
+    soxr = pytest.importorskip("soxr")
+    gen = CodecGenerator(codec_rate, n_segments=8)
+    session, rec = _make(gen, output_rate=output_rate)
+    assert session.output_samples_per_frame == output_rate // 25
+    drv = Driver(session, rec)
+    drv.feed(_audio((1.0, True)))
+    drv.silence(3.0)
+    assert rec.states()[-1] == ("idle", "eos")
+    audio, pieces = _speech(rec)
+    # Contiguous on the turn's output timeline, each piece where the last ended ...
+    assert [s for s, _ in pieces] == list(np.cumsum([0] + [n for _, n in pieces[:-1]]))
+    # ... and exact over the turn: 40 frames of motion = 40 x rate / 25 samples.
+    n_frames = sum(len(e[3]) for e in rec.kinds("flame") if e[5] == "speech")
+    assert n_frames == 40 and len(audio) == n_frames * output_rate // 25
+    whole = gen.tone(0, gen.sent)
+    if codec_rate == output_rate:
+        np.testing.assert_array_equal(audio, whole)
+    else:
+        np.testing.assert_allclose(audio, soxr.resample(whole, codec_rate, output_rate),
+                                   atol=1e-5)
+    edge = output_rate // 100   # the tone's own abrupt start and stop ring; joins must not
+    step = 1.1 * 0.5 * 2 * np.pi * TONE_HZ / output_rate
+    assert np.abs(np.diff(audio[edge:-edge])).max() < step
+
+
+def test_playback_end_counts_frames_at_the_output_rate():
+    """Audio without motion: the turn lasts its audio (at 24 kHz, 960 samples a frame)."""
+    gen = CodecGenerator(16000, n_segments=5, motion=False)
+    session, rec = _make(gen, output_rate=24000)
+    drv = Driver(session, rec)
+    drv.feed(_audio((1.0, True)))
+    while not (session._turn is not None and session._turn.gen_done):
+        drv.silence(0.05)
+    assert session.state == "speaking"
+    audio, _ = _speech(rec)
+    assert len(audio) == 24000                       # 1.0 s = 25 frames at 960
+    end_frame = session.speech_anchor_frame + 25
+    session.tick(end_frame - 2)
+    session.step()
+    assert session.state == "speaking"
+    session.tick(end_frame - 1)
+    session.step()
+    assert rec.states()[-1] == ("idle", "eos")
+
+
+@pytest.mark.parametrize("codec_rate,output_rate", [(16000, 24000), (24000, 16000)])
+def test_max_response_cuts_at_the_output_rate(codec_rate, output_rate):
+    gen = CodecGenerator(codec_rate, endless=True)
+    session, rec = _make(gen, output_rate=output_rate, max_response_s=1.0)
+    drv = Driver(session, rec)
+    drv.feed(_audio((1.0, True)))
+    drv.silence(3.0)
+    audio, _ = _speech(rec)
+    assert len(audio) == output_rate
+    assert rec.states()[-1] == ("idle", "max_response") and gen.cancels == 1
+
+
+def test_barge_in_discards_the_turns_resampler():
+    gen = CodecGenerator(24000, endless=True)
+    session, rec = _make(gen, output_rate=16000, barge_in="stop",
+                         barge_in_min_speech_ms=200)
+    drv = Driver(session, rec)
+    drv.feed(_audio((1.0, True)))
+    drv.silence(1.0)
+    assert session.state == "speaking" and session._turn.audio.resampling
+    drv.feed(_audio((0.6, True)))
+    interrupted = [e for e in rec.kinds("state") if e[2] == "interrupted"]
+    assert len(interrupted) == 1
+    pos = rec.log.index(interrupted[0])
+    assert not any(e[0] == "audio" for e in rec.log[pos:])   # no tail after the cut
+    gen.endless, gen.n_segments = False, 5
+    drv.silence(3.0)
+    assert rec.states()[-1] == ("idle", "eos")
+    second = interrupted[0][3] + 1
+    audio, pieces = _speech(rec, second)
+    assert pieces[0][0] == 0 and len(audio) == 25 * 640           # a fresh, exact turn
+
+
+def test_output_rate_validated():
+    for bad in (0, -24000, 24001, 10**7):
+        with pytest.raises(ValueError):
+            ConversationSession(lambda: None, output_rate=bad)
+
+
+class ZeroRateGenerator(FakeGenerator):
+    """Emits an audio event that claims a sample rate of 0 Hz."""
+
+    def step(self):
+        events = super().step()
+        return [AudioEvent(0, e.samples, 0, 0.0, e.start_sample) if isinstance(e, AudioEvent)
+                else e for e in events]
+
+
+def test_malformed_audio_event_fails_the_turn_not_the_worker():
+    gen = ZeroRateGenerator(n_segments=3)
+    session, rec = _make(gen)
+    drv = Driver(session, rec)
+    drv.feed(_audio((1.0, True)))
+    drv.silence(1.5)
+    assert rec.states()[-1] == ("idle", "generator_error")
+    assert "sample_rate" in rec.kinds("error")[0][3]

@@ -158,7 +158,7 @@ def wheel_library_dirs() -> list:
 
 def ensure_venv(mode: str) -> None:
     """Create the venv and install the pinned Python packages."""
-    reqs = [ROOT / "requirements.txt", ROOT / "setup.py"]
+    reqs = [ROOT / "requirements.txt", ROOT / "requirements-nodeps.txt", ROOT / "setup.py"]
     if mode == "wheels":
         reqs.append(ROOT / "requirements-ros.txt")
     key = digest(reqs, extra=mode + sys.version)
@@ -177,6 +177,7 @@ def ensure_venv(mode: str) -> None:
     pip = [venv_python(), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     run(pip + [TORCH_PIN], env=env)
     run(pip + ["-r", ROOT / "requirements.txt"], env=env)
+    run(pip + ["--no-deps", "-r", ROOT / "requirements-nodeps.txt"], env=env)
     if mode == "wheels":
         run(pip + ["-r", ROOT / "requirements-ros.txt"], env=env)
     run(pip + ["--no-deps", "-e", ROOT], env=env)

@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: known GPUs' data-sheet value; CPU: not computed)")
     parser.add_argument("--no-isolate", action="store_true",
                         help="run every backend in this process (peak memory is then shared)")
+    parser.add_argument("--codec", default=None, metavar="tiny|full|DIR",
+                        help="benchmark Step-Audio-2's speech codec instead: a random folder "
+                             "at tiny or full (published) size, or a token2wav/ folder")
     parser.add_argument("--graph", action="store_true",
                         help="benchmark the ROS graph instead (a2llm_ros.bench_graph)")
     add_backend_arguments(parser)
@@ -46,7 +49,28 @@ def run(args) -> int:
     if getattr(args, "graph", False):
         from a2llm_ros.bench_graph import run_graph
         return int(run_graph(args) or 0)
+    if getattr(args, "codec", None):
+        return run_codec(args)
     return run_backends(args)
+
+
+def run_codec(args) -> int:
+    """``--codec``: first-chunk latency and RTF of the Step-Audio-2 codec."""
+    from a2llm_ros.bench_codec import bench_codec, format_codec
+    from a2llm_ros.model.step_token2wav import CodecError
+    try:
+        res = bench_codec(args.codec, getattr(args, "device", None) or "cpu",
+                          args.speech_tokens, args.runs, args.warmup, args.threads)
+    except (CodecError, ValueError) as exc:
+        print(f"a2llm bench: {exc}", file=sys.stderr)
+        return 1
+    print(format_codec(res))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
 
 
 def run_backends(args) -> int:

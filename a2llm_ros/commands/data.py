@@ -3,6 +3,8 @@
 * ``a2llm data synth --out DIR --seed N [--n-pairs 50] [--n-voices 5] [--workers 2]``
 * ``a2llm data import --audio-dir A --transcripts T --flame-dir F --out DIR [--fps 30]``
 * ``a2llm data check DIR`` (validates every sample, prints a summary; exit 1 on rejects)
+* ``a2llm data speech-tokens DIR --token2wav T2W [--batch 8]`` (answer audio -> Step's
+  25 Hz S3 tokens with the folder's ONNX tokenizer; ``DIR/speech_tokens_s3.npz``)
 """
 from __future__ import annotations
 
@@ -30,10 +32,43 @@ def add_arguments(parser) -> None:
     p = sub.add_parser("check", help="validate a FLAME-QA directory and print a summary")
     p.add_argument("dir")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p = sub.add_parser("speech-tokens", help="answer audio -> Step-Audio-2 S3 speech tokens")
+    p.add_argument("dir")
+    p.add_argument("--token2wav", required=True,
+                   help="Step-Audio-2-mini token2wav/ folder (or the model folder holding it)")
+    p.add_argument("--batch", type=int, default=8, help="answers per ONNX call")
+    p.add_argument("--split", action="append", default=None, help="only these splits")
+    p.add_argument("--out", default=None, help="output .npz (default DIR/speech_tokens_s3.npz)")
 
 
 def run(args) -> int:
-    return {"synth": _synth, "import": _import, "check": _check}[args.data_cmd](args)
+    return {"synth": _synth, "import": _import, "check": _check,
+            "speech-tokens": _speech_tokens}[args.data_cmd](args)
+
+
+def _speech_tokens(args) -> int:
+    import os
+
+    import torch
+
+    from a2llm_ros.data.speech_tokens import tokenize_answers
+    from a2llm_ros.model.speech_codec import SpeechCodecConfig
+    from a2llm_ros.model.step_token2wav import CodecError, S3SpeechTokenizer, check_folder
+
+    folder = args.token2wav
+    if os.path.isdir(os.path.join(folder, "token2wav")):
+        folder = os.path.join(folder, "token2wav")
+    try:
+        check_folder(folder)
+        tok = S3SpeechTokenizer(SpeechCodecConfig.step(folder, device="cpu"), folder,
+                                torch.device("cpu"))
+        path = tokenize_answers(args.dir, tok, batch=args.batch, splits=args.split,
+                                out=args.out)
+    except (CodecError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}")
+        return 2
+    print(f"wrote {path}")
+    return 0
 
 
 def _synth(args) -> int:

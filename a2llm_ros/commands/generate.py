@@ -45,18 +45,18 @@ def write_outputs(out_dir: str, result, layout) -> dict:
     import numpy as np
 
     from a2llm_ros.audio.io import write_wav
-    from a2llm_ros.constants import FLAME_FPS, SAMPLE_RATE
+    from a2llm_ros.constants import FLAME_FPS
     from a2llm_ros.generation import event_to_json
     os.makedirs(out_dir, exist_ok=True)
     audio = result.audio if result.audio.size else np.zeros(1, np.float32)
-    write_wav(os.path.join(out_dir, "answer.wav"), audio, SAMPLE_RATE)
+    write_wav(os.path.join(out_dir, "answer.wav"), audio, result.sample_rate)
     np.savez(os.path.join(out_dir, "flame.npz"), frames=result.frames.astype(np.float32),
              fps=np.int64(FLAME_FPS), layout=np.array(json.dumps(layout.to_dict())),
              flame_version=np.int64(layout.version))
     with open(os.path.join(out_dir, "events.jsonl"), "w") as f:
         for event in result.events:
             f.write(json.dumps(event_to_json(event)) + "\n")
-    return {"text": result.text, "seconds": result.audio.size / SAMPLE_RATE,
+    return {"text": result.text, "seconds": result.audio.size / result.sample_rate,
             "frames": int(result.frames.shape[0]), "end": result.end_reason}
 
 

@@ -20,12 +20,22 @@ back into the session.
 Timing: the session never reads a wall clock.  Speech audio ``start_sample``
 and speech motion ``start_frame`` are relative to the turn; turn frame 0 sits
 at the absolute frame :attr:`ConversationSession.speech_anchor_frame` of the
-tick clock (fixed when ``speaking`` is entered), i.e. absolute sample
-``anchor * SAMPLES_PER_FRAME + start_sample``.  Listening frames carry absolute
+tick clock (fixed when ``speaking`` is entered), i.e. absolute output sample
+``anchor * output_rate / 25 + start_sample``.  Listening frames carry absolute
 tick-clock frame numbers.  The turn stays ``speaking`` until the generator has
-ended and the tick clock has passed the last speech frame; listening motion
-then resumes with a cross-fade.  On ``interrupted`` the node must flush any
-audio/motion it has scheduled for that turn.
+ended and the tick clock has passed the last speech frame (or the end of its
+audio); listening motion then resumes with a cross-fade.  On ``interrupted``
+the node must flush any audio/motion it has scheduled for that turn.
+
+Output rate: speech audio reaches the sink at
+:attr:`ConversationSession.output_rate` (a multiple of 25 Hz, so frame ``f``
+starts at output sample ``f * output_rate / 25``).  Generator audio at another
+rate (the speech codec's) is resampled per turn by one streaming resampler
+(:class:`~a2llm_ros.conversation.resample.TurnAudio`, soxr): its held-back
+tail comes out at the turn's end event, and it is dropped with the turn on a
+cancel or barge-in.  ``start_sample`` is the turn's cumulative output count,
+so the timeline stays exact over the whole answer; ``max_response_s`` and the
+end of playback are counted at the output rate.
 
 Barge-in (``TurnConfig.barge_in``): ``off`` ignores the user while the avatar
 thinks or speaks (the end-pointer is reset afterwards, so the avatar's own
@@ -44,11 +54,11 @@ import threading
 from typing import Any, Callable, Deque, Dict, List, Optional, Protocol, Tuple
 
 import numpy as np
-import scipy.signal
 
 from a2llm_ros.configbase import ConfigBase
 from a2llm_ros.constants import FLAME_FPS, SAMPLE_RATE
 from a2llm_ros.conversation.listening import ListeningConfig, ListeningFace
+from a2llm_ros.conversation.resample import Piece, TurnAudio, check_output_rate
 from a2llm_ros.conversation.turns import Activity, SpeechStart, TurnDetector, UtteranceEnd
 from a2llm_ros.conversation.vad import CHUNK_MS, StreamingVad, VadConfig
 
@@ -57,6 +67,8 @@ __all__ = ["TurnConfig", "SessionSink", "NullSink", "TurnGenerator",
 
 STATES = ("idle", "listening", "thinking", "speaking", "interrupted")
 BARGE_IN_MODES = ("off", "stop", "duck")
+#: Input (model-rate, 16 kHz) samples per FLAME frame; the output's is
+#: ``output_rate // FLAME_FPS``.
 SAMPLES_PER_FRAME = SAMPLE_RATE // FLAME_FPS  # 640
 #: After a cancelled answer, listening motion restarts this many frames before the
 #: end of the speech motion emitted (frames due but not yet published when flushed).
@@ -100,7 +112,8 @@ class SessionSink:
         """Text delta (``final=False``) or the whole answer text (``final=True``)."""
 
     def on_audio(self, turn_id: int, samples: np.ndarray, start_sample: int) -> None:
-        """16 kHz float32 ``[n]`` speech starting at turn sample ``start_sample``."""
+        """float32 ``[n]`` speech at the session's ``output_rate`` starting at turn
+        output sample ``start_sample``."""
 
     def on_flame(self, turn_id: int, frames: np.ndarray, start_frame: int,
                  source: str) -> None:
@@ -119,7 +132,8 @@ class TurnGenerator(Protocol):
     ``start`` may also accept ``turn_id=`` (then the session's turn id is passed).
 
     ``step()`` returns events recognised by attribute: ``frames`` (motion),
-    ``samples`` (+ ``sample_rate``, ``start_sample``), ``text``, ``reason`` (end).
+    ``samples`` (+ ``sample_rate``, ``start_sample`` counted at that rate; without
+    ``sample_rate`` the model's 16 kHz is assumed), ``text``, ``reason`` (end).
     """
 
     def start(self, question_wave: np.ndarray) -> Any: ...
@@ -147,7 +161,9 @@ class _Turn:
     text: List[str] = dataclasses.field(default_factory=list)
     anchor: Optional[int] = None       # absolute frame of turn frame 0
     n_frames: int = 0                  # speech motion frames emitted
-    n_samples: int = 0                 # speech audio samples emitted
+    n_samples: int = 0                 # speech audio samples emitted (output rate)
+    #: Generator audio -> output rate (created at the turn's first audio).
+    audio: Optional[TurnAudio] = None
     last_frame: Optional[np.ndarray] = None
     gen_done: bool = False
     end_reason: str = "end"
@@ -156,14 +172,19 @@ class _Turn:
 
 
 class ConversationSession:
-    """Turn logic over a VAD end-pointer, a generator and a listening face."""
+    """Turn logic over a VAD end-pointer, a generator and a listening face.
+
+    ``output_rate``: sample rate of the speech audio passed to the sink (Hz, a
+    multiple of 25 in 8000..192000); generator audio at another rate is resampled.
+    """
 
     def __init__(self, generator_factory: Callable[[], TurnGenerator],
                  sink: Optional[SessionSink] = None,
                  turn_config: Optional[TurnConfig] = None,
                  vad_config: Optional[VadConfig] = None,
                  listening_config: Optional[ListeningConfig] = None,
-                 vad_backend=None):
+                 vad_backend=None, output_rate: int = SAMPLE_RATE):
+        self.output_rate = check_output_rate(output_rate, "ConversationSession output_rate")
         self.config = turn_config or TurnConfig()
         self.sink = sink or SessionSink()
         self._factory = generator_factory
@@ -186,6 +207,11 @@ class ConversationSession:
         self._gain = 1.0
 
     # ------------------------------------------------------------------ inputs
+
+    @property
+    def output_samples_per_frame(self) -> int:
+        """Output samples per 25 fps frame (640 at 16 kHz, 960 at 24 kHz)."""
+        return self.output_rate // FLAME_FPS
 
     def submit_audio(self, samples: np.ndarray, start_sample: Optional[int] = None) -> bool:
         """Queue 16 kHz mono float32 ``[n]`` (any thread); False if it was dropped."""
@@ -408,7 +434,10 @@ class ConversationSession:
                 if self._turn is not turn:  # interrupted meanwhile: drop
                     self.counters["dropped_events"] += 1
                     continue
-                self._on_generator_event(turn, event)
+                try:
+                    self._on_generator_event(turn, event)
+                except Exception as err:  # noqa: BLE001 (a malformed event fails the turn)
+                    self._fail(err)
 
     def _on_generator_event(self, turn: _Turn, event) -> None:
         if hasattr(event, "frames"):
@@ -419,7 +448,16 @@ class ConversationSession:
             turn.text.append(str(event.text))
             self.sink.on_text(turn.turn_id, str(event.text), False)
         elif hasattr(event, "reason"):
-            turn.gen_done, turn.end_reason = True, str(event.reason)
+            self._end_turn(turn, str(event.reason))
+
+    def _end_turn(self, turn: _Turn, reason: str) -> None:
+        """The generator's end event: the resampler's tail, then the final text."""
+        if turn.gen_done:  # already ended early (max_response)
+            return
+        if turn.audio is not None:
+            self._emit_pieces(turn, turn.audio.finish())
+        if not turn.gen_done:  # the tail may have hit max_response_s (ended there)
+            turn.gen_done, turn.end_reason = True, reason
             self.sink.on_text(turn.turn_id, "".join(turn.text), True)
 
     def _begin_speaking(self, turn: _Turn) -> None:
@@ -428,20 +466,26 @@ class ConversationSession:
             self._set_state("speaking", "first_output")
 
     def _emit_audio(self, turn: _Turn, event) -> None:
+        """Generator audio (at its own rate) -> sink audio at ``output_rate``."""
         samples = np.asarray(event.samples, dtype=np.float32).reshape(-1)
-        start = int(getattr(event, "start_sample", turn.n_samples))
         rate = int(getattr(event, "sample_rate", SAMPLE_RATE))
-        if rate != SAMPLE_RATE:
-            samples = scipy.signal.resample_poly(samples, SAMPLE_RATE, rate).astype(np.float32)
-            start = start * SAMPLE_RATE // rate
+        if turn.audio is None:
+            turn.audio = TurnAudio(self.output_rate)
+        start = getattr(event, "start_sample", None)
+        start = turn.audio.next_start(rate) if start is None else int(start)
         self._begin_speaking(turn)
-        limit = int(self.config.max_response_s * SAMPLE_RATE)
-        if start + len(samples) > limit:
-            samples = samples[:max(0, limit - start)]
-            self._end_early(turn, "max_response")
-        if len(samples):
-            turn.n_samples = max(turn.n_samples, start + len(samples))
-            self.sink.on_audio(turn.turn_id, samples * self._gain, start)
+        self._emit_pieces(turn, turn.audio.push(samples, rate, start))
+
+    def _emit_pieces(self, turn: _Turn, pieces: List[Piece]) -> None:
+        """Output-rate audio to the sink, cut at ``max_response_s`` (which ends the turn)."""
+        limit = int(self.config.max_response_s * self.output_rate)
+        for samples, start in pieces:
+            if start + len(samples) > limit:
+                samples = samples[:max(0, limit - start)]
+                self._end_early(turn, "max_response")
+            if len(samples):
+                turn.n_samples = max(turn.n_samples, start + len(samples))
+                self.sink.on_audio(turn.turn_id, samples * self._gain, start)
 
     def _emit_motion(self, turn: _Turn, event) -> None:
         frames = np.asarray(event.frames, dtype=np.float32)  # [n, 58]
@@ -460,6 +504,7 @@ class ConversationSession:
     def _end_early(self, turn: _Turn, reason: str) -> None:
         if not turn.gen_done:
             turn.gen_done, turn.end_reason = True, reason
+            turn.audio = None  # its resampler's tail lies beyond the cut
             try:
                 self._gen.cancel()
             except Exception as err:  # noqa: BLE001
@@ -477,7 +522,7 @@ class ConversationSession:
                 self._set_state("idle", "empty_response")
                 self._resume_user_speech()
                 return
-            n_frames = max(turn.n_frames, -(-turn.n_samples // SAMPLES_PER_FRAME))
+            n_frames = max(turn.n_frames, -(-turn.n_samples // self.output_samples_per_frame))
             end_frame = turn.anchor + n_frames
             if self._clock >= end_frame - 1:
                 self._close_turn(cancel=False, resume_frame=end_frame)

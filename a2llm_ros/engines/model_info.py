@@ -20,6 +20,7 @@ from a2llm_ros.checkpoint import (CODEC_PREFIX, WEIGHTS_FILE, CheckpointError,
                                   load_text_tokenizer, read_config, resolve_checkpoint)
 from a2llm_ros.flame.layout import FlameLayout
 from a2llm_ros.model.audio_llm import TASK_ANSWER, Prompt, Vocab, build_prompt
+from a2llm_ros.model.a2llm import codec_folder
 from a2llm_ros.model.speech_codec import load_codec_state_dict, make_codec
 
 
@@ -43,7 +44,8 @@ class ModelInfo:
         except ValueError as exc:  # a named token missing, ids beyond the LLM's rows
             raise CheckpointError(f"{self.checkpoint_dir}: {exc}") from exc
         self.mel_filters = mel_filterbank(cfg.mel)
-        self.speech_tokenizer, self.token2wav = make_codec(cfg.codec)
+        self.speech_tokenizer, self.token2wav = make_codec(
+            cfg.codec, codec_folder(cfg, self.checkpoint_dir))
         self._load_codec()
         self.device = torch.device("cpu")
         self._n_params = n_params

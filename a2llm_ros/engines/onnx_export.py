@@ -338,6 +338,10 @@ def export_onnx(model, out_dir: str, cfg: Optional[BackendConfig] = None,
     """
     cfg = cfg or BackendConfig.preset(model.cfg.preset_name)
     names = list(graphs or GRAPHS)
+    if model.cfg.codec.kind != "kmeans_mel":
+        raise EngineError(f"engine export covers the kmeans_mel speech codec only; this "
+                          f"checkpoint's codec is {model.cfg.codec.kind} (it runs in PyTorch: "
+                          f"use backend torch)")
     unknown = sorted(set(names) - set(GRAPHS))
     if unknown:
         raise EngineError(f"unknown graphs {unknown}; known: {', '.join(GRAPHS)}")

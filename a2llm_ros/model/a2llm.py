@@ -17,6 +17,7 @@ Training (:meth:`A2LLM.forward_train`) on a :class:`TrainBatch` made by
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass, fields
 from typing import Dict, List, Optional, Sequence
 
@@ -36,7 +37,7 @@ from a2llm_ros.model.audio_llm import (IGNORE_INDEX, TASK_ANSWER, TASK_TRANSCRIB
                                        text_sequence)
 from a2llm_ros.model.connector import MotionConnector
 from a2llm_ros.model.motion_tokenizer import MotionTokenizer
-from a2llm_ros.model.speech_codec import make_codec
+from a2llm_ros.model.speech_codec import STEP_KIND, make_codec
 from a2llm_ros.model.text_tokenizer import TextTokenizer, make_tiny_tokenizer
 
 __all__ = ["A2LLM", "TrainBatch", "TASK_ANSWER", "TASK_TRANSCRIBE", "make_text_tokenizer"]
@@ -77,6 +78,22 @@ def make_text_tokenizer(cfg: A2LLMConfig, base_dir: Optional[str] = None) -> Tex
     return TextTokenizer.load(resolve_backbone(cfg.llm.backbone, base_dir))
 
 
+#: Step-Audio-2-mini's codec folder inside the backbone folder.
+TOKEN2WAV_DIR = "token2wav"
+
+
+def codec_folder(cfg: A2LLMConfig, base_dir: Optional[str] = None) -> Optional[str]:
+    """Where a pretrained codec's files are: ``codec.token2wav_dir`` (relative to
+    ``base_dir``), else the backbone's ``token2wav/``; None for trained codecs."""
+    if cfg.codec.kind != STEP_KIND:
+        return None
+    if cfg.codec.token2wav_dir:
+        return resolve_backbone(cfg.codec.token2wav_dir, base_dir)
+    if not cfg.llm.backbone:
+        return None
+    return os.path.join(resolve_backbone(cfg.llm.backbone, base_dir), TOKEN2WAV_DIR)
+
+
 class A2LLM(nn.Module):
     """Audio-in, text + speech + FLAME-motion-out model.
 
@@ -104,7 +121,8 @@ class A2LLM(nn.Module):
         self.backbone_dir: Optional[str] = None
         self.connector = MotionConnector(cfg.connector)
         self.motion_tokenizer = MotionTokenizer(cfg.motion)
-        self.speech_tokenizer, self.token2wav = make_codec(cfg.codec)
+        self.speech_tokenizer, self.token2wav = make_codec(cfg.codec,
+                                                           codec_folder(cfg, base_dir))
         self.register_buffer("mel_filters", mel_filterbank(cfg.mel), persistent=False)
 
     # -- helpers -----------------------------------------------------------------------

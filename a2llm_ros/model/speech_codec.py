@@ -5,18 +5,21 @@ Interfaces
 * :class:`SpeechTokenizer` — ``encode(wave [N] float32 @ SAMPLE_RATE) -> int64
   [N // SAMPLES_PER_SPEECH_TOKEN]``.  A trailing partial token (fewer than
   640 samples) is dropped; there is no padding.
-* :class:`Token2Wav` — streaming decoder.  ``init_state()`` gives the state
-  before the first token; ``step(tokens [n], state) -> (audio [n * 640],
-  new_state)``.  Every token ALWAYS yields exactly
-  :data:`SAMPLES_PER_SPEECH_TOKEN` samples (40 ms) and the output does not
-  depend on how the token stream is chunked, so ``decode(tokens)`` (which just
-  runs ``step`` over chunks of ``chunk_tokens``) equals any streaming run
-  bit for bit and no ``flush`` is needed.  States are immutable: ``step``
-  never modifies the state it is given.
+* :class:`Token2Wav` — streaming decoder at its own ``sample_rate``.
+  ``init_state()`` gives the state before the first token; ``step(tokens [n],
+  state) -> (audio [m], new_state)`` returns the audio that is ready and
+  ``flush(state)`` at the end of a turn what is held back; over a turn the
+  output is exactly ``samples_per_token = sample_rate / 25`` samples per token.
+  ``lookahead_tokens`` / ``first_chunk_tokens`` declare the latency.  States
+  are immutable: ``step`` never modifies the state it is given.  The k-means
+  decoder below emits every token's 640 samples at once, needs no flush, and
+  its output does not depend on how the stream is chunked, bit for bit; Step's
+  codec (:mod:`a2llm_ros.model.step_token2wav`, 24 kHz, 3 tokens of lookahead,
+  25-token chunks) also decodes independently of the arrival pattern.
 * :func:`make_codec` ``(cfg) -> (tokenizer, token2wav)`` looks ``cfg.kind`` up
-  in a registry; :func:`register_codec` adds kinds, so a learned codec (e.g.
-  a CosyVoice-style speech tokenizer with a flow-matching token2wav) plugs in
-  through the same interface.
+  in a registry; :func:`register_codec` adds kinds (``step_token2wav``:
+  CosyVoice2 S3 tokens, flow matching and HiFT from Step-Audio-2-mini's
+  ``token2wav/`` folder, docs/codec.md).
 * Codec parameters are plain tensors: ``state_dict() -> dict[str, Tensor]`` /
   ``load_state_dict(d)`` (stored in the model checkpoint's safetensors).
 
@@ -63,7 +66,8 @@ import torch
 from a2llm_ros.audio.features import (MelConfig, hann_window, log_mel_spectrogram,
                                       mel_filterbank, mel_power_from_log_mel)
 from a2llm_ros.configbase import ConfigBase
-from a2llm_ros.constants import MEL_HOP, SAMPLE_RATE, SAMPLES_PER_SPEECH_TOKEN
+from a2llm_ros.constants import (MEL_HOP, SAMPLE_RATE, SAMPLES_PER_SPEECH_TOKEN,
+                                 SPEECH_TOKEN_RATE)
 
 #: Magnitudes below this are treated as "no phase information".
 _EPS = 1e-8
@@ -78,16 +82,21 @@ N_PAST_FRAMES = 2
 NNLS_ITERS = 20
 #: Crossfade (samples) from the previous step's continuation into a new token.
 CROSSFADE = 64
+#: Step-Audio-2-mini's codec (:mod:`a2llm_ros.model.step_token2wav`): kind, output
+#: rate and S3 vocabulary.
+STEP_KIND = "step_token2wav"
+STEP_RATE = 24_000
+STEP_CODES = 6561
 
 
 @dataclasses.dataclass
 class SpeechCodecConfig(ConfigBase):
     """Speech codec settings.
 
-    ``edge`` and ``paper`` keep ``kind="kmeans_mel"`` so everything runs
-    without downloads; a learned codec (CosyVoice-style tokenizer +
-    token2wav) plugs in by registering another ``kind`` with
-    :func:`register_codec` — the rest of the system only sees the
+    ``edge`` and ``paper`` keep ``kind="kmeans_mel"`` (a placeholder with
+    Step's 6561 codes) so everything runs without downloads; a model on a
+    Step-Audio-2-mini folder uses ``kind="step_token2wav"``
+    (:meth:`SpeechCodecConfig.step`) — the rest of the system only sees the
     :class:`SpeechTokenizer` / :class:`Token2Wav` interfaces.
     """
 
@@ -113,6 +122,21 @@ class SpeechCodecConfig(ConfigBase):
     max_fit_vectors: int = 50_000
     #: Mel power floor before log10 (silence level of the tokens).
     log_floor: float = 1e-6
+    # -- kind "step_token2wav" (Step-Audio-2-mini's token2wav/ folder) -----------------
+    #: The token2wav/ folder; empty: ``<llm.backbone>/token2wav``.
+    token2wav_dir: str = ""
+    #: Voice prompt WAV; empty: the shipped default voice.
+    prompt_wav: str = ""
+    #: Tokens past a chunk the flow encoder reads (flow.yaml ``pre_lookahead_len``).
+    lookahead_tokens: int = 0
+    #: Euler steps of the flow-matching decoder.
+    flow_steps: int = 10
+    #: Estimator attention cache kept after the prompt (50 Hz mel frames).
+    estimator_cache_frames: int = 100
+    #: Mel frames the vocoder carries between chunks (and audio cross-faded).
+    vocoder_cache_frames: int = 8
+    #: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:n]``.
+    device: str = "auto"
 
     PRESETS = {
         "tiny": {},
@@ -123,6 +147,9 @@ class SpeechCodecConfig(ConfigBase):
     }
 
     def __post_init__(self):
+        if self.kind == STEP_KIND:
+            self._check_step()
+            return
         if self.sample_rate != SAMPLE_RATE or \
                 self.stack * MEL_HOP != SAMPLES_PER_SPEECH_TOKEN:
             raise ValueError(f"SpeechCodecConfig: need sample_rate={SAMPLE_RATE} and stack * "
@@ -131,6 +158,29 @@ class SpeechCodecConfig(ConfigBase):
         if self.context_tokens < 1 or self.chunk_tokens < 1 or self.n_codes < 2:
             raise ValueError("SpeechCodecConfig: context_tokens, chunk_tokens >= 1 and "
                              "n_codes >= 2 required")
+
+    def _check_step(self) -> None:
+        if self.sample_rate != STEP_RATE or self.n_codes != STEP_CODES:
+            raise ValueError(f"SpeechCodecConfig: kind {STEP_KIND} needs sample_rate="
+                             f"{STEP_RATE} and n_codes={STEP_CODES}")
+        if self.chunk_tokens * 2 < self.vocoder_cache_frames or self.lookahead_tokens < 0 \
+                or self.flow_steps < 1 or self.estimator_cache_frames < 1:
+            raise ValueError("SpeechCodecConfig: step_token2wav needs chunk_tokens * 2 >= "
+                             "vocoder_cache_frames, lookahead_tokens >= 0, flow_steps >= 1, "
+                             "estimator_cache_frames >= 1")
+
+    @classmethod
+    def step(cls, token2wav_dir: str = "", **overrides) -> "SpeechCodecConfig":
+        """Settings of Step-Audio-2-mini's codec (official chunk and cache sizes)."""
+        base = dict(kind=STEP_KIND, n_codes=STEP_CODES, sample_rate=STEP_RATE, chunk_tokens=25,
+                    lookahead_tokens=3, token2wav_dir=token2wav_dir)
+        base.update(overrides)
+        return cls(**base)
+
+    @property
+    def samples_per_token(self) -> int:
+        """Output samples per 40 ms speech token at this codec's rate."""
+        return self.sample_rate // SPEECH_TOKEN_RATE
 
     def mel_config(self) -> MelConfig:
         """The (invertible) log-mel settings the codec uses."""
@@ -209,12 +259,40 @@ class SpeechTokenizer:
 
 
 class Token2Wav:
-    """Streaming speech tokens -> waveform; exactly 640 samples per token."""
+    """Streaming speech tokens -> waveform at :attr:`sample_rate`.
 
-    samples_per_token = SAMPLES_PER_SPEECH_TOKEN
+    Over a turn (``step`` calls, then ``flush``) the output is exactly
+    :attr:`samples_per_token` samples per token; a decoder with lookahead
+    returns audio in uneven pieces (nothing until :attr:`first_chunk_tokens`
+    tokens are known) and the rest on ``flush``.
+    """
 
     def __init__(self, cfg: SpeechCodecConfig):
         self.cfg = cfg
+
+    @property
+    def sample_rate(self) -> int:
+        """Output sample rate (Hz)."""
+        return SAMPLE_RATE
+
+    @property
+    def samples_per_token(self) -> int:
+        """Output samples per 40 ms token."""
+        return self.sample_rate // SPEECH_TOKEN_RATE
+
+    @property
+    def lookahead_tokens(self) -> int:
+        """Tokens after a token the decoder must see before that token's audio is out."""
+        return 0
+
+    @property
+    def first_chunk_tokens(self) -> int:
+        """Tokens needed before the first audio comes out of ``step``."""
+        return 1
+
+    def flush(self, state) -> Tuple[torch.Tensor, object]:
+        """End of turn: the audio still held back (float32 ``[m]``) and the final state."""
+        return torch.zeros(0), state
 
     @property
     def is_fitted(self) -> bool:
@@ -226,17 +304,19 @@ class Token2Wav:
         raise NotImplementedError
 
     def step(self, tokens, state) -> Tuple[torch.Tensor, object]:
-        """int64 ``[n]`` tokens -> (float32 ``[n * 640]`` audio, new state)."""
+        """int64 ``[n]`` tokens -> (float32 audio ready so far, new state)."""
         raise NotImplementedError
 
     def decode(self, tokens, chunk_tokens: Optional[int] = None) -> torch.Tensor:
-        """Whole-utterance decode = ``step`` over chunks; float32 ``[n * 640]``."""
+        """Whole-utterance decode = ``step`` over chunks, then ``flush``;
+        float32 ``[n * samples_per_token]``."""
         tokens = _as_tokens(tokens, self.cfg.n_codes)
         chunk = chunk_tokens or self.cfg.chunk_tokens
         state, parts = self.init_state(), [torch.zeros(0)]
         for start in range(0, tokens.numel(), chunk):
             audio, state = self.step(tokens[start:start + chunk], state)
             parts.append(audio)
+        parts.append(self.flush(state)[0])
         return torch.cat(parts)
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
@@ -247,7 +327,7 @@ class Token2Wav:
         """Load parameters produced by :meth:`state_dict`."""
 
 
-CodecFactory = Callable[[SpeechCodecConfig], Tuple[SpeechTokenizer, Token2Wav]]
+CodecFactory = Callable[..., Tuple[SpeechTokenizer, Token2Wav]]
 _REGISTRY: Dict[str, CodecFactory] = {}
 
 
@@ -264,12 +344,21 @@ def codec_kinds() -> Sequence[str]:
     return tuple(_REGISTRY)
 
 
-def make_codec(cfg: Optional[SpeechCodecConfig] = None) -> Tuple[SpeechTokenizer, Token2Wav]:
-    """Build ``(tokenizer, token2wav)`` for ``cfg.kind`` (default config if None)."""
+def make_codec(cfg: Optional[SpeechCodecConfig] = None,
+               folder: Optional[str] = None) -> Tuple[SpeechTokenizer, Token2Wav]:
+    """Build ``(tokenizer, token2wav)`` for ``cfg.kind`` (default config if None).
+
+    ``folder``: where a pretrained codec's files are (``step_token2wav``: the
+    ``token2wav/`` folder when ``cfg.token2wav_dir`` is empty or relative).
+    """
     cfg = cfg or SpeechCodecConfig()
+    if cfg.kind == STEP_KIND:
+        import a2llm_ros.model.step_token2wav  # noqa: F401 (registers the kind)
     if cfg.kind not in _REGISTRY:
         raise KeyError(f"unknown speech codec kind {cfg.kind!r}; known: "
                        f"{', '.join(_REGISTRY)}")
+    if folder is not None:
+        return _REGISTRY[cfg.kind](cfg, folder)
     return _REGISTRY[cfg.kind](cfg)
 
 

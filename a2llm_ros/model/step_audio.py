@@ -168,10 +168,16 @@ def config_overrides(path: str) -> Dict[str, dict]:
 
 
 def step_config(path: str, preset: str = "paper"):
-    """An :class:`A2LLMConfig` for a bare folder: its sizes, backbone = the folder."""
+    """An :class:`A2LLMConfig` for a bare folder: its sizes, backbone = the folder,
+    and Step's speech codec when the folder has a complete ``token2wav/``."""
     from a2llm_ros.config import A2LLMConfig
+    from a2llm_ros.model.a2llm import TOKEN2WAV_DIR
+    from a2llm_ros.model.speech_codec import SpeechCodecConfig
+    from a2llm_ros.model.step_token2wav import is_token2wav_folder
     over = config_overrides(path)
     over["llm"]["backbone"] = os.path.abspath(path)
+    if is_token2wav_folder(os.path.join(path, TOKEN2WAV_DIR)):
+        over["codec"] = SpeechCodecConfig.step().to_dict()
     return A2LLMConfig.preset(preset, **over)
 
 

@@ -14,10 +14,12 @@ A lifecycle node (``autostart:=true`` configures and activates it by itself):
 
 The executor thread only converts messages: audio callbacks decode/resample
 (:class:`~a2llm_ros.audio.frontend.AudioFrontEnd`) and queue 16 kHz samples.
+Speech audio is published at the output rate (``output.sample_rate``; 0 = the
+speech codec's rate, resolved at configure, see :func:`output_rate_for`).
 Outputs are placed on one timeline (see :mod:`a2llm_ros.ros.output`): FLAME
-frame ``f`` and speech sample ``640 f`` carry the same stamp, and both are
-published ``output.lead_s`` before that time.  Topics, QoS and parameters are
-listed in ``docs/ros_interfaces.md``.
+frame ``f`` and speech sample ``f * rate / 25`` (640 f at 16 kHz, 960 f at
+24 kHz) carry the same stamp, and both are published ``output.lead_s`` before
+that time.  Topics, QoS and parameters are listed in ``docs/ros_interfaces.md``.
 """
 from __future__ import annotations
 
@@ -34,16 +36,16 @@ from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 
 from a2llm_ros.audio.frontend import AudioFormat, AudioFormatError, AudioFrontEnd
 from a2llm_ros.constants import SAMPLE_RATE
-from a2llm_ros.conversation.session import (SAMPLES_PER_FRAME, ConversationSession,
-                                            SessionSink)
+from a2llm_ros.conversation.resample import check_output_rate
+from a2llm_ros.conversation.session import ConversationSession, SessionSink
 from a2llm_ros.interfaces import detect_audio_flavour
 from a2llm_ros.ros import msgconv as mc
 from a2llm_ros.ros.output import NS_PER_FRAME, Item, OutputScheduler
-from a2llm_ros.ros.params import (LIVE_PARAMETERS, A2llmNodeConfig, AudioInputParams,
-                                  ParameterBinding, ParamError)
+from a2llm_ros.ros.params import (CODEC_SAMPLE_RATE, LIVE_PARAMETERS, A2llmNodeConfig,
+                                  AudioInputParams, ParameterBinding, ParamError)
 from a2llm_ros.ros.qos import latched_qos, output_qos, sensor_qos, volatile_info_qos
 
-__all__ = ["A2llmNode", "load_backend_for", "main"]
+__all__ = ["A2llmNode", "load_backend_for", "codec_sample_rate", "output_rate_for", "main"]
 
 NODE_NAME = "a2llm_node"
 #: The clock thread wakes at least this often (s).
@@ -71,6 +73,27 @@ def load_backend_for(checkpoint: str, backend_cfg) -> Any:
     if not isinstance(backend_cfg, BackendConfig):
         backend_cfg = BackendConfig(**dataclasses.asdict(backend_cfg))
     return load_backend(ckpt, backend_cfg)
+
+
+def codec_sample_rate(backend) -> Optional[int]:
+    """Sample rate of the backend's speech codec (``model.token2wav.sample_rate``), if known."""
+    token2wav = getattr(getattr(backend, "model", None), "token2wav", None)
+    rate = getattr(token2wav, "sample_rate", None)
+    return int(rate) if isinstance(rate, (int, np.integer)) and rate > 0 else None
+
+
+def output_rate_for(requested: int, backend) -> int:
+    """The node's speech output rate: ``requested``, or for ``0`` the codec's own rate.
+
+    A codec whose rate is unknown counts as the model's 16 kHz (its audio is
+    resampled if it differs).  Raises ``ValueError`` if the codec's rate cannot
+    be the output rate (not a multiple of 25 Hz in range): set ``output.sample_rate``.
+    """
+    if requested != CODEC_SAMPLE_RATE:
+        return check_output_rate(requested, "output.sample_rate")
+    rate = codec_sample_rate(backend) or SAMPLE_RATE
+    return check_output_rate(rate, f"the speech codec's rate ({rate} Hz; set "
+                             "output.sample_rate to resample it)")
 
 
 def warm_up(backend, gen_cfg) -> float:
@@ -131,9 +154,9 @@ class _Sink(SessionSink):
         anchor = rt.session.speech_anchor_frame
         if anchor is None:
             return
-        rt.out.push_audio(turn_id, samples, anchor * SAMPLES_PER_FRAME + int(start_sample),
+        rt.out.push_audio(turn_id, samples, rt.out.frame_sample(anchor) + int(start_sample),
                           gain=rt.session_gain())
-        rt.stats["audio_s"] = rt.stats.get("audio_s", 0.0) + len(samples) / SAMPLE_RATE
+        rt.stats["audio_s"] = rt.stats.get("audio_s", 0.0) + len(samples) / rt.output_rate
         if rt.stats.get("t_first") is not None and rt.stats["audio_s"] > 0:
             wall = time.monotonic() - rt.stats["t_think"]
             rt.stats["generation_rtf"] = wall / rt.stats["audio_s"]
@@ -164,6 +187,8 @@ class _Runtime:
     flavour: str
     frontend: AudioFrontEnd
     out: OutputScheduler
+    #: Speech output rate (Hz): ``output.sample_rate``, or the codec's rate for 0.
+    output_rate: int = SAMPLE_RATE
     session: Optional[ConversationSession] = None
     pubs: Dict[str, Any] = dataclasses.field(default_factory=dict)
     timers: List[Any] = dataclasses.field(default_factory=list)
@@ -302,14 +327,21 @@ class A2llmNode(LifecycleNode):
         if cfg.model.gil_switch_interval_ms > 0:
             sys.setswitchinterval(cfg.model.gil_switch_interval_ms / 1000.0)
         backend = load_backend_for(cfg.model.checkpoint, cfg.backend)
+        rate = output_rate_for(cfg.output.sample_rate, backend)
         frontend = AudioFrontEnd(cfg.audio.frontend, on_problem=self._on_audio_problem)
-        chunk = max(1, int(round(cfg.output.audio_chunk_ms * SAMPLE_RATE / 1000.0)))
+        chunk = max(1, int(round(cfg.output.audio_chunk_ms * rate / 1000.0)))
+        out = OutputScheduler(int(cfg.output.lead_s * 1e9), chunk, sample_rate=rate)
         rt = _Runtime(cfg=cfg, backend=backend, layout=backend.model.layout, flavour=flavour,
-                      frontend=frontend, out=OutputScheduler(int(cfg.output.lead_s * 1e9), chunk))
+                      frontend=frontend, out=out, output_rate=rate)
         rt.out.gain = rt.session_gain
         rt.warmup_s = warm_up(backend, cfg.generation) if cfg.model.warmup else 0.0
         rt.session = ConversationSession(self._generator_factory(backend, cfg.generation),
-                                         _Sink(self, rt), cfg.turn, cfg.vad, cfg.listening)
+                                         _Sink(self, rt), cfg.turn, cfg.vad, cfg.listening,
+                                         output_rate=rate)
+        codec = codec_sample_rate(backend)
+        self.get_logger().info(
+            f"speech output {rate} Hz (codec {codec or 'unknown'} Hz"
+            f"{', resampled' if codec not in (None, rate) else ''})")
         self._rt = rt
         self._in_format = None
         self._make_publishers(rt)
@@ -355,7 +387,8 @@ class A2llmNode(LifecycleNode):
                                                       output_qos(depth))
             pubs["audio_info"] = self.create_publisher(am.AudioInfo, "speech/audio_info",
                                                        latched_qos())
-            pubs["audio_info"].publish(mc.audio_info_msg(out.sample_format))
+            pubs["audio_info"].publish(mc.audio_info_msg(out.sample_format,
+                                                         sample_rate=rt.output_rate))
         pubs["diagnostics"] = self.create_publisher(DiagnosticArray, "/diagnostics",
                                                     output_qos(10))
 
@@ -558,7 +591,7 @@ class A2llmNode(LifecycleNode):
                                              out.frame_id))
         elif item.kind == "audio":
             msgs = mc.speech_audio_msgs(rt.flavour, p["samples"], stamp, out.frame_id,
-                                        out.sample_format)
+                                        out.sample_format, sample_rate=rt.output_rate)
             pubs["audio_stamped"].publish(msgs["stamped"])
             if "audio" in pubs and "unstamped" in msgs:
                 pubs["audio"].publish(msgs["unstamped"])
@@ -584,6 +617,7 @@ class A2llmNode(LifecycleNode):
             "backend": type(rt.backend).__name__,
             "backend_kind": str(getattr(rt.cfg.backend, "kind", "")),
             "audio_flavour": rt.flavour,
+            "output_sample_rate": str(rt.output_rate),
             "input_queue_depth": str(session.queue_depth),
             "output_queue_depth": str(rt.out.depth),
             "first_output_latency_ms": f"{rt.stats.get('first_output_latency_ms', 0.0):.1f}",

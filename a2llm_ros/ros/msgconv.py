@@ -115,21 +115,24 @@ def pcm_encode(samples: np.ndarray, sample_format: str) -> bytes:
     return np.round(samples * 32767.0).astype("<i2").tobytes()
 
 
-def audio_info_msg(sample_format: str = "S16LE", flavour: str = "ros_drivers"):
-    """ros-drivers AudioInfo of the speech output (mono, 16 kHz, PCM)."""
+def audio_info_msg(sample_format: str = "S16LE", flavour: str = "ros_drivers",
+                   sample_rate: int = SAMPLE_RATE):
+    """ros-drivers AudioInfo of the speech output (mono PCM at ``sample_rate`` Hz)."""
     from audio_common_msgs.msg import AudioInfo
     fmt = sample_format.upper()
     bits = 32 if fmt == "F32LE" else 16
-    return AudioInfo(channels=1, sample_rate=SAMPLE_RATE, sample_format=fmt,
-                     bitrate=SAMPLE_RATE * bits, coding_format="wave")
+    return AudioInfo(channels=1, sample_rate=int(sample_rate), sample_format=fmt,
+                     bitrate=int(sample_rate) * bits, coding_format="wave")
 
 
 def speech_audio_msgs(flavour: str, samples: np.ndarray, stamp_ns: int, frame_id: str,
-                      sample_format: str = "S16LE") -> Dict[str, object]:
+                      sample_format: str = "S16LE",
+                      sample_rate: int = SAMPLE_RATE) -> Dict[str, object]:
     """Speech output messages of one piece of audio, keyed ``stamped`` / ``unstamped``.
 
     ros-drivers: AudioDataStamped and AudioData; mgonzs13: AudioStamped (its
-    ``info`` carries the format, PortAudio code 8 = int16 or 1 = float32).
+    ``info`` carries the format, PortAudio code 8 = int16 or 1 = float32, and
+    ``rate`` = ``sample_rate``).
     """
     import audio_common_msgs.msg as am
     fmt = sample_format.upper()
@@ -139,7 +142,7 @@ def speech_audio_msgs(flavour: str, samples: np.ndarray, stamp_ns: int, frame_id
         values = np.clip(np.asarray(samples, np.float32), -1.0, 1.0)
         values = values if code == 1 else np.round(values * 32767.0).astype(np.int16)
         data = am.AudioData(**{field: values.tolist()})
-        info = am.AudioInfo(format=code, channels=1, rate=SAMPLE_RATE, chunk=len(values))
+        info = am.AudioInfo(format=code, channels=1, rate=int(sample_rate), chunk=len(values))
         return {"stamped": am.AudioStamped(header=header(stamp_ns, frame_id),
                                            audio=am.Audio(audio_data=data, info=info))}
     raw = pcm_encode(samples, fmt)

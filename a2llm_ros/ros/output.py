@@ -1,9 +1,13 @@
 """Presentation-time scheduling of the node's outputs (ROS-free, thread-safe).
 
 Everything the conversation session emits is placed on one timeline: sample
-``s`` of the 16 kHz output clock and FLAME frame ``f`` of the 25 fps tick clock
-are presented at ``origin + s / 16000`` and ``origin + f / 25`` seconds, so
-frame ``f`` and sample ``640 f`` share one time stamp.  Items are released for
+``s`` of the output audio clock (``sample_rate``, e.g. 16 or 24 kHz) and FLAME
+frame ``f`` of the 25 fps tick clock are presented at ``origin + s / rate`` and
+``origin + f / 25`` seconds, in integer nanoseconds ``s * 10**9 // rate`` (exact
+at any rate, also where ``10**9 / rate`` is no integer, e.g. 24 kHz) and
+``f * 40 ms``.  The rate is a multiple of 25, so frame ``f`` and sample
+``f * rate / 25`` (640 f at 16 kHz, 960 f at 24 kHz) share one time stamp.
+Items are released for
 publication ``lead`` before their presentation time (listening frames, whose
 time has already come, and state/text at once), in time order:
 
@@ -28,18 +32,32 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 from a2llm_ros.constants import FLAME_FPS, SAMPLE_RATE
+from a2llm_ros.conversation.resample import check_output_rate
 
-__all__ = ["NS_PER_SAMPLE", "NS_PER_FRAME", "Item", "DueQueue", "OutputScheduler",
-           "PacedPublisher"]
+__all__ = ["NS_PER_S", "NS_PER_FRAME", "sample_time_ns", "frame_first_sample", "Item",
+           "DueQueue", "OutputScheduler", "PacedPublisher"]
 
 NS_PER_S = 1_000_000_000
-NS_PER_SAMPLE = NS_PER_S // SAMPLE_RATE   # 62 500 ns
 NS_PER_FRAME = NS_PER_S // FLAME_FPS      # 40 ms
 #: Audio released more than this after its presentation time counts as late.
 LATE_NS = 20_000_000
 #: Item kinds that belong to a spoken answer (flushed on barge-in).
 SPEECH_KINDS = ("audio", "flame_chunk", "flame_frame")
-assert NS_PER_SAMPLE * SAMPLE_RATE == NS_PER_S and NS_PER_FRAME * FLAME_FPS == NS_PER_S
+assert NS_PER_FRAME * FLAME_FPS == NS_PER_S
+
+
+def sample_time_ns(sample: int, rate: int) -> int:
+    """Presentation time (ns after the origin) of output sample ``sample`` at ``rate`` Hz.
+
+    Integer multiply, then divide (floor): never a rounded ns-per-sample step,
+    so sample ``f * rate / 25`` gets exactly frame ``f``'s ``f * NS_PER_FRAME``.
+    """
+    return int(sample) * NS_PER_S // int(rate)
+
+
+def frame_first_sample(frame: int, rate: int) -> int:
+    """Output sample at ``rate`` (a multiple of 25 Hz) where FLAME frame ``frame`` starts."""
+    return int(frame) * (int(rate) // FLAME_FPS)
 
 
 @dataclasses.dataclass
@@ -97,13 +115,16 @@ class OutputScheduler:
 
     Times are relative to the origin kept by the node; ``lead_ns`` may be
     changed at any time.  ``gain`` is a callable returning the current output
-    gain (barge-in ducking).
+    gain (barge-in ducking).  ``sample_rate`` is the audio's rate (Hz, a multiple
+    of 25); ``chunk_samples`` counts samples at that rate.
     """
 
     def __init__(self, lead_ns: int, chunk_samples: int,
-                 gain: Optional[Callable[[], float]] = None):
+                 gain: Optional[Callable[[], float]] = None,
+                 sample_rate: int = SAMPLE_RATE):
         if chunk_samples < 1:
             raise ValueError("chunk_samples must be >= 1")
+        self.sample_rate = check_output_rate(sample_rate, "OutputScheduler sample_rate")
         self.lead_ns = int(lead_ns)
         self.chunk_samples = int(chunk_samples)
         self.gain = gain or (lambda: 1.0)
@@ -122,14 +143,22 @@ class OutputScheduler:
         """State/text: released at the next :meth:`due` call."""
         self._queue.push(-(1 << 62), Item(kind, 0, turn_id, payload))
 
+    def sample_ns(self, sample: int) -> int:
+        """Presentation time (relative ns) of absolute output sample ``sample``."""
+        return sample_time_ns(sample, self.sample_rate)
+
+    def frame_sample(self, frame: int) -> int:
+        """Absolute output sample where absolute FLAME frame ``frame`` starts."""
+        return frame_first_sample(frame, self.sample_rate)
+
     def push_audio(self, turn_id: int, samples: np.ndarray, abs_sample: int,
                    gain: float = 1.0) -> None:
-        """16 kHz float32 ``[n]`` speech starting at absolute output sample ``abs_sample``."""
+        """float32 ``[n]`` speech at ``sample_rate`` from absolute output sample ``abs_sample``."""
         samples = np.asarray(samples, dtype=np.float32).reshape(-1)
         step = self.chunk_samples
         for off in range(0, len(samples), step):
             start = int(abs_sample) + off
-            item = Item("audio", start * NS_PER_SAMPLE, turn_id,
+            item = Item("audio", self.sample_ns(start), turn_id,
                         {"samples": samples[off:off + step], "abs_sample": start,
                          "gain": float(gain)})
             self._queue.push(item.t_ns, item)
@@ -220,7 +249,7 @@ class OutputScheduler:
                 return None
             if skip:
                 p = dict(p, samples=p["samples"][skip:], abs_sample=p["abs_sample"] + skip)
-                item = Item(item.kind, p["abs_sample"] * NS_PER_SAMPLE, item.turn_id, p)
+                item = Item(item.kind, self.sample_ns(p["abs_sample"]), item.turn_id, p)
             self._audio_end = p["abs_sample"] + len(p["samples"])
         return item
 

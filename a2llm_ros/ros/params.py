@@ -28,15 +28,18 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 from a2llm_ros.audio.frontend import SAMPLE_FORMATS, FrontEndConfig
 from a2llm_ros.configbase import ConfigBase
-from a2llm_ros.constants import SAMPLE_RATE
+from a2llm_ros.constants import FLAME_FPS, SAMPLE_RATE
 from a2llm_ros.conversation.listening import ListeningConfig
+from a2llm_ros.conversation.resample import (MAX_OUTPUT_RATE, MIN_OUTPUT_RATE,
+                                             check_output_rate)
 from a2llm_ros.conversation.session import TurnConfig
 from a2llm_ros.conversation.vad import VadConfig
 
 __all__ = ["ParamError", "ModelParams", "AudioInputParams", "OutputParams",
            "FallbackBackendConfig", "backend_config_class", "A2llmNodeConfig",
            "flatten", "field_kinds", "coerce", "build_config", "ParameterBinding",
-           "LIVE_PARAMETERS", "BACKEND_KINDS", "INPUT_MESSAGES", "OUTPUT_SAMPLE_FORMATS"]
+           "LIVE_PARAMETERS", "BACKEND_KINDS", "INPUT_MESSAGES", "OUTPUT_SAMPLE_FORMATS",
+           "CODEC_SAMPLE_RATE"]
 
 #: Engine kinds understood by ``a2llm_ros.engines.load_backend``.
 BACKEND_KINDS = ("auto", "torch", "onnxruntime", "tensorrt")
@@ -44,6 +47,8 @@ BACKEND_KINDS = ("auto", "torch", "onnxruntime", "tensorrt")
 INPUT_MESSAGES = ("auto", "stamped", "unstamped", "mgonzs13")
 #: Sample formats of the published speech audio.
 OUTPUT_SAMPLE_FORMATS = ("S16LE", "F32LE")
+#: ``output.sample_rate`` value meaning "the speech codec's own rate, not resampled".
+CODEC_SAMPLE_RATE = 0
 #: Parameters (or dotted prefixes) that may change while the node is configured.
 LIVE_PARAMETERS = ("turn.", "output.lead_s")
 
@@ -133,8 +138,12 @@ class OutputParams(ConfigBase):
     lead_s: float = 0.1
     #: Speech audio is published in pieces of this many milliseconds.
     audio_chunk_ms: int = 40
-    #: ``S16LE`` or ``F32LE`` (mono, 16 kHz).
+    #: ``S16LE`` or ``F32LE`` (mono, at ``sample_rate``).
     sample_format: str = "S16LE"
+    #: Speech audio output rate (Hz): 0 = the speech codec's own rate as it is (16 kHz
+    #: for the tiny codec, 24 kHz for Step-Audio-2's); > 0 = resampled to this rate
+    #: (soxr, streaming), a multiple of 25 in 8000..192000.  AudioInfo reports it.
+    sample_rate: int = CODEC_SAMPLE_RATE
     #: ros-drivers only: also publish unstamped AudioData (for audio_play).
     publish_unstamped_audio: bool = True
     #: Also publish every FLAME frame on its own (``flame/frames``).
@@ -158,6 +167,14 @@ class OutputParams(ConfigBase):
         if self.qos_depth < 1 or self.diagnostics_period_s <= 0:
             raise ValueError("output.qos_depth must be >= 1 and "
                              "output.diagnostics_period_s > 0")
+        if self.sample_rate != CODEC_SAMPLE_RATE:
+            try:
+                check_output_rate(self.sample_rate)
+            except ValueError as err:
+                raise ValueError(
+                    f"output.sample_rate must be {CODEC_SAMPLE_RATE} (the speech codec's rate) "
+                    f"or a multiple of {FLAME_FPS} Hz in {MIN_OUTPUT_RATE}..{MAX_OUTPUT_RATE}, "
+                    f"got {self.sample_rate}") from err
 
 
 @dataclasses.dataclass
