@@ -126,3 +126,13 @@ def test_lora_adapter_saved_and_loaded(tmp_path):
         with loaded.llm.disable_adapter():
             off, _ = llm_hidden(loaded.llm, x)
     assert (on - off).abs().max() > 1e-4
+
+
+def test_shipped_default_checkpoint_matches_the_code():
+    """The packaged default checkpoint reads strictly with today's configs (a field added
+    to a config without updating the shipped config.json breaks the node and the demo)."""
+    from a2llm_ros.checkpoint import read_config
+    cfg = read_config(resolve_checkpoint("default"))
+    assert cfg.preset_name == "tiny" and cfg.codec.kind == "kmeans_mel"
+    model = load_checkpoint(resolve_checkpoint("default"))
+    assert model.token2wav.sample_rate == 16_000 and model.token2wav.is_fitted
