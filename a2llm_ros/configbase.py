@@ -8,7 +8,11 @@ the offending fields.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
+import textwrap
 import typing
 from typing import Any, ClassVar, Dict, Mapping
 
@@ -30,6 +34,68 @@ class ConfigMismatchError(ValueError):
         if self.differing:
             parts.append("differing fields: " + ", ".join(self.differing))
         super().__init__(f"{cls_name} config mismatch ({'; '.join(parts)})")
+
+
+@functools.lru_cache(maxsize=None)
+def field_docs(cls: type) -> Dict[str, str]:
+    """Field name -> the ``#:`` doc comment written right above it in ``cls``'s source
+    (several lines joined; a field without one is absent).  Empty when the source
+    cannot be read (e.g. a stripped install).  Used for parameter descriptions."""
+    try:
+        lines, _ = inspect.getsourcelines(cls)
+    except (OSError, TypeError):
+        return {}
+    source = textwrap.dedent("".join(lines))
+    tree = ast.parse(source)
+    inline = _inline_comments(source)
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    docs: Dict[str, str] = {}
+    for node in body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        comment, row = [], node.lineno - 2  # 0-based index of the line above the field
+        while row >= 0 and lines[row].strip().startswith("#:"):
+            comment.insert(0, lines[row].strip()[2:].strip())
+            row -= 1
+        if not comment and node.end_lineno in inline:
+            comment = [inline[node.end_lineno]]
+        if comment:
+            docs[node.target.id] = " ".join(comment)
+    for name, text in _docstring_bullets(inspect.getdoc(cls) or "").items():
+        docs.setdefault(name, text)
+    return docs
+
+
+def _docstring_bullets(doc: str) -> Dict[str, str]:
+    """``* ``name``: text`` (or ``* ``a`` / ``b``: text``) bullets of a class docstring."""
+    import re
+    out: Dict[str, str] = {}
+    bullets = re.split(r"\n\s*\*\s+", "\n" + doc)
+    for bullet in bullets[1:]:
+        head = re.match(r"((?:``\w+``(?:\s*/\s*)?)+):\s*(.*)", bullet, re.S)
+        if head:
+            text = " ".join(head.group(2).split())
+            for name in re.findall(r"``(\w+)``", head.group(1)):
+                out[name] = text
+    return out
+
+
+def _inline_comments(source: str) -> Dict[int, str]:
+    """1-based line -> the comment that ends a code line (``x: int = 3  # doc``)."""
+    import io
+    import tokenize
+    out: Dict[int, str] = {}
+    code_lines = set()
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.COMMENT and tok.start[0] in code_lines:
+                out[tok.start[0]] = tok.string.lstrip("#").strip()
+            elif tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT,
+                                  tokenize.DEDENT, tokenize.COMMENT):
+                code_lines.add(tok.start[0])
+    except (tokenize.TokenError, IndentationError):
+        return {}
+    return out
 
 
 @dataclasses.dataclass

@@ -71,13 +71,19 @@ class GenerationConfig(ConfigBase):
     """Sampling and length limits of one answer."""
 
     max_speech_tokens: int = 750      # 30 s cap on the answer audio
+    #: Cap on the answer's text tokens.
     max_text_tokens: int = 256
     min_speech_tokens: int = 0        # <speech_end> is masked before this many
+    #: LLM sampling temperature (ignored with ``greedy``).
     temperature: float = 0.8
+    #: LLM sampling: keep the k most likely tokens (0 = all).
     top_k: int = 50
+    #: Seed of the per-turn sampling generators (reproducible answers).
     seed: int = 0
+    #: Always take the most likely token (argmax) instead of sampling.
     greedy: bool = False
     motion_temperature: float = 0.0   # connector sampling; 0 = greedy
+    #: Connector sampling: keep the k most likely motion codes (0 = all).
     motion_top_k: int = 0
 
     PRESETS = {"tiny": {}, "edge": {}, "paper": {}}

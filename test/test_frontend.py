@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from a2llm_ros.audio.frontend import (AudioFormat, AudioFormatError, AudioFrontEnd,
-                                      FrontEndConfig, StreamingResampler, decode_pcm, downmix,
-                                      mgonzs13_field)
+from a2llm_ros.audio.frontend import (KEPT_AUDIO_REASONS, AudioFormat, AudioFormatError,
+                                      AudioFrontEnd, FrontEndConfig, StreamingResampler,
+                                      decode_pcm, downmix, mgonzs13_field, stamp_gap_ns)
 from a2llm_ros.constants import SAMPLE_RATE
 
 
@@ -130,9 +130,11 @@ def test_frontend_stereo_48k_to_16k_with_clock():
                                atol=3e-3)
 
 
-def test_frontend_odd_bytes_are_carried_not_lost():
+def test_frontend_carry_option_keeps_byte_stream_behaviour():
+    """audio.frontend.carry_partial_frames: frames split across messages are joined."""
     problems = []
-    fe = AudioFrontEnd(on_problem=lambda r, m: problems.append(r))
+    fe = AudioFrontEnd(FrontEndConfig(carry_partial_frames=True),
+                       on_problem=lambda r, m: problems.append(r))
     fmt = AudioFormat(1, 16000, "S16LE", "wave")
     wave = _sine(200.0, 0.1, 16000)
     raw = _s16(wave)
@@ -141,17 +143,147 @@ def test_frontend_odd_bytes_are_carried_not_lost():
     samples = np.concatenate([c.samples for c in out if c is not None])
     np.testing.assert_allclose(samples, np.frombuffer(raw, "<i2") / 32768.0, atol=1e-6)
     assert fe.counters["odd_byte_count"] == problems.count("odd_byte_count") >= 2
+    assert "partial_frame_bytes_dropped" not in fe.warnings
 
 
-def test_frontend_drops_bad_messages_and_counts():
-    fe = AudioFrontEnd(FrontEndConfig(max_message_seconds=1.0))
-    good = AudioFormat(1, 16000, "F32LE", "wave")
-    assert fe.process(b"\x00" * 100, AudioFormat(1, 16000, "S16LE", "mp3")) is None
-    assert fe.process(np.array([np.inf] * 10, "<f4").tobytes(), good) is None
-    assert fe.process(np.zeros(20000, "<f4").tobytes(), good) is None
-    chunk = fe.process(np.full(160, 0.25, "<f4").tobytes(), good)
-    assert chunk.start_sample == 0 and len(chunk.samples) == 160
-    assert fe.counters == {"unsupported_coding": 1, "non_finite": 1, "oversized": 1}
+def _stereo_frames(n, seed=0):
+    """[n, 2] int16 frames of noise (left and right differ)."""
+    return np.random.default_rng(seed).integers(-20000, 20000, (n, 2)).astype("<i2")
+
+
+def _mono16k(frames):
+    """What the 16 kHz stereo front end returns for int16 ``frames [n, 2]`` (pass-through)."""
+    return frames.astype(np.float32).mean(axis=1) / 32768.0
+
+
+@pytest.mark.parametrize("extra", [1, 2, 3])
+def test_frontend_partial_trailing_frame_dropped_next_message_aligned(extra):
+    """A message ending in a partial frame loses only that frame; the next one is aligned."""
+    problems = []
+    fe = AudioFrontEnd(on_problem=lambda r, m: problems.append(r))
+    fmt = AudioFormat(2, 16000, "S16LE", "wave")  # 4-byte frames, no resampling
+    frames = _stereo_frames(300)
+    raw = frames.tobytes()
+    first = raw[:100 * 4 + extra]              # 100 frames + a partial 101st
+    lost_byte = raw[100 * 4 + 4:200 * 4 - 1]   # frames 101..198 + 3 bytes of frame 199
+    third = raw[200 * 4:]                      # frames 200..299, aligned
+    chunks = [fe.process(m, fmt) for m in (first, lost_byte, third)]
+    out = np.concatenate([c.samples for c in chunks])
+    kept = np.concatenate([frames[:100], frames[101:199], frames[200:]])
+    np.testing.assert_allclose(out, _mono16k(kept), atol=1e-6)
+    assert [c.start_sample for c in chunks] == [0, 100, 198]
+    assert fe.counters == {"odd_byte_count": 2}
+    assert fe.warnings == {"partial_frame_bytes_dropped": extra + 3}
+    assert problems == ["odd_byte_count", "odd_byte_count"]
+
+
+def test_frontend_message_shorter_than_a_frame_is_dropped():
+    fe = AudioFrontEnd()
+    fmt = AudioFormat(2, 16000, "S16LE", "wave")
+    assert fe.process(b"\x01\x02\x03", fmt) is None
+    chunk = fe.process(_stereo_frames(10).tobytes(), fmt)
+    assert chunk.start_sample == 0 and len(chunk.samples) == 10
+    assert fe.counters == {"odd_byte_count": 1}
+    assert fe.warnings == {"partial_frame_bytes_dropped": 3}
+
+
+@pytest.mark.parametrize("carry", [False, True])
+def test_frontend_empty_message_counted_and_skipped(carry):
+    problems = []
+    fe = AudioFrontEnd(FrontEndConfig(carry_partial_frames=carry),
+                       on_problem=lambda r, m: problems.append(r))
+    fmt = AudioFormat(2, 16000, "S16LE", "wave")
+    frames = _stereo_frames(20)
+    raw = frames.tobytes()
+    outs = [fe.process(m, fmt) for m in (b"", raw[:40], b"", np.zeros(0, np.int16), raw[40:])]
+    assert outs[0] is None and outs[2] is None and outs[3] is None
+    assert fe.counters == {"empty": 3} and problems == ["empty"] * 3
+    np.testing.assert_allclose(np.concatenate([outs[1].samples, outs[4].samples]),
+                               _mono16k(frames), atol=1e-6)
+    # an empty message of another format is no format change
+    assert fe.process(b"", AudioFormat(1, 48000, "F32LE", "wave")) is None
+    assert "format_change" not in fe.counters and fe.sample_count == 20
+
+
+def test_frontend_empty_message_keeps_carry():
+    fe = AudioFrontEnd(FrontEndConfig(carry_partial_frames=True))
+    fmt = AudioFormat(2, 16000, "S16LE", "wave")
+    frames = _stereo_frames(4)
+    raw = frames.tobytes()
+    outs = [fe.process(m, fmt) for m in (raw[:6], b"", raw[6:])]
+    np.testing.assert_allclose(np.concatenate([outs[0].samples, outs[2].samples]),
+                               _mono16k(frames), atol=1e-6)
+
+
+def test_frontend_non_finite_floats_zeroed_and_counted():
+    import array
+    problems = []
+    fe = AudioFrontEnd(on_problem=lambda r, m: problems.append(r))
+    fmt = AudioFormat(2, 16000, "F32LE", "wave")
+    values = np.array([[0.5, 0.25], [np.nan, 0.5], [0.5, np.inf], [-np.inf, -0.5]], "<f4")
+    chunk = fe.process(values.tobytes(), fmt)                      # ros-drivers bytes
+    np.testing.assert_allclose(chunk.samples, [0.375, 0.25, 0.25, -0.25], atol=1e-7)
+    typed = array.array("f", values.reshape(-1).tolist())         # mgonzs13 float32_data
+    mg = AudioFormat.from_mgonzs13(1, 2, 16000)
+    again = fe.process(typed, mg)
+    np.testing.assert_allclose(again.samples, chunk.samples, atol=1e-7)
+    assert again.start_sample == 4 and np.isfinite(again.samples).all()
+    assert fe.counters == {"format_change": 1}                     # "wave" -> "pcm"
+    assert fe.warnings == {"non_finite": 2, "non_finite_samples_zeroed": 6}
+    assert problems.count("non_finite") == 2
+    assert set(problems) - {"format_change"} <= set(KEPT_AUDIO_REASONS)
+
+
+def test_decode_pcm_allow_non_finite():
+    raw = np.array([0.1, np.nan], "<f4").tobytes()
+    out = decode_pcm(raw, AudioFormat(1, 16000, "F32LE"), allow_non_finite=True)
+    assert out.shape == (2, 1) and np.isnan(out[1, 0])
+
+
+MS = 1_000_000  # ns
+
+
+def test_frontend_stamp_gap_counted():
+    """10 ms messages: jitter within the tolerance is fine, a lost message is counted."""
+    problems = []
+    fe = AudioFrontEnd(on_problem=lambda r, m: problems.append((r, m)))
+    fmt = AudioFormat(1, 16000, "S16LE", "wave")
+    msg = np.zeros(160, "<i2").tobytes()
+    stamps = [1000 * MS + i * 10 * MS for i in range(5)]            # regular
+    stamps += [stamps[-1] + 14 * MS, stamps[-1] + 20 * MS]          # jitter: +4 ms, -4 ms
+    for stamp in stamps:
+        assert fe.process(msg, fmt, stamp) is not None
+    assert fe.warnings == {}
+    fe.process(msg, fmt, stamps[-1] + 30 * MS)                      # 2 messages missing
+    assert fe.warnings == {"stamp_gap": 1, "stamp_gap_ms": 20}
+    fe.process(msg, fmt, stamps[-1] + 20 * MS)                      # backwards: node's job
+    fe.process(msg, fmt, 0)                                         # unknown: ignored
+    fe.process(msg, fmt, None)
+    fe.process(msg, fmt, stamps[-1] + 30 * MS)
+    assert fe.warnings == {"stamp_gap": 1, "stamp_gap_ms": 20}
+    assert [r for r, _ in problems] == ["stamp_gap"] and "20 ms" in problems[0][1]
+    assert fe.counters == {} and fe.sample_count == 12 * 160        # audio kept
+
+
+def test_frontend_stamp_gap_after_empty_and_dropped_messages():
+    """Empty messages do not move the stamp reference; a missing message shows as a gap."""
+    fe = AudioFrontEnd()
+    fmt = AudioFormat(1, 16000, "S16LE", "wave")
+    msg = np.zeros(160, "<i2").tobytes()
+    fe.process(msg, fmt, 100 * MS)
+    fe.process(b"", fmt, 105 * MS)                                  # empty, in between
+    fe.process(msg, fmt, 110 * MS)
+    assert fe.warnings == {}
+    fe.process(msg, fmt, 130 * MS)                                  # the 120 ms one is lost
+    assert fe.warnings == {"stamp_gap": 1, "stamp_gap_ms": 10}
+
+
+def test_stamp_gap_tolerance():
+    assert stamp_gap_ns(0, 10 * MS, 14 * MS, 10 * MS) == 0          # 4 ms late: jitter
+    assert stamp_gap_ns(0, 10 * MS, 16 * MS, 10 * MS) == 6 * MS
+    assert stamp_gap_ns(0, 100 * MS, 149 * MS, 100 * MS) == 0       # half a message
+    assert stamp_gap_ns(0, 100 * MS, 151 * MS, 100 * MS) == 51 * MS
+    assert stamp_gap_ns(50 * MS, 10 * MS, 0, 10 * MS) == 0          # backwards
 
 
 def test_frontend_format_change_flushes_and_continues_clock():

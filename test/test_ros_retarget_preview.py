@@ -214,3 +214,73 @@ def test_preview_publishes_triangle_mesh_of_recorded_frames(recorded_bag):
     expected = mesh.vertices(frames[19])[mesh.faces].reshape(-1, 3)
     points = np.array([[p.x, p.y, p.z] for p in marker.points])
     np.testing.assert_allclose(points, expected, atol=1e-5)
+
+
+#: face_preview_node's CPU target (share of one core at the default rate), and the
+#: test's bound: twice that, so a noisy CI machine cannot fail it (measured ~1.5 %).
+PREVIEW_CPU_TARGET = 0.15
+PREVIEW_CPU_BOUND = 2 * PREVIEW_CPU_TARGET
+#: Frames fed to the CPU measurement (20 s of input, 200 markers at 10 Hz).
+PREVIEW_CPU_FRAMES = 500
+
+
+@pytest.mark.parametrize("max_faces", [0, 2000])
+def test_mesh_marker_bytes_are_the_marker_message(max_faces):
+    from rclpy.serialization import deserialize_message, serialize_message
+    from visualization_msgs.msg import Marker
+
+    from a2llm_ros.flame.mesh import FlameMesh
+    from a2llm_ros.flame.preview_mesh import decimate_faces
+    from a2llm_ros.ros.mesh_marker import MeshMarker
+    mesh = FlameMesh("generated")
+    faces = decimate_faces(mesh.v_base, mesh.faces, max_faces)
+    marker = MeshMarker(faces, "head_frame", color=(0.1, 0.2, 0.3, 0.4), scale=1.5)
+    assert marker.serialized and marker.n_points == 3 * len(faces)
+    frame = np.zeros(mesh.layout.dim, np.float32)
+    for jaw, stamp in ((0.0, 1_700_000_000 * NS_PER_S + 123), (0.3, 5 * NS_PER_S)):
+        frame[mesh.layout.n_expr] = jaw
+        verts = mesh.vertices(frame)
+        got = deserialize_message(marker.update(verts, stamp), Marker)
+        # (bytes differ in CDR padding, which the serializer leaves uninitialised)
+        assert got == deserialize_message(serialize_message(marker.message(verts, stamp)),
+                                          Marker)
+    assert got.header.frame_id == "head_frame" and got.header.stamp.sec == 5
+    assert got.type == Marker.TRIANGLE_LIST and got.color.a == pytest.approx(0.4)
+    expected = 1.5 * verts.astype(np.float64)[faces].reshape(-1, 3)
+    np.testing.assert_array_equal(np.array([[p.x, p.y, p.z] for p in got.points]), expected)
+
+
+def test_preview_skips_work_without_subscribers_and_decimates_live(recorded_bag):
+    from a2llm_ros.ros.face_preview_node import FacePreviewNode
+    bag, _ = recorded_bag
+    chunk = _replay(bag)[3]
+    with ros_context() as (ctx, _):
+        node = FacePreviewNode(namespace=unique_namespace("previewtick"), context=ctx,
+                               start_worker=False)
+        try:
+            assert node.n_marker_points == 3 * 10272
+            node.on_chunk(chunk)
+            last = 1_700_000_000 * NS_PER_S + 19 * FRAME_NS
+            assert not node.tick(last, 0.0)  # nobody subscribes: no mesh is built
+            assert node.published == 0
+            (ok,) = node.set_parameters([Parameter("publish_without_subscribers", value=True)])
+            assert ok.successful
+            assert node.tick(last, 0.1) and node.published == 1
+            assert not node.tick(last, 0.2)  # nothing new, keepalive not due
+            (bad,) = node.set_parameters([Parameter("max_faces", value=50)])
+            assert not bad.successful and "max_faces" in bad.reason
+            (ok,) = node.set_parameters([Parameter("max_faces", value=2000)])
+            assert ok.successful and 3 * 1000 < node.n_marker_points <= 3 * 2000
+            assert node.tick(last, 0.3)  # a live change republishes
+        finally:
+            node.destroy_node()
+
+
+def test_preview_cpu_per_second_of_input_stays_under_bound():
+    """CPU time (not wall time) of the preview per second of 25 fps FLAME input."""
+    from a2llm_ros.ros.preview_cpu import measure_preview_cpu
+    with ros_context() as (ctx, _):
+        res = measure_preview_cpu(PREVIEW_CPU_FRAMES, context=ctx)
+    assert res.rate_hz == 10.0 and res.renders == PREVIEW_CPU_FRAMES * 10 // 25
+    assert res.n_points == 3 * 10272
+    assert res.core_fraction < PREVIEW_CPU_BOUND, res.summary()

@@ -13,12 +13,21 @@ values; this module never imports ROS):
   format code (1 float32, 2 int32, 8 int16, 16 int8, 32 uint8) and the samples
   come as one typed array (:func:`mgonzs13_field` names the field).
 
-Partial frames: a message whose byte count is not a whole number of frames
-(``channels * bytes_per_sample``) is not an error for :class:`AudioFrontEnd`:
-the trailing partial-frame bytes are kept and prepended to the next message of
-the same format, so no audio is lost; each occurrence is still reported as
-``odd_byte_count`` in the diagnostics counters.  :func:`decode_pcm` itself is
-stateless and raises on such input.
+Framing: a ROS audio message holds whole frames (``channels *
+bytes_per_sample`` bytes each).  A message that ends in a partial frame (a lost
+or extra byte) loses only that partial frame: :class:`AudioFrontEnd` drops it,
+counts the message as ``odd_byte_count`` and its bytes as
+``partial_frame_bytes_dropped``, and the next message starts on a frame
+boundary, so one bad message never shifts the samples of the ones after it.
+Byte-stream publishers whose messages split frames on purpose can set
+``FrontEndConfig.carry_partial_frames`` (ROS parameter
+``audio.frontend.carry_partial_frames``): the partial frame is then carried into
+the next message of the same format, as before.  Empty messages are counted
+(``empty``) and skipped.  NaN/Inf float samples are set to zero and counted
+(``non_finite`` messages, ``non_finite_samples_zeroed``); header stamps that jump
+ahead of the previous message's end are counted (``stamp_gap``, ``stamp_gap_ms``).
+:func:`decode_pcm` itself is stateless and raises on partial frames, empty input
+and (unless told otherwise) non-finite samples.
 """
 from __future__ import annotations
 
@@ -34,7 +43,8 @@ from a2llm_ros.constants import SAMPLE_RATE
 
 __all__ = ["AudioFormatError", "AudioFormat", "decode_pcm", "split_whole_frames",
            "mgonzs13_field", "downmix", "StreamingResampler", "FrontEndConfig",
-           "AudioChunk", "AudioFrontEnd", "PCM_CODINGS", "SAMPLE_FORMATS"]
+           "AudioChunk", "AudioFrontEnd", "PCM_CODINGS", "SAMPLE_FORMATS",
+           "KEPT_AUDIO_REASONS", "zero_non_finite", "stamp_gap_ns"]
 
 #: Reason codes carried by :class:`AudioFormatError`.
 REASONS = ("unsupported_coding", "unsupported_sample_format", "invalid_format",
@@ -54,6 +64,14 @@ PORTAUDIO_FORMATS = {1: "F32LE", 2: "S32LE", 8: "S16LE", 16: "S8", 32: "U8"}
 #: PortAudio format code -> name of the typed-array field in mgonzs13 AudioData.
 MGONZS13_FIELDS = {1: "float32_data", 2: "int32_data", 8: "int16_data",
                    16: "int8_data", 32: "uint8_data"}
+#: A header stamp more than the message duration plus this tolerance after the previous
+#: one counts as a ``stamp_gap``: at least ``STAMP_GAP_MIN_TOLERANCE_S`` ...
+STAMP_GAP_MIN_TOLERANCE_S = 0.005
+#: ... or this fraction of the message duration (stamp jitter of capture drivers).
+STAMP_GAP_TOLERANCE_FRACTION = 0.5
+#: :attr:`AudioFrontEnd.warnings` keys passed to ``on_problem`` (the audio was kept).
+KEPT_AUDIO_REASONS = ("non_finite", "stamp_gap")
+NS_PER_S = 1_000_000_000  # nanoseconds per second (header stamps)
 _ALIASES = {"S16": "S16LE", "INT16": "S16LE", "S32": "S32LE", "INT32": "S32LE",
             "F32": "F32LE", "FLOAT32": "F32LE", "UINT8": "U8", "INT8": "S8"}
 
@@ -152,12 +170,13 @@ def split_whole_frames(data: bytes, fmt: AudioFormat) -> Tuple[bytes, bytes]:
 
 
 def decode_pcm(data, fmt: AudioFormat, max_seconds: float = 10.0,
-               max_bytes: int = 8 << 20) -> np.ndarray:
+               max_bytes: int = 8 << 20, allow_non_finite: bool = False) -> np.ndarray:
     """Decode interleaved PCM to float32 ``[n_frames, channels]`` in [-1, 1].
 
     ``data`` is bytes or a typed array (mgonzs13 fields).  Raises
     :class:`AudioFormatError` for unsupported codings/formats, empty, partial
-    frames (``odd_byte_count``), non-finite float samples and messages over
+    frames (``odd_byte_count``), non-finite float samples (unless
+    ``allow_non_finite``: they are returned as they are) and messages over
     ``max_seconds`` or ``max_bytes``.
     """
     fmt.validate()
@@ -176,10 +195,20 @@ def decode_pcm(data, fmt: AudioFormat, max_seconds: float = 10.0,
                                f"{max_seconds} s")
     dtype, scale, offset = SAMPLE_FORMATS[fmt.sample_format]
     samples = np.frombuffer(raw, dtype=dtype).astype(np.float32)
-    if fmt.sample_format == "F32LE" and not np.all(np.isfinite(samples)):
+    if (fmt.sample_format == "F32LE" and not allow_non_finite
+            and not np.all(np.isfinite(samples))):
         raise AudioFormatError("non_finite", "NaN or Inf samples")
     samples = (samples + offset) * scale
     return samples.reshape(n_frames, fmt.channels)  # [n_frames, channels]
+
+
+def zero_non_finite(frames: np.ndarray) -> int:
+    """Set NaN/Inf values of ``frames`` to 0 in place; return how many there were."""
+    bad = ~np.isfinite(frames)
+    n_bad = int(np.count_nonzero(bad))
+    if n_bad:
+        frames[bad] = 0.0
+    return n_bad
 
 
 def downmix(frames: np.ndarray) -> np.ndarray:
@@ -285,13 +314,18 @@ class StreamingResampler:
 
 @dataclasses.dataclass
 class FrontEndConfig(ConfigBase):
-    """Limits of the audio front-end."""
+    """Limits and framing of the audio front-end."""
 
+    #: Rate the microphone audio is resampled to (the model's input rate, Hz).
     target_rate: int = SAMPLE_RATE
     #: Messages longer than this many seconds are rejected (``oversized``).
     max_message_seconds: float = 10.0
     #: Messages larger than this many bytes are rejected (``oversized``).
     max_message_bytes: int = 8 << 20
+    #: false: every message holds whole frames; a partial trailing frame is dropped
+    #: (counted) and the next message starts aligned.  true: for byte-stream
+    #: publishers that split frames across messages, carry it into the next message.
+    carry_partial_frames: bool = False
 
     PRESETS = {"tiny": {}, "edge": {}, "paper": {}}
 
@@ -304,16 +338,40 @@ class AudioChunk:
     start_sample: int
 
 
+def stamp_gap_ns(prev_stamp_ns: int, prev_duration_ns: int, stamp_ns: int,
+                 duration_ns: int) -> int:
+    """How far (ns) ``stamp_ns`` lies beyond the previous message's end, if beyond tolerance.
+
+    The expected step is the longer of the two message durations (drivers stamp
+    either the first or the last sample); the tolerance is the larger of
+    :data:`STAMP_GAP_MIN_TOLERANCE_S` and :data:`STAMP_GAP_TOLERANCE_FRACTION` of
+    it.  Returns 0 when the excess is within the tolerance (also for stamps going
+    backwards, which the node counts itself).
+    """
+    step = max(prev_duration_ns, duration_ns)
+    tolerance = max(int(STAMP_GAP_MIN_TOLERANCE_S * NS_PER_S),
+                    int(STAMP_GAP_TOLERANCE_FRACTION * step))
+    excess = stamp_ns - prev_stamp_ns - step
+    return excess if excess > tolerance else 0
+
+
 class AudioFrontEnd:
     """ROS audio messages -> continuous 16 kHz mono float32 with a sample clock.
 
-    ``process(data, fmt)`` returns an :class:`AudioChunk` (possibly empty) or
-    ``None`` when the message was dropped.  ``start_sample`` counts output
-    samples since construction/:meth:`reset` and is the input clock used by the
-    conversation session.  A format change flushes the old resampler (its tail
-    is part of the returned chunk), drops any partial-frame carry and starts a
-    new resampler; it is counted as ``format_change``.  Problems are counted in
-    :attr:`counters` and passed to ``on_problem(reason, message)``.
+    ``process(data, fmt, stamp_ns)`` returns an :class:`AudioChunk` (possibly
+    empty) or ``None`` when the message was dropped.  ``start_sample`` counts
+    output samples since construction/:meth:`reset` and is the input clock used
+    by the conversation session.  A format change flushes the old resampler
+    (its tail is part of the returned chunk), drops any partial-frame carry and
+    starts a new resampler; it is counted as ``format_change``.
+
+    Dropped audio is counted per reason in :attr:`counters` (``odd_byte_count``:
+    messages that ended in a partial frame, ``empty``, ``oversized`` ...);
+    audio that was kept but repaired or suspicious, and amounts, in
+    :attr:`warnings` (``partial_frame_bytes_dropped``, ``non_finite``,
+    ``non_finite_samples_zeroed``, ``stamp_gap``, ``stamp_gap_ms``).  Each
+    event (not the amounts) is also passed to ``on_problem(reason, message)``;
+    reasons in :data:`KEPT_AUDIO_REASONS` mean the audio was kept.
     """
 
     def __init__(self, config: Optional[FrontEndConfig] = None,
@@ -321,19 +379,33 @@ class AudioFrontEnd:
         self.config = config or FrontEndConfig()
         self.on_problem = on_problem
         self.counters: Dict[str, int] = {}
+        self.warnings: Dict[str, int] = {}
         self.reset()
 
     def reset(self) -> None:
-        """Restart the clock and forget format, carry bytes and resampler."""
+        """Restart the clock and forget format, carry bytes, stamps and resampler."""
         self._format: Optional[AudioFormat] = None
         self._resampler: Optional[StreamingResampler] = None
         self._carry = b""
+        self._last_stamp: Optional[Tuple[int, int]] = None  # (stamp ns, duration ns)
         self.sample_count = 0
 
     def _report(self, reason: str, message: str) -> None:
+        """Count a dropped message (or part) under ``reason`` and tell ``on_problem``."""
         self.counters[reason] = self.counters.get(reason, 0) + 1
         if self.on_problem is not None:
             self.on_problem(reason, message)
+
+    def _warn(self, reason: str, message: str, **amounts: int) -> None:
+        """Count kept-audio event ``reason`` (plus ``amounts``) and tell ``on_problem``."""
+        self._add(reason, 1)
+        for name, value in amounts.items():
+            self._add(name, value)
+        if self.on_problem is not None:
+            self.on_problem(reason, message)
+
+    def _add(self, name: str, value: int) -> None:
+        self.warnings[name] = self.warnings.get(name, 0) + int(value)
 
     def _switch_format(self, fmt: AudioFormat) -> np.ndarray:
         tail = np.zeros(0, dtype=np.float32)
@@ -342,22 +414,34 @@ class AudioFrontEnd:
             if self._carry:
                 self._report("odd_byte_count", f"dropped {len(self._carry)} carry bytes "
                              "at a format change")
+                self._add("partial_frame_bytes_dropped", len(self._carry))
             self._report("format_change", f"{self._format} -> {fmt}")
         self._format, self._carry = fmt, b""
         self._resampler = StreamingResampler(fmt.sample_rate, self.config.target_rate)
         return tail
 
-    def process(self, data, fmt: AudioFormat) -> Optional[AudioChunk]:
-        """Decode one message; ``None`` if it was dropped (see counters)."""
+    def process(self, data, fmt: AudioFormat,
+                stamp_ns: Optional[int] = None) -> Optional[AudioChunk]:
+        """Decode one message; ``None`` if nothing came of it (see the counters).
+
+        ``stamp_ns``: the message's header stamp (stamped messages), only used
+        to count stamp gaps; 0 or ``None`` means unknown.
+        """
         try:
             fmt.validate()
         except AudioFormatError as err:
             self._report(err.reason, str(err))
             return None
+        raw = _as_bytes(data, fmt)
+        if not raw:
+            self._report("empty", "empty message skipped")
+            return None
         tail = self._switch_format(fmt) if fmt != self._format else None
-        frames = self._decode(data, fmt)
+        frames = self._decode(raw, fmt)
         pieces = [] if tail is None or not len(tail) else [tail]
         if frames is not None:
+            if stamp_ns:
+                self._check_stamp(int(stamp_ns), len(frames), fmt)
             pieces.append(self._resampler.process(downmix(frames)))
         if not pieces:
             return None
@@ -366,22 +450,52 @@ class AudioFrontEnd:
         self.sample_count += len(samples)
         return chunk
 
-    def _decode(self, data, fmt: AudioFormat) -> Optional[np.ndarray]:
+    def _split(self, raw: bytes, fmt: AudioFormat) -> bytes:
+        """Whole frames of ``raw``; the partial trailing frame is dropped or carried."""
+        if self.config.carry_partial_frames:
+            raw = self._carry + raw
+        whole, partial = split_whole_frames(raw, fmt)
+        self._carry = b""
+        if not partial:
+            return whole
+        if self.config.carry_partial_frames:
+            self._carry = partial
+            self._report("odd_byte_count", f"{len(partial)} partial-frame bytes carried "
+                         "to the next message (audio.frontend.carry_partial_frames)")
+        else:
+            self._add("partial_frame_bytes_dropped", len(partial))
+            self._report("odd_byte_count", f"dropped the partial last frame ({len(partial)} "
+                         f"of {fmt.frame_bytes} bytes) of a {len(raw)}-byte message; the "
+                         "next message starts on a frame boundary")
+        return whole
+
+    def _decode(self, raw: bytes, fmt: AudioFormat) -> Optional[np.ndarray]:
+        """Whole frames of ``raw`` as float32 ``[n, channels]``, non-finite zeroed; or None."""
         cfg = self.config
+        whole = self._split(raw, fmt)
+        if not whole:
+            return None
         try:
-            raw = self._carry + _as_bytes(data, fmt)
-            whole, carry = split_whole_frames(raw, fmt)
-            if carry:
-                self._report("odd_byte_count", f"{len(carry)} partial-frame bytes "
-                             "carried to the next message")
-                if not whole:
-                    self._carry = carry
-                    return None
-            frames = decode_pcm(whole, fmt, cfg.max_message_seconds,
-                                cfg.max_message_bytes)  # [n, channels]
+            frames = decode_pcm(whole, fmt, cfg.max_message_seconds, cfg.max_message_bytes,
+                                allow_non_finite=True)  # [n, channels]
         except AudioFormatError as err:
             self._carry = b""
             self._report(err.reason, str(err))
             return None
-        self._carry = carry
+        n_bad = zero_non_finite(frames)
+        if n_bad:
+            self._warn("non_finite", f"set {n_bad} NaN/Inf samples of a message to 0",
+                       non_finite_samples_zeroed=n_bad)
         return frames
+
+    def _check_stamp(self, stamp_ns: int, n_frames: int, fmt: AudioFormat) -> None:
+        """Count a header stamp that jumps ahead of the previous message's end."""
+        duration_ns = n_frames * NS_PER_S // fmt.sample_rate
+        last, self._last_stamp = self._last_stamp, (stamp_ns, duration_ns)
+        if last is None:
+            return
+        gap = stamp_gap_ns(last[0], last[1], stamp_ns, duration_ns)
+        if gap:
+            gap_ms = int(round(gap / 1e6))
+            self._warn("stamp_gap", f"header stamp {gap_ms} ms beyond the previous message's "
+                       "end (audio missing upstream?); audio kept", stamp_gap_ms=gap_ms)

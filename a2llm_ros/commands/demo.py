@@ -55,7 +55,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-retarget", dest="retarget", action="store_false",
                         help="do not run flame_retarget_node")
     parser.add_argument("--preview-node", action="store_true",
-                        help="also run face_preview_node (RViz markers; ~0.1 s CPU each)")
+                        help="also run face_preview_node (RViz markers; ~1.5 ms CPU each)")
     parser.add_argument("--namespace", default="",
                         help="namespace of the nodes (the bag's topics are remapped into it)")
     parser.add_argument("--seed", type=int, default=0, help="fixture and sampling seed")

@@ -46,16 +46,27 @@ _BLINK_SHAPE = (0.45, 1.0, 0.9, 0.5, 0.15)
 class ListeningConfig(ConfigBase):
     """Listening-motion settings."""
 
+    #: Seed of the blink, nod and gaze randomness (the same seed, the same face).
     seed: int = 0
+    #: Seconds between blinks, drawn uniformly from [lo, hi].
     blink_interval_s: Tuple[float, float] = (3.0, 6.0)
+    #: Head pitch of an acknowledging nod (rad).
     nod_pitch_rad: float = 0.08
+    #: Duration of one nod (s).
     nod_s: float = 0.6
+    #: A pause in the user's speech this long triggers a nod (ms).
     pause_ms: float = 300.0
+    #: Shortest time between two nods (s).
     nod_cooldown_s: float = 1.5
+    #: Amplitude of the slow head/gaze drift (rad).
     gaze_drift_rad: float = 0.02
+    #: Time constant of the gaze drift (s).
     gaze_tau_s: float = 2.0
+    #: Brow raise while the user speaks (expression units).
     brow_offset: float = 0.3
+    #: Slight smile while listening (expression units).
     smile_offset: float = 0.25
+    #: Cross-fade between listening and speech motion (s).
     crossfade_s: float = 0.2
 
     PRESETS = {"tiny": {}, "edge": {}, "paper": {}}

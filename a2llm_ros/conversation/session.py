@@ -81,11 +81,18 @@ MAX_GAP_FILL = SAMPLE_RATE
 class TurnConfig(ConfigBase):
     """Turn-taking settings."""
 
+    #: User speech while the avatar thinks or speaks: ``off`` (ignored), ``stop``
+    #: (interrupts the answer) or ``duck`` (lowers the voice, then interrupts).
     barge_in: str = "stop"
+    #: Voiced user speech needed before a barge-in interrupts (ms).
     barge_in_min_speech_ms: float = 200.0
+    #: ``duck``: gain applied to the avatar's voice while the user talks over it.
     duck_gain: float = 0.3
+    #: Longest answer; audio and motion past it are cut and the turn ends (s).
     max_response_s: float = 30.0
+    #: Microphone chunks queued for the worker at most (then one is dropped).
     audio_queue_max: int = 200
+    #: Which chunk a full queue drops: ``oldest`` or ``newest``.
     queue_drop_policy: str = "oldest"
     #: At most this many listening frames are emitted per tick (clock jumps skip).
     max_catchup_frames: int = 25

@@ -43,6 +43,7 @@ BACKENDS = ("auto", "silero", "energy")
 class VadConfig(ConfigBase):
     """VAD and end-pointing settings (times in ms unless named ``_s``)."""
 
+    #: ``auto`` (silero, else energy), ``silero`` or ``energy``.
     backend: str = "auto"
     #: Speech probability at/above which a chunk counts as speech.
     threshold: float = 0.5

@@ -62,19 +62,29 @@ class BackendConfig(ConfigBase):
     engine_file_path: str = ""
     force_engine_update: bool = False
     precision: str = "fp16"
+    #: TensorRT builder workspace (MiB).
     workspace_mb: int = 2048
+    #: TensorRT builder optimisation level (0-5; higher builds longer, may run faster).
     builder_optimization_level: int = 3
+    #: TensorRT timing cache file (``""``: next to the engines).
     timing_cache_path: str = ""
     kv_cache: str = "auto"
+    #: Capture the static-cache decode step as a CUDA graph (TensorRT).
     cuda_graph: bool = True
     max_context: int = 2048
     opt_context: int = 512
+    #: Longest question the engines accept (s).
     max_question_s: float = 30.0
+    #: Question length the engines are tuned for (s).
     opt_question_s: float = 5.0
+    #: CPU threads of torch and ONNX Runtime.
     threads: int = 1
+    #: ``torch.compile`` the LLM step in the torch backend.
     torch_compile: bool = False
     weights: str = "none"
+    #: Turns run to calibrate int8/fp8 TensorRT engines.
     calibration_turns: int = 4
+    #: Log the engine builders' and runtimes' details.
     verbose: bool = False
 
     PRESETS = {

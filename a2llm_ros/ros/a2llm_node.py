@@ -3,13 +3,14 @@
 A lifecycle node (``autostart:=true`` configures and activates it by itself):
 
 * **on_configure** validates the parameters, loads the checkpoint/engine
-  (``a2llm_ros.engines.load_backend``), warms it up, creates the publishers and
-  starts two threads: the *worker* (VAD/end-pointing and generation via
+  (``a2llm_ros.engines.load_backend``), warms it up and creates the (lifecycle)
+  publishers; nothing is published while inactive (diagnostics excepted).
+* **on_activate** subscribes to the microphone and starts two threads: the
+  *worker* (VAD/end-pointing and generation via
   :class:`~a2llm_ros.conversation.session.ConversationSession`) and the
-  *clock* (25 fps tick, listening face, paced publication).  From here on a
-  FLAME frame is published every 40 ms until cleanup/shutdown.
-* **on_activate** subscribes to the microphone; **on_deactivate** unsubscribes
-  and cancels any answer; **on_cleanup**/**on_shutdown** stop the threads and
+  *clock* (25 fps tick, listening face, paced publication); from here on a
+  FLAME frame is published every 40 ms.  **on_deactivate** unsubscribes,
+  cancels any answer and stops both threads; **on_cleanup**/**on_shutdown**
   free the model (and CUDA cache).
 
 The executor thread only converts messages: audio callbacks decode/resample
@@ -31,10 +32,10 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
-import rclpy
-from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.lifecycle import LifecycleNode, LifecyclePublisher, TransitionCallbackReturn
 
-from a2llm_ros.audio.frontend import AudioFormat, AudioFormatError, AudioFrontEnd
+from a2llm_ros.audio.frontend import (KEPT_AUDIO_REASONS, AudioFormat, AudioFormatError,
+                                      AudioFrontEnd)
 from a2llm_ros.constants import SAMPLE_RATE
 from a2llm_ros.conversation.resample import check_output_rate
 from a2llm_ros.conversation.session import ConversationSession, SessionSink
@@ -59,6 +60,8 @@ MGONZS13_TOPIC = "/audio"
 #: Warm-up: steps at most / question length (s).
 WARMUP_MAX_STEPS = 60
 WARMUP_SECONDS = 1.0
+#: How long deactivation waits for the worker (mid-step) and each thread to stop (s).
+THREAD_JOIN_S = 1.5
 
 
 def load_backend_for(checkpoint: str, backend_cfg) -> Any:
@@ -280,9 +283,15 @@ class A2llmNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self._active = True
         rt = self._rt
+        result = super().on_activate(state)  # activates the lifecycle publishers
+        if "audio_info" in rt.pubs:
+            rt.pubs["audio_info"].publish(mc.audio_info_msg(rt.cfg.output.sample_format,
+                                                            sample_rate=rt.output_rate))
+        self._start_threads(rt)
         rt.out.push_now("state", rt.session.turn_id, state=rt.session.state, reason="activated")
         rt.wake_clock.set()
-        return super().on_activate(state)
+        self.get_logger().info(f"active: listening on {rt.cfg.audio.topic}")
+        return result
 
     def on_deactivate(self, state) -> TransitionCallbackReturn:
         self._deactivate()
@@ -324,8 +333,6 @@ class A2llmNode(LifecycleNode):
         if cfg.model.threads > 0:
             import torch
             torch.set_num_threads(cfg.model.threads)
-        if cfg.model.gil_switch_interval_ms > 0:
-            sys.setswitchinterval(cfg.model.gil_switch_interval_ms / 1000.0)
         backend = load_backend_for(cfg.model.checkpoint, cfg.backend)
         rate = output_rate_for(cfg.output.sample_rate, backend)
         frontend = AudioFrontEnd(cfg.audio.frontend, on_problem=self._on_audio_problem)
@@ -347,12 +354,28 @@ class A2llmNode(LifecycleNode):
         self._make_publishers(rt)
         rt.timers.append(self.create_timer(cfg.output.diagnostics_period_s,
                                            self._publish_diagnostics))
+        return rt
+
+    def _start_threads(self, rt: _Runtime) -> None:
+        """Start the worker and clock threads (on_activate)."""
+        rt.stop.clear()
         for target, name in ((self._worker_loop, "a2llm_worker"),
                              (self._clock_loop, "a2llm_clock")):
             thread = threading.Thread(target=target, args=(rt,), name=name, daemon=True)
             rt.threads.append(thread)
             thread.start()
-        return rt
+
+    def _stop_threads(self, rt: _Runtime) -> None:
+        """Stop and join the worker and clock threads (deactivate, cleanup, shutdown)."""
+        rt.stop.set()
+        rt.wake_worker.set()
+        rt.wake_clock.set()
+        for thread in rt.threads:
+            thread.join(timeout=THREAD_JOIN_S)
+            if thread.is_alive():
+                self.get_logger().warning(f"thread {thread.name} still busy after "
+                                          f"{THREAD_JOIN_S:.0f} s; left as a daemon")
+        rt.threads.clear()
 
     @staticmethod
     def _generator_factory(backend, gen_cfg) -> Callable[[], Any]:
@@ -366,29 +389,23 @@ class A2llmNode(LifecycleNode):
         from a2llm_ros.msg import ConversationState, FlameChunk, FlameFrame, ResponseText
         out, depth = rt.cfg.output, rt.cfg.output.qos_depth
         pubs = rt.pubs
-        pubs["state"] = self.create_publisher(ConversationState, "conversation_state",
-                                              output_qos(depth))
-        pubs["text"] = self.create_publisher(ResponseText, "response_text", output_qos(depth))
-        pubs["flame_chunk"] = self.create_publisher(FlameChunk, "flame/chunks",
-                                                    output_qos(depth))
+
+        def lifecycle(cls, topic: str, qos=None):
+            # publishes only while active (ros2/demos lifecycle_py)
+            return self.create_lifecycle_publisher(cls, topic, qos or output_qos(depth))
+
+        pubs["state"] = lifecycle(ConversationState, "conversation_state")
+        pubs["text"] = lifecycle(ResponseText, "response_text")
+        pubs["flame_chunk"] = lifecycle(FlameChunk, "flame/chunks")
         if out.publish_flame_frames:
-            pubs["flame_frame"] = self.create_publisher(FlameFrame, "flame/frames",
-                                                        output_qos(depth))
+            pubs["flame_frame"] = lifecycle(FlameFrame, "flame/frames")
         if rt.flavour == "mgonzs13":
-            pubs["audio_stamped"] = self.create_publisher(am.AudioStamped,
-                                                          "speech/audio_stamped",
-                                                          output_qos(depth))
+            pubs["audio_stamped"] = lifecycle(am.AudioStamped, "speech/audio_stamped")
         else:
-            pubs["audio_stamped"] = self.create_publisher(am.AudioDataStamped,
-                                                          "speech/audio_stamped",
-                                                          output_qos(depth))
+            pubs["audio_stamped"] = lifecycle(am.AudioDataStamped, "speech/audio_stamped")
             if out.publish_unstamped_audio:
-                pubs["audio"] = self.create_publisher(am.AudioData, "speech/audio",
-                                                      output_qos(depth))
-            pubs["audio_info"] = self.create_publisher(am.AudioInfo, "speech/audio_info",
-                                                       latched_qos())
-            pubs["audio_info"].publish(mc.audio_info_msg(out.sample_format,
-                                                         sample_rate=rt.output_rate))
+                pubs["audio"] = lifecycle(am.AudioData, "speech/audio")
+            pubs["audio_info"] = lifecycle(am.AudioInfo, "speech/audio_info", latched_qos())
         pubs["diagnostics"] = self.create_publisher(DiagnosticArray, "/diagnostics",
                                                     output_qos(10))
 
@@ -433,23 +450,24 @@ class A2llmNode(LifecycleNode):
             done = threading.Event()
             rt.commands.append((rt.session.reset, done))
             rt.wake_worker.set()
-            if not done.wait(5.0):
-                self.get_logger().warning("worker did not reset within 5 s")
+            if not done.wait(THREAD_JOIN_S):
+                self.get_logger().warning(f"worker did not reset within {THREAD_JOIN_S:.0f} s")
+        if rt is not None:
+            self._stop_threads(rt)
 
     # ------------------------------------------------------------------ cleanup
     def _teardown(self) -> None:
         rt, self._rt = self._rt, None
         if rt is None:
             return
-        rt.stop.set()
-        rt.wake_worker.set()
-        rt.wake_clock.set()
-        for thread in rt.threads:
-            thread.join(timeout=10.0)
+        self._stop_threads(rt)
         for timer in rt.timers:
             self.destroy_timer(timer)
         for pub in rt.pubs.values():
-            self.destroy_publisher(pub)
+            if isinstance(pub, LifecyclePublisher):
+                self.destroy_lifecycle_publisher(pub)
+            else:
+                self.destroy_publisher(pub)
         rt.pubs.clear()
         rt.session = rt.backend = None
         del rt
@@ -473,6 +491,8 @@ class A2llmNode(LifecycleNode):
     def _on_audio_problem(self, reason: str, message: str) -> None:
         if reason == "format_change":
             self.get_logger().info(f"microphone format changed: {message}")
+        elif reason in KEPT_AUDIO_REASONS:
+            self._warn(reason, f"microphone audio ({reason}): {message}")
         else:
             self._warn(reason, f"microphone audio dropped ({reason}): {message}")
 
@@ -507,7 +527,8 @@ class A2llmNode(LifecycleNode):
 
     def _on_audio_stamped(self, msg) -> None:
         self._check_stamp(msg.header.stamp)
-        self._feed(mc.raw_bytes(msg.audio.data), self._in_format or self._fallback_format())
+        self._feed(mc.raw_bytes(msg.audio.data), self._in_format or self._fallback_format(),
+                   mc.to_ns(msg.header.stamp))
 
     def _on_audio_unstamped(self, msg) -> None:
         self._feed(mc.raw_bytes(msg.data), self._in_format or self._fallback_format())
@@ -523,13 +544,13 @@ class A2llmNode(LifecycleNode):
             counters[err.reason] = counters.get(err.reason, 0) + 1
             self._on_audio_problem(err.reason, str(err))
             return
-        self._feed(data, fmt)
+        self._feed(data, fmt, mc.to_ns(msg.header.stamp))
 
-    def _feed(self, data, fmt: AudioFormat) -> None:
+    def _feed(self, data, fmt: AudioFormat, stamp_ns: Optional[int] = None) -> None:
         rt = self._rt
         if rt is None or not self._active:
             return
-        chunk = rt.frontend.process(data, fmt)
+        chunk = rt.frontend.process(data, fmt, stamp_ns)
         if chunk is not None and len(chunk.samples):
             rt.session.submit_audio(chunk.samples, chunk.start_sample)
             rt.wake_worker.set()
@@ -629,7 +650,8 @@ class A2llmNode(LifecycleNode):
             values[f"session.{name}"] = str(count)
         for name, count in sorted(rt.frontend.counters.items()):
             values[f"input_dropped.{name}"] = str(count)
-        for name, count in sorted(rt.stats.get("input_warnings", {}).items()):
+        warned = {**rt.stats.get("input_warnings", {}), **rt.frontend.warnings}
+        for name, count in sorted(warned.items()):
             values[f"input_warnings.{name}"] = str(count)
         for name, count in sorted(rt.out.counters.items()):
             values[f"output.{name}"] = str(count)
@@ -658,23 +680,14 @@ class A2llmNode(LifecycleNode):
         rt.pubs["diagnostics"].publish(array)
 
 
-def main(argv=None) -> int:
-    """``ros2 run a2llm_ros a2llm_node`` (set ``autostart:=true`` to self-activate)."""
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-    rclpy.init(args=argv)
-    node = A2llmNode()
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.shutdown_runtime()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+def main(argv=None, exit_process: bool = True) -> int:
+    """``ros2 run a2llm_ros a2llm_node [--gil-switch-interval-ms MS]`` (set
+    ``autostart:=true`` to self-activate; process options: :mod:`a2llm_ros.ros.spin`)."""
+    from a2llm_ros.ros.spin import exit_now, run_executable
+    code = run_executable(A2llmNode, argv, cleanup=lambda node: node.shutdown_runtime())
+    if exit_process:
+        exit_now(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -134,6 +134,8 @@ def run(args) -> int:
     except FileNotFoundError as err:
         print(f"a2llm bringup: {err}", file=sys.stderr)
         return 2
+    from a2llm_ros.ros.spin import DEFAULT_GIL_SWITCH_MS, SPIN_POLL_S
+    sys.setswitchinterval(DEFAULT_GIL_SWITCH_MS / 1000.0)  # as the node executables do
     rclpy.init(args=ros_args)
     nodes: list = []
     executor = MultiThreadedExecutor()
@@ -143,9 +145,13 @@ def run(args) -> int:
             executor.add_node(node)
         print(f"a2llm bringup: {', '.join(n.get_fully_qualified_name() for n in nodes)} "
               f"with {ros_args[2]}")
-        executor.spin()
+        while rclpy.ok():  # a lost shutdown wake-up cannot hang the loop (see ros/spin.py)
+            executor.spin_once(timeout_sec=SPIN_POLL_S)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:  # noqa: BLE001
+        if rclpy.ok():  # the context shut down under the executor: a shutdown
+            raise
     finally:
         executor.shutdown()
         destroy_nodes(nodes)

@@ -54,16 +54,25 @@ class RetargetNodeParams(ConfigBase):
     preset: str = "arkit52"
     #: A retarget YAML file; overrides ``preset`` when set.
     mapping_file: str = ""
+    #: FlameChunk topic to retarget.
     input_topic: str = "flame/chunks"
+    #: JointState topic of the robot face commands.
     output_topic: str = "face_commands"
     #: ConversationState topic watched for barge-in ("" = none).
     state_topic: str = "conversation_state"
+    #: ``scheduled`` (each command published when the clock reaches its stamp, the
+    #: frame's stamp minus the latency lead) or ``immediate`` (on arrival).
     publish_mode: str = "scheduled"
+    #: ``header.frame_id`` of the JointState messages.
     frame_id: str = ""
     #: Override the file's smoothing time constant / latency lead (s); < 0 keeps the file's.
     smoothing_tau_s: float = -1.0
+    #: Override the file's latency lead: commands leave this long before their stamp
+    #: (s); < 0 keeps the file's.
     latency_lead_s: float = -1.0
+    #: On barge-in (``interrupted`` state) drop the commands not yet sent.
     flush_on_interrupt: bool = True
+    #: Depth of the subscriptions and the publisher.
     qos_depth: int = 50
 
     PRESETS = {"tiny": {}, "edge": {}, "paper": {}}

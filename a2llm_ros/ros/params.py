@@ -69,11 +69,6 @@ class ModelParams(ConfigBase):
     threads: int = 1
     #: Run one short dummy turn in on_configure so the first answer is not slow.
     warmup: bool = True
-    #: Python's GIL switch interval for the node's process, set in on_configure
-    #: (0 leaves Python's 5 ms).  The generator thread runs many short torch ops and
-    #: waits for the GIL after each one while the executor and clock threads run
-    #: Python; at 5 ms a turn's first audio came 12x later than in-process.
-    gil_switch_interval_ms: float = 0.5
 
     PRESETS = {"tiny": {}, "edge": {}, "paper": {}}
 
@@ -82,9 +77,6 @@ class ModelParams(ConfigBase):
             raise ValueError("model.checkpoint must not be empty (use 'default')")
         if self.threads < 0:
             raise ValueError(f"model.threads must be >= 0, got {self.threads}")
-        if not 0 <= self.gil_switch_interval_ms <= 100:
-            raise ValueError("model.gil_switch_interval_ms must be in [0, 100], "
-                             f"got {self.gil_switch_interval_ms}")
 
 
 @dataclasses.dataclass
@@ -98,9 +90,11 @@ class AudioInputParams(ConfigBase):
     message: str = "auto"
     #: ros-drivers AudioInfo topic (transient-local and volatile publishers both work).
     info_topic: str = "/audio/audio_info"
-    #: Format assumed until an AudioInfo arrives (a warning says so).
+    #: Format assumed until an AudioInfo arrives (a warning says so): rate (Hz).
     fallback_sample_rate: int = 16000
+    #: Format assumed until an AudioInfo arrives: channels.
     fallback_channels: int = 1
+    #: Format assumed until an AudioInfo arrives: ``S16LE``, ``S32LE``, ``F32LE``...
     fallback_sample_format: str = "S16LE"
     #: Depth of the best-effort (sensor-data) microphone subscription.
     qos_depth: int = 50
@@ -133,6 +127,7 @@ class AudioInputParams(ConfigBase):
 class OutputParams(ConfigBase):
     """Published outputs: frame id, pacing and audio format."""
 
+    #: ``header.frame_id`` of every published message.
     frame_id: str = "a2llm_head"
     #: Outputs are published this long before their presentation time (s).
     lead_s: float = 0.1
@@ -356,6 +351,20 @@ def _build(cfg, values, kinds, prefix):
         raise ParamError(f"invalid {section}: {err}") from err
 
 
+def tree_docs(cfg, prefix: str = "") -> Dict[str, str]:
+    """Dotted parameter name -> the field's doc comment, for a whole config tree."""
+    from a2llm_ros.configbase import field_docs
+    out: Dict[str, str] = {}
+    docs = field_docs(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if _is_section(value):
+            out.update(tree_docs(value, prefix + f.name + "."))
+        elif f.name in docs:
+            out[prefix + f.name] = docs[f.name]
+    return out
+
+
 # ----------------------------------------------------------------------------- rclpy side
 
 def _is_live(name: str, live: Iterable[str]) -> bool:
@@ -384,10 +393,14 @@ class ParameterBinding:
         self.live, self.locked, self.on_live_change = tuple(live), locked, on_live_change
         self.validate = validate
         self.kinds = field_kinds(default)
-        descriptions = descriptions or {}
+        docs = {**tree_docs(default), **(descriptions or {})}
         for name, value in flatten(default).items():
-            desc = ParameterDescriptor(dynamic_typing=True,
-                                       description=descriptions.get(name, self.kinds[name]))
+            when = "live: applies at once" if _is_live(name, self.live) else \
+                "static: set while unconfigured"
+            desc = ParameterDescriptor(
+                dynamic_typing=True, description=docs.get(name, ""),
+                additional_constraints=f"{self.kinds[name]}; {when}; checked on every set "
+                                       f"(an invalid value is refused with the reason)")
             node.declare_parameter(name, value, desc)
         node.add_on_set_parameters_callback(self._on_set)
 
