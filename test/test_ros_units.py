@@ -84,6 +84,23 @@ def test_scheduler_releases_lead_before_presentation_in_time_order():
     assert all(b.t_ns == a.t_ns + sample_time_ns(640, 16000) for a, b in zip(audio, audio[1:]))
 
 
+def test_late_outputs_are_counted_with_their_worst_lateness():
+    out = _sched()
+    out.push_audio(1, np.ones(640, np.float32), abs_sample=25 * 640)  # due at 1.0 s
+    out.push_flame(1, np.zeros((1, 58), np.float32), abs_frame=25, first_index=0,
+                   source="speech")
+    kinds = [i.kind for i in out.due(900 * MS)]
+    assert kinds == ["audio", "flame_chunk", "flame_frame"]
+    assert not any(k.startswith("late") for k in out.counters)  # on time: nothing counted
+    out.push_audio(1, np.ones(640, np.float32), abs_sample=50 * 640)  # due at 2.0 s
+    out.push_flame(1, np.zeros((1, 58), np.float32), abs_frame=50, first_index=25,
+                   source="speech")
+    out.due(2250 * MS)  # released 250 ms after the stamp
+    assert out.counters["late_audio_chunks"] == 1 and out.counters["late_flame_frames"] == 1
+    assert out.counters["late_flame_chunks"] == 1
+    assert out.counters["late_ms_max.audio"] == out.counters["late_ms_max.flame_frame"] == 250
+
+
 def test_flush_turn_and_monotonic_frames_after_barge_in():
     out = _sched()
     for start in (10, 15):  # two 200 ms motion segments, as the generator emits them

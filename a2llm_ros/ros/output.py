@@ -41,6 +41,9 @@ NS_PER_S = 1_000_000_000
 NS_PER_FRAME = NS_PER_S // FLAME_FPS      # 40 ms
 #: Audio released more than this after its presentation time counts as late.
 LATE_NS = 20_000_000
+#: Kinds whose late release is counted, and the counter name.
+LATE_KINDS = {"audio": "late_audio_chunks", "flame_chunk": "late_flame_chunks",
+              "flame_frame": "late_flame_frames"}
 #: Item kinds that belong to a spoken answer (flushed on barge-in).
 SPEECH_KINDS = ("audio", "flame_chunk", "flame_frame")
 assert NS_PER_FRAME * FLAME_FPS == NS_PER_S
@@ -213,12 +216,22 @@ class OutputScheduler:
                 item = self._trim(item)
                 if item is None:
                     continue
+                if item.kind in LATE_KINDS:
+                    self._check_late(item, now_rel_ns)
                 if item.kind == "audio":
-                    if item.t_ns + LATE_NS < now_rel_ns:
-                        self._count("late_audio_chunks")
                     self._apply_gain(item)
                 out.append(item)
         return out
+
+    def _check_late(self, item: Item, now_rel_ns: int) -> None:
+        """Count an item released after its presentation time (+ LATE_NS tolerance) and
+        keep the worst lateness per kind (``late_ms_max.<kind>``, whole ms)."""
+        late_ns = now_rel_ns - item.t_ns
+        if late_ns <= LATE_NS:
+            return
+        self._count(LATE_KINDS[item.kind])
+        key = f"late_ms_max.{item.kind}"
+        self.counters[key] = max(self.counters.get(key, 0), late_ns // 1_000_000)
 
     def _apply_gain(self, item: Item) -> None:
         emitted = item.payload["gain"]
