@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import scipy.signal
 
+from a2llm_ros.conversation.output import (NS_PER_FRAME, NS_PER_S, OutputScheduler,
+                                           frame_first_sample, sample_time_ns)
 from a2llm_ros.conversation.resample import (StreamResampler, TurnAudio, check_output_rate,
                                              resampled_length)
-from a2llm_ros.ros.output import (NS_PER_FRAME, NS_PER_S, OutputScheduler, frame_first_sample,
-                                  sample_time_ns)
 from a2llm_ros.ros.params import A2llmNodeConfig, ParamError, build_config
 
 soxr = pytest.importorskip("soxr")

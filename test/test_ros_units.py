@@ -5,7 +5,7 @@ import types
 import numpy as np
 import pytest
 
-from a2llm_ros.ros.output import NS_PER_FRAME, OutputScheduler, sample_time_ns
+from a2llm_ros.conversation.output import NS_PER_FRAME, OutputScheduler, sample_time_ns
 from a2llm_ros.ros.params import (A2llmNodeConfig, ParamError, build_config, coerce,
                                   field_kinds, flatten)
 

@@ -325,7 +325,12 @@ def test_worker_thread_and_tick_from_another_thread():
     gen = FakeGenerator(n_segments=3)
     session, rec = _make(gen)
     stop = threading.Event()
-    worker = threading.Thread(target=session.run, args=(stop,), daemon=True)
+
+    def work():  # a worker thread as ConversationRuntime runs it
+        while not stop.is_set():
+            if not session.step():
+                stop.wait(0.001)
+    worker = threading.Thread(target=work, daemon=True)
     worker.start()
     audio = _audio((1.0, True), (2.5, False))
     try:

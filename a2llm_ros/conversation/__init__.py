@@ -8,7 +8,13 @@
   whenever the avatar is not speaking (blinks, nods at pauses, gaze holding).
 * :mod:`.session` -- :class:`~.session.ConversationSession`, the turn logic
   (idle -> listening -> thinking -> speaking -> idle, barge-in, error recovery)
-  run by the a2llm node on a worker thread; outputs go to a sink object.
+  stepped by a worker thread; outputs go to a sink object.
+* :mod:`.output` -- presentation-time scheduling of speech audio and FLAME on one
+  timeline (released ``lead`` before their stamps, flushed on barge-in).
+* :mod:`.resample` -- the answer audio at the node's output rate (soxr stream).
+* :mod:`.runtime` -- :class:`~.runtime.ConversationRuntime`: session + output
+  timeline + the worker and clock threads, what a node runs (it only converts
+  messages, owns parameters and lifecycle, and calls it).
 
 The audio message decoding lives in :mod:`a2llm_ros.audio.frontend` and the
 FLAME -> robot/blendshape mapping in :mod:`a2llm_ros.retarget`.  Nothing here

@@ -11,7 +11,7 @@ Threading: the node's executor thread calls :meth:`ConversationSession.submit_au
 (bounded queue; when full the oldest or newest chunk is dropped by
 ``TurnConfig.queue_drop_policy`` and counted) and :meth:`~ConversationSession.tick`
 (25 fps frame clock; emits listening frames).  One worker thread calls
-:meth:`~ConversationSession.step` in a loop (or :meth:`~ConversationSession.run`):
+:meth:`~ConversationSession.step` in a loop (:mod:`a2llm_ros.conversation.runtime`):
 it drains the audio queue through the VAD/end-pointer and advances the
 generator.  Generator calls run outside the session lock; state changes and
 sink callbacks run under it, so sink methods must be quick and must not call
@@ -202,7 +202,6 @@ class ConversationSession:
         self._lock = threading.RLock()
         self._queue: Deque[Tuple[np.ndarray, Optional[int]]] = collections.deque()
         self._qlock = threading.Lock()
-        self._wake = threading.Event()
         self.counters: Dict[str, int] = collections.defaultdict(int)
         self.state = "idle"
         self.turn_id = 0
@@ -212,6 +211,11 @@ class ConversationSession:
         self._listen_next = 0        # next absolute frame for listening motion
         self._voiced_ms = 0.0        # consecutive voiced time while thinking/speaking
         self._gain = 1.0
+
+    @property
+    def gain(self) -> float:
+        """Output gain now: ``duck_gain`` while the user talks over the answer, else 1."""
+        return self._gain
 
     # ------------------------------------------------------------------ inputs
 
@@ -233,7 +237,6 @@ class ConversationSession:
                     self._queue.popleft()
             if accepted:
                 self._queue.append(item)
-        self._wake.set()
         return accepted
 
     @property
@@ -288,13 +291,6 @@ class ConversationSession:
             worked = True
         self._check_playback_done()
         return worked
-
-    def run(self, stop: threading.Event, idle_wait_s: float = 0.01) -> None:
-        """Call :meth:`step` until ``stop`` is set (the node's worker thread)."""
-        while not stop.is_set():
-            if not self.step():
-                self._wake.wait(idle_wait_s)
-                self._wake.clear()
 
     def process_audio(self) -> int:
         """Run queued audio through the end-pointer; return chunks processed."""

@@ -8,7 +8,6 @@ Modules (only this sub-package imports ``rclpy`` and message packages):
 * :mod:`.bringup` -- all nodes in one process (``a2llm bringup``).
 * :mod:`.spin` -- ``main()`` helper of the single-node executables.
 * :mod:`.params` -- config dataclasses <-> ROS parameters, with validation.
-* :mod:`.output` -- presentation-time output scheduling (ROS-free).
 * :mod:`.msgconv` -- message <-> numpy conversions.
 * :mod:`.qos` -- the QoS profile of every topic.
 * :mod:`.paths` -- where config/ and launch/ are (install share or checkout).

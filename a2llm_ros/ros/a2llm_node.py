@@ -17,7 +17,7 @@ The executor thread only converts messages: audio callbacks decode/resample
 (:class:`~a2llm_ros.audio.frontend.AudioFrontEnd`) and queue 16 kHz samples.
 Speech audio is published at the output rate (``output.sample_rate``; 0 = the
 speech codec's rate, resolved at configure, see :func:`output_rate_for`).
-Outputs are placed on one timeline (see :mod:`a2llm_ros.ros.output`): FLAME
+Outputs are placed on one timeline (see :mod:`a2llm_ros.conversation.output`): FLAME
 frame ``f`` and speech sample ``f * rate / 25`` (640 f at 16 kHz, 960 f at
 24 kHz) carry the same stamp, and both are published ``output.lead_s`` before
 that time.  Topics, QoS and parameters are listed in ``docs/ros_interfaces.md``.
@@ -38,10 +38,11 @@ from a2llm_ros.audio.frontend import (KEPT_AUDIO_REASONS, AudioFormat, AudioForm
                                       AudioFrontEnd)
 from a2llm_ros.constants import SAMPLE_RATE
 from a2llm_ros.conversation.resample import check_output_rate
-from a2llm_ros.conversation.session import ConversationSession, SessionSink
+from a2llm_ros.conversation.runtime import THREAD_JOIN_S, ConversationRuntime
+from a2llm_ros.conversation.session import ConversationSession
 from a2llm_ros.interfaces import detect_audio_flavour
 from a2llm_ros.ros import msgconv as mc
-from a2llm_ros.ros.output import NS_PER_FRAME, Item, OutputScheduler
+from a2llm_ros.conversation.output import Item, OutputScheduler
 from a2llm_ros.ros.params import (CODEC_SAMPLE_RATE, LIVE_PARAMETERS, A2llmNodeConfig,
                                   AudioInputParams, ParameterBinding, ParamError)
 from a2llm_ros.ros.qos import latched_qos, output_qos, sensor_qos, volatile_info_qos
@@ -49,10 +50,6 @@ from a2llm_ros.ros.qos import latched_qos, output_qos, sensor_qos, volatile_info
 __all__ = ["A2llmNode", "load_backend_for", "codec_sample_rate", "output_rate_for", "main"]
 
 NODE_NAME = "a2llm_node"
-#: The clock thread wakes at least this often (s).
-CLOCK_POLL_S = 0.01
-#: A backwards ROS-clock jump larger than this re-bases the output timeline.
-CLOCK_JUMP_NS = 1_000_000_000
 #: Minimum interval between two warnings of the same kind (s).
 WARN_INTERVAL_S = 5.0
 #: mgonzs13 audio_capturer_node's topic, used when audio.topic keeps its ros-drivers default.
@@ -60,8 +57,6 @@ MGONZS13_TOPIC = "/audio"
 #: Warm-up: steps at most / question length (s).
 WARMUP_MAX_STEPS = 60
 WARMUP_SECONDS = 1.0
-#: How long deactivation waits for the worker (mid-step) and each thread to stop (s).
-THREAD_JOIN_S = 1.5
 
 
 def load_backend_for(checkpoint: str, backend_cfg) -> Any:
@@ -114,101 +109,36 @@ def warm_up(backend, gen_cfg) -> float:
     return time.monotonic() - t0
 
 
-class _Sink(SessionSink):
-    """Session callbacks (worker/clock threads, under the session lock): queue outputs."""
-
-    def __init__(self, node: "A2llmNode", rt: "_Runtime"):
-        self.node, self.rt = node, rt
-
-    def on_state(self, state, turn_id, reason):
-        rt = self.rt
-        now = time.monotonic()
-        was_busy = rt.stats.get("state") in ("thinking", "speaking")
-        rt.stats["state"] = state
-        if state == "thinking":
-            rt.stats.update(t_think=now, t_first=None, audio_s=0.0, answer_turn=turn_id)
-        elif state == "speaking" and rt.stats.get("t_think") is not None:
-            rt.stats["t_first"] = now
-            rt.stats["first_output_latency_ms"] = 1000.0 * (now - rt.stats["t_think"])
-        if state == "interrupted" or (was_busy and reason in ("reset", "generator_error")):
-            # The answer stops: drop what is not yet published, close its text.
-            # (After a generator error the session may already count the next turn.)
-            answer = rt.stats.get("answer_turn", turn_id)
-            rt.out.flush_turn(answer)
-            if answer not in rt.final_sent:
-                self._final_text(answer)
-        rt.out.push_now("state", turn_id, state=state, reason=reason)
-        rt.wake_clock.set()
-
-    def _final_text(self, turn_id):
-        self.rt.final_sent.add(turn_id)
-        self.rt.out.push_now("text", turn_id, text="", final=True)
-
-    def on_text(self, turn_id, text, final):
-        if final:
-            if turn_id not in self.rt.final_sent:
-                self._final_text(turn_id)
-        elif text:
-            self.rt.out.push_now("text", turn_id, text=text, final=False)
-        self.rt.wake_clock.set()
-
-    def on_audio(self, turn_id, samples, start_sample):
-        rt = self.rt
-        anchor = rt.session.speech_anchor_frame
-        if anchor is None:
-            return
-        rt.out.push_audio(turn_id, samples, rt.out.frame_sample(anchor) + int(start_sample),
-                          gain=rt.session_gain())
-        rt.stats["audio_s"] = rt.stats.get("audio_s", 0.0) + len(samples) / rt.output_rate
-        if rt.stats.get("t_first") is not None and rt.stats["audio_s"] > 0:
-            wall = time.monotonic() - rt.stats["t_think"]
-            rt.stats["generation_rtf"] = wall / rt.stats["audio_s"]
-
-    def on_flame(self, turn_id, frames, start_frame, source):
-        rt = self.rt
-        if source == "speech":
-            anchor = rt.session.speech_anchor_frame
-            if anchor is None:
-                return
-            rt.out.push_flame(turn_id, frames, anchor + int(start_frame), int(start_frame),
-                              "speech")
-        else:
-            rt.out.push_flame(0, frames, int(start_frame), int(start_frame), "listening")
-
-    def on_error(self, turn_id, message):
-        self.rt.stats["errors"] = self.rt.stats.get("errors", 0) + 1
-        self.node.get_logger().error(f"turn {turn_id}: {message}")
-
-
 @dataclasses.dataclass
 class _Runtime:
-    """Everything on_configure builds and on_cleanup frees."""
+    """Everything on_configure builds and on_cleanup frees: the ROS side (publishers,
+    timers, audio front end) around the ROS-free :class:`ConversationRuntime`."""
 
     cfg: A2llmNodeConfig
     backend: Any
     layout: Any
     flavour: str
     frontend: AudioFrontEnd
-    out: OutputScheduler
     #: Speech output rate (Hz): ``output.sample_rate``, or the codec's rate for 0.
     output_rate: int = SAMPLE_RATE
-    session: Optional[ConversationSession] = None
+    conv: Optional[ConversationRuntime] = None
     pubs: Dict[str, Any] = dataclasses.field(default_factory=dict)
     timers: List[Any] = dataclasses.field(default_factory=list)
-    threads: List[threading.Thread] = dataclasses.field(default_factory=list)
-    stop: threading.Event = dataclasses.field(default_factory=threading.Event)
-    wake_worker: threading.Event = dataclasses.field(default_factory=threading.Event)
-    wake_clock: threading.Event = dataclasses.field(default_factory=threading.Event)
-    commands: List[Any] = dataclasses.field(default_factory=list)
-    origin_ns: Optional[int] = None
-    last_frame: int = -1
-    final_sent: set = dataclasses.field(default_factory=set)
-    stats: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: Input problems the node (not the front end) counted, by reason.
+    input_warnings: Dict[str, int] = dataclasses.field(default_factory=dict)
     warmup_s: float = 0.0
 
-    def session_gain(self) -> float:
-        # Barge-in "duck": the session's current output gain (1.0 otherwise).
-        return float(getattr(self.session, "_gain", 1.0))
+    @property
+    def session(self) -> ConversationSession:
+        return self.conv.session
+
+    @property
+    def out(self) -> OutputScheduler:
+        return self.conv.out
+
+    @property
+    def threads(self) -> List[threading.Thread]:
+        return self.conv.threads if self.conv is not None else []
 
 
 class A2llmNode(LifecycleNode):
@@ -287,9 +217,7 @@ class A2llmNode(LifecycleNode):
         if "audio_info" in rt.pubs:
             rt.pubs["audio_info"].publish(mc.audio_info_msg(rt.cfg.output.sample_format,
                                                             sample_rate=rt.output_rate))
-        self._start_threads(rt)
-        rt.out.push_now("state", rt.session.turn_id, state=rt.session.state, reason="activated")
-        rt.wake_clock.set()
+        rt.conv.start()
         self.get_logger().info(f"active: listening on {rt.cfg.audio.topic}")
         return result
 
@@ -339,12 +267,14 @@ class A2llmNode(LifecycleNode):
         chunk = max(1, int(round(cfg.output.audio_chunk_ms * rate / 1000.0)))
         out = OutputScheduler(int(cfg.output.lead_s * 1e9), chunk, sample_rate=rate)
         rt = _Runtime(cfg=cfg, backend=backend, layout=backend.model.layout, flavour=flavour,
-                      frontend=frontend, out=out, output_rate=rate)
-        rt.out.gain = rt.session_gain
+                      frontend=frontend, output_rate=rate)
         rt.warmup_s = warm_up(backend, cfg.generation) if cfg.model.warmup else 0.0
-        rt.session = ConversationSession(self._generator_factory(backend, cfg.generation),
-                                         _Sink(self, rt), cfg.turn, cfg.vad, cfg.listening,
-                                         output_rate=rate)
+        rt.conv = ConversationRuntime(
+            self._generator_factory(backend, cfg.generation), out,
+            {"turn": cfg.turn, "vad": cfg.vad, "listening": cfg.listening}, rate,
+            publish=lambda item, stamp_ns, now_ns: self._publish(rt, item, stamp_ns, now_ns),
+            clock_ns=lambda: self.get_clock().now().nanoseconds, warn=self._warn,
+            error=lambda message: self.get_logger().error(message))
         codec = codec_sample_rate(backend)
         self.get_logger().info(
             f"speech output {rate} Hz (codec {codec or 'unknown'} Hz"
@@ -355,27 +285,6 @@ class A2llmNode(LifecycleNode):
         rt.timers.append(self.create_timer(cfg.output.diagnostics_period_s,
                                            self._publish_diagnostics))
         return rt
-
-    def _start_threads(self, rt: _Runtime) -> None:
-        """Start the worker and clock threads (on_activate)."""
-        rt.stop.clear()
-        for target, name in ((self._worker_loop, "a2llm_worker"),
-                             (self._clock_loop, "a2llm_clock")):
-            thread = threading.Thread(target=target, args=(rt,), name=name, daemon=True)
-            rt.threads.append(thread)
-            thread.start()
-
-    def _stop_threads(self, rt: _Runtime) -> None:
-        """Stop and join the worker and clock threads (deactivate, cleanup, shutdown)."""
-        rt.stop.set()
-        rt.wake_worker.set()
-        rt.wake_clock.set()
-        for thread in rt.threads:
-            thread.join(timeout=THREAD_JOIN_S)
-            if thread.is_alive():
-                self.get_logger().warning(f"thread {thread.name} still busy after "
-                                          f"{THREAD_JOIN_S:.0f} s; left as a daemon")
-        rt.threads.clear()
 
     @staticmethod
     def _generator_factory(backend, gen_cfg) -> Callable[[], Any]:
@@ -446,21 +355,21 @@ class A2llmNode(LifecycleNode):
         self._unsubscribe()
         was_active, self._active = self._active, False
         rt = self._rt
-        if rt is not None and was_active:
-            done = threading.Event()
-            rt.commands.append((rt.session.reset, done))
-            rt.wake_worker.set()
-            if not done.wait(THREAD_JOIN_S):
-                self.get_logger().warning(f"worker did not reset within {THREAD_JOIN_S:.0f} s")
-        if rt is not None:
-            self._stop_threads(rt)
+        if rt is not None and rt.conv is not None:
+            self._report_busy(rt.conv.stop(reset=was_active))
+
+    def _report_busy(self, names: List[str]) -> None:
+        for name in names:
+            self.get_logger().warning(f"thread {name} still busy after {THREAD_JOIN_S:.1f} s; "
+                                      "left as a daemon")
 
     # ------------------------------------------------------------------ cleanup
     def _teardown(self) -> None:
         rt, self._rt = self._rt, None
         if rt is None:
             return
-        self._stop_threads(rt)
+        if rt.conv is not None:
+            self._report_busy(rt.conv.stop(reset=False))
         for timer in rt.timers:
             self.destroy_timer(timer)
         for pub in rt.pubs.values():
@@ -469,7 +378,7 @@ class A2llmNode(LifecycleNode):
             else:
                 self.destroy_publisher(pub)
         rt.pubs.clear()
-        rt.session = rt.backend = None
+        rt.conv = rt.backend = None
         del rt
         gc.collect()
         torch = sys.modules.get("torch")
@@ -512,7 +421,7 @@ class A2llmNode(LifecycleNode):
         """Count an input oddity that is not a drop (``input_warnings.<reason>``)."""
         rt = self._rt
         if rt is not None:
-            counts = rt.stats.setdefault("input_warnings", {})
+            counts = rt.input_warnings
             counts[reason] = counts.get(reason, 0) + 1
 
     def _check_stamp(self, stamp) -> None:
@@ -552,57 +461,12 @@ class A2llmNode(LifecycleNode):
             return
         chunk = rt.frontend.process(data, fmt, stamp_ns)
         if chunk is not None and len(chunk.samples):
-            rt.session.submit_audio(chunk.samples, chunk.start_sample)
-            rt.wake_worker.set()
+            rt.conv.submit_audio(chunk.samples, chunk.start_sample)
 
-    # ------------------------------------------------------------------ threads
-    def _worker_loop(self, rt: _Runtime) -> None:
-        while not rt.stop.is_set():
-            while rt.commands:
-                fn, done = rt.commands.pop(0)
-                try:
-                    fn()
-                finally:
-                    done.set()
-            try:
-                busy = rt.session.step()
-            except Exception as err:  # noqa: BLE001 (keep the node alive)
-                self._warn("worker", f"conversation step failed: {err!r}")
-                busy = False
-            if not busy:
-                rt.wake_worker.wait(CLOCK_POLL_S)
-                rt.wake_worker.clear()
-
-    def _clock_loop(self, rt: _Runtime) -> None:
-        clock = self.get_clock()
-        while not rt.stop.is_set():
-            try:
-                self._clock_step(rt, clock.now().nanoseconds)
-            except Exception as err:  # noqa: BLE001
-                self._warn("clock", f"output step failed: {err!r}")
-            rt.wake_clock.wait(CLOCK_POLL_S)
-            rt.wake_clock.clear()
-
-    def _clock_step(self, rt: _Runtime, now_ns: int) -> None:
-        if now_ns <= 0:
-            return  # sim time without /clock yet
-        if rt.origin_ns is None:
-            rt.origin_ns = now_ns - now_ns % NS_PER_FRAME
-        rel = now_ns - rt.origin_ns
-        if rel < rt.last_frame * NS_PER_FRAME - CLOCK_JUMP_NS:
-            self._warn("clock_jump", "ROS clock jumped back; re-basing the output timeline")
-            rt.origin_ns = now_ns - (rt.last_frame + 1) * NS_PER_FRAME
-            rel = now_ns - rt.origin_ns
-        frame = rel // NS_PER_FRAME
-        if frame > rt.last_frame:
-            rt.last_frame = frame
-            rt.session.tick(frame)
-        for item in rt.out.due(rel):
-            self._publish(rt, item, now_ns)
-
-    def _publish(self, rt: _Runtime, item: Item, now_ns: int) -> None:
+    # ------------------------------------------------------------------ output
+    def _publish(self, rt: _Runtime, item: Item, stamp: int, now_ns: int) -> None:
+        """A released output item -> its message(s) (the runtime's clock thread)."""
         pubs, out, p = rt.pubs, rt.cfg.output, item.payload
-        stamp = rt.origin_ns + item.t_ns
         version = rt.layout.version
         if item.kind == "state":
             pubs["state"].publish(mc.state_msg(p["state"], item.turn_id, p["reason"], now_ns,
@@ -630,31 +494,16 @@ class A2llmNode(LifecycleNode):
         rt = self._rt
         if rt is None:
             return {}
-        session = rt.session
-        counters = dict(getattr(session, "counters", {}))
-        values = {
-            "lifecycle_state": self.lifecycle_state,
-            "conversation_state": session.state, "turn_id": str(session.turn_id),
-            "backend": type(rt.backend).__name__,
-            "backend_kind": str(getattr(rt.cfg.backend, "kind", "")),
-            "audio_flavour": rt.flavour,
-            "output_sample_rate": str(rt.output_rate),
-            "input_queue_depth": str(session.queue_depth),
-            "output_queue_depth": str(rt.out.depth),
-            "first_output_latency_ms": f"{rt.stats.get('first_output_latency_ms', 0.0):.1f}",
-            "generation_rtf": f"{rt.stats.get('generation_rtf', 0.0):.3f}",
-            "warmup_s": f"{rt.warmup_s:.3f}",
-            "generator_errors": str(rt.stats.get("errors", 0)),
-        }
-        for name, count in sorted(counters.items()):
-            values[f"session.{name}"] = str(count)
+        values = {"lifecycle_state": self.lifecycle_state,
+                  "backend": type(rt.backend).__name__,
+                  "backend_kind": str(getattr(rt.cfg.backend, "kind", "")),
+                  "audio_flavour": rt.flavour, "warmup_s": f"{rt.warmup_s:.3f}"}
+        values.update(rt.conv.values())
         for name, count in sorted(rt.frontend.counters.items()):
             values[f"input_dropped.{name}"] = str(count)
-        warned = {**rt.stats.get("input_warnings", {}), **rt.frontend.warnings}
+        warned = {**rt.input_warnings, **rt.frontend.warnings}
         for name, count in sorted(warned.items()):
             values[f"input_warnings.{name}"] = str(count)
-        for name, count in sorted(rt.out.counters.items()):
-            values[f"output.{name}"] = str(count)
         return values
 
     def _publish_diagnostics(self) -> None:
