@@ -23,6 +23,25 @@ turn:
 Writes ``graph_bench.json``, ``graph_bench.md`` and ``graph_bench.png`` to
 ``--graph-out`` (default ``bench_out``; ``--json`` names the JSON) and prints
 the table.
+
+Layouts (:data:`LAYOUTS`): by default the nodes run in this process
+(``in-process``, :func:`a2llm_ros.ros.graph_run.run_graph`).  ``--processes``
+runs every node in its own process from the installed executables, as the
+launch file starts them (``per-node``, :mod:`a2llm_ros.ros.graph_procs`); this
+process then only plays the bag and records the outputs, and the report adds
+CPU, shutdown time and exit status per process (the generator-side figures
+``graph_ttfa_ms``, ``inproc_ttfa_ms``, ``rtf`` need the in-process probe and
+stay empty).  ``--graph-preview on`` adds ``face_preview_node`` and a
+``face_marker`` subscriber (as RViz; the preview renders only when watched).
+
+``--graph-compare`` measures every layout of ``--graph-layouts`` (default all:
+``in-process``, ``one-process`` = ``a2llm bringup`` in a child process,
+``per-node``), each with the preview off and on (``--graph-preview``, default
+``both``), on the same question bag, and writes ``graph_compare.json`` /
+``graph_compare.md``: end of speech -> first FLAME (p50, max), output lateness
+(speech audio and FLAME received vs their presentation stamps, max), CPU per
+process (% of one core over the replay) and shutdown time per process (SIGINT
+-> exit, with the exit status).  Process logs go to ``<out>/graph_logs/``.
 """
 from __future__ import annotations
 
@@ -47,6 +66,13 @@ TURN_KEYS = ("endpoint_ms", "ttfa_ms", "ttff_ms", "graph_ttfa_ms", "inproc_ttfa_
              "ros_overhead", "rtf", "stamp_skew_mean_ms", "stamp_skew_max_ms",
              "arrival_skew_mean_ms", "arrival_skew_max_ms")
 STATS = ("mean", "p50", "p95", "max")
+IN_PROCESS = "in-process"
+#: ``--graph-layouts`` values: this process, ``a2llm bringup`` as a child, one per node.
+LAYOUTS = (IN_PROCESS, "one-process", "per-node")
+PREVIEW_CHOICES = ("off", "on", "both")
+#: Short names of the processes in the comparison table.
+SHORT_NAMES = {"a2llm_node": "a2llm", "flame_retarget_node": "retarget",
+               "face_preview_node": "preview", "bringup": "all nodes", "client": "client"}
 
 
 def add_graph_arguments(parser) -> None:
@@ -61,6 +87,20 @@ def add_graph_arguments(parser) -> None:
                         help="--graph: a2llm_node backend.kind (default auto)")
     parser.add_argument("--graph-timeout", type=float, default=600.0,
                         help="--graph: give up after this many seconds of replay")
+    parser.add_argument("--processes", action="store_true",
+                        help="--graph: every node in its own process from the installed "
+                             "executables, as the launch file starts them (default: all "
+                             "nodes in this process)")
+    parser.add_argument("--graph-preview", choices=PREVIEW_CHOICES, default=None,
+                        help="--graph: face_preview_node (with a face_marker subscriber, as "
+                             "RViz) off or on; --graph-compare: off, on or both (default "
+                             "off; both with --graph-compare)")
+    parser.add_argument("--graph-compare", action="store_true",
+                        help="--graph: measure every layout of --graph-layouts with the "
+                             "preview off and on and report them side by side")
+    parser.add_argument("--graph-layouts", default=",".join(LAYOUTS),
+                        help=f"--graph-compare: comma-separated layouts out of "
+                             f"{', '.join(LAYOUTS)} (default all)")
 
 
 def _opt(args, name, default):
@@ -91,24 +131,57 @@ def run_graph(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     tokens = int(_opt(args, "speech_tokens", 75))
     bag, sidecar = _bench_bag(args, out, tokens / SPEECH_TOKEN_RATE)
-    cfg = gr.GraphConfig(
-        bag=str(bag), checkpoint=args.checkpoint, sidecar=sidecar,
-        rate=float(_opt(args, "graph_rate", 1.0)), retarget=True, keep_questions=True,
+    if _opt(args, "graph_compare", False):
+        return run_compare(args, out, bag, sidecar, tokens)
+    preview = _opt(args, "graph_preview", "off")
+    if preview == "both":
+        print("a2llm bench --graph: --graph-preview both needs --graph-compare", file=sys.stderr)
+        return 2
+    layout = "per-node" if _opt(args, "processes", False) else IN_PROCESS
+    cfg = graph_config(args, bag, sidecar, tokens, preview == "on",
+                       keep_questions=layout == IN_PROCESS)
+    print(f"a2llm bench --graph: replaying {bag} ({len(sidecar['utterances'])} questions, "
+          f"answers of {tokens} speech tokens) through {', '.join(_node_names(cfg))} "
+          f"({layout})")
+    try:
+        res = run_layout(cfg, layout, out / "graph_logs" / layout)
+    except gr.GraphStartError as exc:
+        print(f"a2llm bench --graph: {exc}", file=sys.stderr)
+        return 1
+    inproc = (inprocess_latency(res, warmup=int(_opt(args, "warmup", 1)))
+              if layout == IN_PROCESS else {})
+    report = build_report(res, inproc, gr, args, tokens)
+    _write(report, res, out, args)
+    return 0 if report["turns"] else 1
+
+
+def graph_config(args, bag, sidecar, tokens: int, preview: bool, namespace: str = "",
+                 keep_questions: bool = False):
+    """The :class:`~a2llm_ros.ros.graph_run.GraphConfig` of a bench run (retarget on;
+    ``preview``: face_preview_node and a face_marker subscriber)."""
+    from a2llm_ros.ros import graph_run as gr
+    return gr.GraphConfig(
+        bag=str(bag), checkpoint=args.checkpoint, sidecar=sidecar, namespace=namespace,
+        rate=float(_opt(args, "graph_rate", 1.0)), retarget=True, preview=preview,
+        watch_markers=preview, keep_questions=keep_questions,
         timeout_s=float(_opt(args, "graph_timeout", 600.0)),
         params={"generation.max_speech_tokens": tokens, "generation.min_speech_tokens": tokens,
                 "model.threads": int(_opt(args, "threads", 1)),
                 "backend.kind": str(_opt(args, "graph_backend", "auto"))})
-    print(f"a2llm bench --graph: replaying {bag} ({len(sidecar['utterances'])} questions, "
-          f"answers of {tokens} speech tokens) through a2llm_node + flame_retarget_node")
-    try:
-        res = gr.run_graph(cfg)
-    except gr.GraphStartError as exc:
-        print(f"a2llm bench --graph: {exc}", file=sys.stderr)
-        return 1
-    inproc = inprocess_latency(res, warmup=int(_opt(args, "warmup", 1)))
-    report = build_report(res, inproc, gr, args, tokens)
-    _write(report, res, out, args)
-    return 0 if report["turns"] else 1
+
+
+def _node_names(cfg) -> List[str]:
+    return ["a2llm_node"] + (["flame_retarget_node"] if cfg.retarget else []) \
+        + (["face_preview_node"] if cfg.preview else [])
+
+
+def run_layout(cfg, layout: str, log_dir: Path):
+    """One replay in ``layout`` (:data:`LAYOUTS`): a GraphResult."""
+    if layout == IN_PROCESS:
+        from a2llm_ros.ros.graph_run import run_graph as run_in_process
+        return run_in_process(cfg)
+    from a2llm_ros.ros.graph_procs import run_graph_processes
+    return run_graph_processes(cfg, layout, log_dir)
 
 
 def _bench_bag(args, out: Path, answer_s: float):
@@ -208,6 +281,8 @@ def build_report(res, inproc: Dict[int, dict], gr, args, tokens: int) -> dict:
         "rate": res.config.rate, "bag": str(res.config.bag), "timed_out": res.timed_out,
         "questions": len(res.utterance_ends), "turns": rows, "summary": summarise(rows),
         "resources": res.resource_summary(), "warmup_s": res.warmup_s,
+        "layout": res.layout, "preview": res.config.preview, "lateness": res.lateness_ms(),
+        "processes": process_rows(res),
         "dropped": {k: v for k, v in res.node_values.items()
                     if k.startswith(("input_dropped.", "session.dropped", "output."))},
         "definitions": {
@@ -219,8 +294,30 @@ def build_report(res, inproc: Dict[int, dict], gr, args, tokens: int) -> dict:
                               "first audio chunk ready",
             "ros_overhead": "graph_ttfa_ms / inproc_ttfa_ms",
             "cpu": "process CPU %, 100 = one core (whole graph: node, retarget, player, "
-                   "collector)"},
+                   "collector)" if res.layout == IN_PROCESS else
+                   "CPU %, 100 = one core, of the node processes together (per process: "
+                   "processes)",
+            "lateness": LATENESS_DEFINITION},
     }
+
+
+LATENESS_DEFINITION = ("receive time minus presentation stamp (ROS time) of speech audio and "
+                       "FLAME (flame/frames, flame/chunks) messages during the replay; "
+                       "negative = ahead (output.lead_s)")
+
+
+def process_rows(res) -> List[dict]:
+    """Per-process figures over the replay (node processes, then the client); in-process:
+    one row for this process (nodes, player and collector together)."""
+    t0, t1 = res.t_play_start, res.t_end
+    if not res.processes:
+        use = res.resource_summary()
+        return [{"name": IN_PROCESS, "nodes": _node_names(res.config),
+                 "cpu_pct": use.get("cpu_mean_pct"), "rss_peak_mb": use.get("rss_peak_mb"),
+                 "shutdown_s": None, "exit_code": None, "killed": False,
+                 "includes_client": True}]
+    rows = [p.summary(t0, t1) for p in res.processes]
+    return rows + ([res.client.summary(t0, t1)] if res.client is not None else [])
 
 
 # ----------------------------------------------------------------------------- output
@@ -259,12 +356,29 @@ def markdown(report: dict) -> str:
              f"{report['speech_tokens']} speech tokens ({report['answer_s']:.1f} s), replay "
              f"{report['rate']:g}x, {report['machine']['cpu_count']} CPU cores, "
              f"{report['date']}",
+             ("" if report.get("layout", IN_PROCESS) == IN_PROCESS else
+              "node processes together: ") +
              f"CPU {use.get('cpu_mean_pct', 0):.0f}% mean / {use.get('cpu_max_pct', 0):.0f}% "
              f"max (100% = one core); RSS {use.get('rss_start_mb', 0):.0f} MB at the start, "
              f"{use.get('rss_peak_mb', 0):.0f} MB peak"]
     if report["dropped"]:
         facts.append("counters: " + ", ".join(f"{k}={v}" for k, v in report["dropped"].items()))
+    late = report.get("lateness") or {}
+    facts.append(f"layout {report.get('layout', IN_PROCESS)}; output lateness max: audio "
+                 f"{_cell(late.get('audio_max_ms'), '{:+.0f}')} ms, FLAME "
+                 f"{_cell(late.get('flame_max_ms'), '{:+.0f}')} ms")
+    if report.get("layout", IN_PROCESS) != IN_PROCESS:
+        facts += [_process_fact(p) for p in report["processes"]]
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {f}" for f in facts) + "\n"
+
+
+def _process_fact(row: dict) -> str:
+    text = (f"process {row['name']}: CPU {_cell(row.get('cpu_pct'), '{:.0f}')}%, RSS peak "
+            f"{_cell(row.get('rss_peak_mb'), '{:.0f}')} MB")
+    if row.get("exit_code") is not None:
+        text += (f", SIGINT -> exit {_cell(row.get('shutdown_s'), '{:.2f}')} s, status "
+                 f"{row['exit_code']}" + (" (killed)" if row.get("killed") else ""))
+    return text
 
 
 def _write(report: dict, res, out: Path, args) -> None:
@@ -320,3 +434,143 @@ def plot(report: dict, res, path: Path) -> None:
     ax_cpu.set_ylabel("CPU (%, 100 = one core)", color="tab:blue")
     fig.tight_layout()
     fig.savefig(str(path))
+
+
+# ----------------------------------------------------------------------------- --graph-compare
+
+def parse_layouts(text: str) -> List[str]:
+    """``--graph-layouts`` -> layouts (ValueError on an unknown one)."""
+    layouts = [x.strip() for x in str(text).split(",") if x.strip()]
+    unknown = [x for x in layouts if x not in LAYOUTS]
+    if unknown or not layouts:
+        raise ValueError(f"unknown layouts {unknown}; known: {', '.join(LAYOUTS)}")
+    return layouts
+
+
+def run_compare(args, out: Path, bag, sidecar, tokens: int) -> int:
+    """``--graph-compare``: every layout x preview setting on the same bag; writes
+    graph_compare.json / .md and prints the table."""
+    try:
+        layouts = parse_layouts(_opt(args, "graph_layouts", ",".join(LAYOUTS)))
+    except ValueError as exc:
+        print(f"a2llm bench --graph-compare: {exc}", file=sys.stderr)
+        return 2
+    previews = {"off": [False], "on": [True], "both": [False, True]}[
+        _opt(args, "graph_preview", "both")]
+    runs = []
+    for layout in layouts:
+        for preview in previews:
+            runs.append(compare_run(args, out, bag, sidecar, tokens, layout, preview,
+                                    index=len(runs)))
+    report = compare_report(args, runs, tokens, len(sidecar.get("utterances", [])))
+    json_path = Path(getattr(args, "json", None) or out / "graph_compare.json")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(report, indent=2, default=str))
+    table = compare_markdown(report)
+    (out / "graph_compare.md").write_text("# a2llm bench --graph --graph-compare\n\n" + table)
+    print(table)
+    print(f"wrote {json_path}, {out / 'graph_compare.md'}; process logs in "
+          f"{out / 'graph_logs'}")
+    return 0 if all(r.get("answered") == r.get("questions") for r in runs) else 1
+
+
+def compare_run(args, out: Path, bag, sidecar, tokens: int, layout: str, preview: bool,
+                index: int) -> dict:
+    """One layout / preview setting: its :func:`compare_row` (or its start-up error)."""
+    from a2llm_ros.ros.graph_run import GraphStartError
+    tag = f"{layout}_preview-{'on' if preview else 'off'}"
+    print(f"a2llm bench --graph-compare: {tag}", flush=True)
+    cfg = graph_config(args, bag, sidecar, tokens, preview,
+                       namespace=f"/graph_bench_{os.getpid()}_{index}")
+    try:
+        res = run_layout(cfg, layout, out / "graph_logs" / tag)
+    except GraphStartError as exc:
+        print(f"a2llm bench --graph-compare: {tag}: {exc}", file=sys.stderr)
+        return {"layout": layout, "preview": preview, "error": str(exc),
+                "questions": len(sidecar.get("utterances", [])), "answered": 0}
+    return compare_row(res)
+
+
+def compare_row(res) -> dict:
+    """The comparison figures of one run (turn figures as :func:`graph_metrics`)."""
+    rows = [graph_metrics(t, None) for t in res.turns]
+    summary = summarise(rows, ("endpoint_ms", "ttfa_ms", "ttff_ms"))
+    return {"layout": res.layout, "preview": res.config.preview, "backend": res.backend_kind,
+            "questions": len(res.utterance_ends), "answered": len(res.answered),
+            "timed_out": res.timed_out, "endpoint_ms": summary["endpoint_ms"],
+            "ttfa_ms": summary["ttfa_ms"], "ttff_ms": summary["ttff_ms"],
+            "lateness_ms": res.lateness_ms(), "processes": process_rows(res),
+            "face_commands": res.face_commands, "markers": len(res.markers),
+            "lifecycle_state": res.lifecycle_state, "turns": rows}
+
+
+def compare_report(args, runs: List[dict], tokens: int, questions: int) -> dict:
+    import datetime
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                    "processor": platform.processor() or platform.machine()},
+        "checkpoint": args.checkpoint, "speech_tokens": tokens,
+        "answer_s": tokens / SPEECH_TOKEN_RATE, "rate": float(_opt(args, "graph_rate", 1.0)),
+        "questions": questions, "runs": runs,
+        "definitions": {
+            "ttff_ms": "end of the user's speech in the bag -> first speech FLAME chunk "
+                       "received by the client",
+            "lateness": LATENESS_DEFINITION,
+            "cpu_pct": "CPU seconds / wall seconds over the replay, 100 = one core, per "
+                       "process (in-process: the bench process, nodes + player + collector)",
+            "shutdown_s": "SIGINT -> process exit (all processes signalled at once), exit "
+                          "status in brackets",
+            "layouts": "in-process: nodes, bag player and collector in the bench process; "
+                       "one-process: `a2llm bringup` in a child process; per-node: each "
+                       "node's executable in its own process (launch file); the client "
+                       "(player + collector) runs in the bench process"}}
+
+
+COMPARE_HEADER = ("Layout", "Preview", "Answered", "EoS → FLAME p50 ms", "EoS → FLAME max ms",
+                  "Audio late max ms", "FLAME late max ms", "CPU % of one core",
+                  "Shutdown s (exit status)")
+
+
+def _short(row: dict) -> str:
+    if row.get("includes_client"):
+        return "nodes + client"
+    return SHORT_NAMES.get(row["name"], row["name"])
+
+
+def _cpu_cell(procs: List[dict]) -> str:
+    return ", ".join(f"{_short(p)} {_cell(p.get('cpu_pct'), '{:.0f}')}" for p in procs)
+
+
+def _shutdown_cell(procs: List[dict]) -> str:
+    cells = [f"{_short(p)} {_cell(p.get('shutdown_s'), '{:.2f}')} ({p['exit_code']}"
+             + (", killed)" if p.get("killed") else ")")
+             for p in procs if p.get("exit_code") is not None]
+    return ", ".join(cells) or "\u2014"
+
+
+def compare_markdown(report: dict) -> str:
+    """The comparison table (a row per layout x preview) and the run facts."""
+    lines = ["| " + " | ".join(COMPARE_HEADER) + " |",
+             "|" + "|".join(["---"] * 2 + ["---:"] * 5 + ["---"] * 2) + "|"]
+    for run in report["runs"]:
+        head = [run["layout"], "on" if run["preview"] else "off"]
+        if "error" in run:
+            cells = head + [f"failed: {run['error'][:80]}"] + [""] * 6
+            lines.append("| " + " | ".join(cells) + " |")
+            continue
+        late, ttff = run["lateness_ms"], run["ttff_ms"]
+        cells = head + [f"{run['answered']}/{run['questions']}",
+                        _cell(ttff.get("p50"), "{:.0f}"), _cell(ttff.get("max"), "{:.0f}"),
+                        _cell(late.get("audio_max_ms"), "{:+.0f}"),
+                        _cell(late.get("flame_max_ms"), "{:+.0f}"),
+                        _cpu_cell(run["processes"]), _shutdown_cell(run["processes"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    backends = sorted({r.get("backend", "") for r in report["runs"] if r.get("backend")})
+    facts = [f"{report['date']}, {report['machine']['cpu_count']} CPU cores "
+             f"({report['machine']['processor']}), checkpoint `{report['checkpoint']}`, "
+             f"backend {', '.join(backends) or '?'}, {report['questions']} questions, answers "
+             f"{report['speech_tokens']} speech tokens ({report['answer_s']:.1f} s), replay "
+             f"{report['rate']:g}x"]
+    facts += [f"**{k}**: {v}" for k, v in report["definitions"].items()]
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {f}" for f in facts) + "\n"

@@ -38,7 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="benchmark Step-Audio-2's speech codec instead: a random folder "
                              "at tiny or full (published) size, or a token2wav/ folder")
     parser.add_argument("--graph", action="store_true",
-                        help="benchmark the ROS graph instead (a2llm_ros.bench_graph)")
+                        help="benchmark the ROS graph instead (a2llm_ros.bench_graph; "
+                             "--processes: a process per node, --graph-compare: layouts "
+                             "side by side)")
     add_backend_arguments(parser)
     from a2llm_ros.bench_graph import add_graph_arguments
     add_graph_arguments(parser)

@@ -134,8 +134,12 @@ def run(args) -> int:
     except FileNotFoundError as err:
         print(f"a2llm bringup: {err}", file=sys.stderr)
         return 2
+    from a2llm_ros.flame.preview_mesh import set_blas_threads
     from a2llm_ros.ros.spin import DEFAULT_GIL_SWITCH_MS, SPIN_POLL_S
     sys.setswitchinterval(DEFAULT_GIL_SWITCH_MS / 1000.0)  # as the node executables do
+    # numpy's OpenBLAS threads spin between the preview's small matrix products and
+    # starved the model's threads (outputs up to 2.6 s late with the preview on, 2 cores)
+    set_blas_threads(1)
     rclpy.init(args=ros_args)
     nodes: list = []
     executor = MultiThreadedExecutor()

@@ -1,6 +1,9 @@
 """Replay a bag through the whole a2llm_ros graph in one process and measure what comes out.
 
-Used by ``a2llm demo``, ``a2llm bench --graph`` and the fault-matrix tests.
+Used by ``a2llm demo``, ``a2llm bench --graph`` and the fault-matrix tests;
+:mod:`a2llm_ros.ros.graph_procs` runs the same replay with every node in a
+process of its own (as the launch file does) and measures it the same way
+(:class:`Collector`, :func:`build_turns`, :class:`GraphResult`).
 :func:`run_graph` does, in its own rclpy ``Context``:
 
 1. starts ``a2llm_node`` with ``autostart`` (parameters: the parameter file
@@ -57,7 +60,8 @@ from a2llm_ros.ros.bag_play import BagPlayer, no_sub_events
 from a2llm_ros.ros.qos import output_qos
 
 __all__ = ["GraphConfig", "GraphResult", "TurnResult", "GraphStartError", "ProbeGenerator",
-           "run_graph", "load_sidecar", "write_question_bag", "STATE_NAMES"]
+           "Collector", "TimedPlayer", "run_graph", "build_turns", "replay_and_wait",
+           "load_sidecar", "write_question_bag", "STATE_NAMES"]
 
 NS = 1_000_000_000
 STATE_NAMES = ("idle", "listening", "thinking", "speaking", "interrupted")
@@ -68,6 +72,8 @@ NON_ANSWER_IDLE = ("no_speech", "activated", "reset")
 SAMPLES_PER_FRAME = SAMPLE_RATE // FLAME_FPS
 EXECUTOR_THREADS = 4
 COLLECT_DEPTH = 1000
+#: Queue depth of the (serialized) face_marker subscription.
+MARKER_DEPTH = 5
 #: Node names whose /rosout lines the collector keeps.
 GRAPH_NODES = ("a2llm_node", "flame_retarget_node", "face_preview_node")
 #: After the bag ended: stop once the node was idle this long (s) beyond vad.min_silence_ms.
@@ -128,6 +134,9 @@ class GraphConfig:
     #: playing, as a live capture node does at start-up: without it the first audio
     #: message can overtake the info (two topics) and be decoded with the fallback format.
     prime_info: bool = True
+    #: Subscribe to ``face_marker`` (serialized, as RViz would): face_preview_node only
+    #: renders meshes while someone subscribes (``publish_without_subscribers``).
+    watch_markers: bool = False
 
 
 # ----------------------------------------------------------------------------- generator probe
@@ -235,7 +244,7 @@ class Collector:
     """Subscribes to the graph's outputs and keeps light records (thread-safe)."""
 
     def __init__(self, node, ns: str, flavour: str, sample_format: str, keep_payloads: bool,
-                 node_fqn: str, retarget: bool):
+                 node_fqn: str, retarget: bool, markers: bool = False):
         import audio_common_msgs.msg as am
         from diagnostic_msgs.msg import DiagnosticArray
         from rcl_interfaces.msg import Log
@@ -255,6 +264,7 @@ class Collector:
         self.diagnostics: List[Tuple[float, int, Dict[str, str]]] = []
         self.logs: List[Tuple[float, int, str, str]] = []  # (t, level, message, logger)
         self.face_commands = 0
+        self.markers: List[float] = []  # receive times of face_marker messages
         qos = output_qos(COLLECT_DEPTH)
         audio_cls = am.AudioStamped if flavour == "mgonzs13" else am.AudioDataStamped
         subs = [(ConversationState, "conversation_state", self._on_state),
@@ -267,9 +277,14 @@ class Collector:
         if retarget:
             from sensor_msgs.msg import JointState
             subs.append((JointState, "face_commands", self._on_command))
-        self.subs = [node.create_subscription(cls, _join(ns, topic), cb, qos,
+        self.subs = [node.create_subscription(cls, join_topic(ns, topic), cb, qos,
                                               event_callbacks=no_sub_events())
                      for cls, topic, cb in subs]
+        if markers:  # serialized: a full-mesh Marker holds ~30 000 points
+            from visualization_msgs.msg import Marker
+            self.subs.append(node.create_subscription(
+                Marker, join_topic(ns, "face_marker"), self._on_marker, output_qos(MARKER_DEPTH),
+                event_callbacks=no_sub_events(), raw=True))
 
     # -- callbacks (executor threads): convert and append
     def _on_state(self, msg):
@@ -321,6 +336,10 @@ class Collector:
         with self.lock:
             self.face_commands += 1
 
+    def _on_marker(self, raw):
+        with self.lock:
+            self.markers.append(time.monotonic())
+
     def snapshot_states(self) -> List[Tuple[float, int, int, str]]:
         with self.lock:
             return list(self.states)
@@ -347,7 +366,8 @@ def _decode_speech(msg, sample_format: str) -> np.ndarray:
     return np.frombuffer(raw[:len(raw) // 2 * 2], "<i2").astype(np.float32) / 32768.0
 
 
-def _join(ns: str, topic: str) -> str:
+def join_topic(ns: str, topic: str) -> str:
+    """``topic`` in namespace ``ns`` (absolute topics stay as they are)."""
     if topic.startswith("/") or not ns:
         return topic if topic.startswith("/") else "/" + topic
     return ns.rstrip("/") + "/" + topic
@@ -387,7 +407,7 @@ class ResourceSampler:
         self._thread.join(timeout=2.0)
 
 
-class _TimedPlayer(BagPlayer):
+class TimedPlayer(BagPlayer):
     """BagPlayer that keeps the wall-clock origin of its (first) pass."""
 
     wall0: Optional[float] = None
@@ -506,6 +526,15 @@ class GraphResult:
     ros_offset_s: float                       # ROS (system) time minus monotonic time
     warmup_s: float = 0.0
     flame_version: int = 2020
+    #: face_marker receive times (monotonic s; :attr:`GraphConfig.watch_markers`).
+    markers: List[float] = dataclasses.field(default_factory=list)
+    #: ``in-process`` (:func:`run_graph`), or a layout of
+    #: :func:`a2llm_ros.ros.graph_procs.run_graph_processes`.
+    layout: str = "in-process"
+    #: The node processes (:class:`a2llm_ros.ros.graph_procs.ProcessRecord`); empty in-process.
+    processes: List[Any] = dataclasses.field(default_factory=list)
+    #: This process (player and collector) as a ProcessRecord; None in-process.
+    client: Any = None
 
     @property
     def answered(self) -> List[TurnResult]:
@@ -521,6 +550,22 @@ class GraphResult:
         return [m for _, level, m, name in self.logs
                 if level >= min_level and name.endswith(node)]
 
+    def lateness_ms(self) -> Dict[str, Optional[float]]:
+        """Output lateness over the replay: receive time (ROS time) minus presentation stamp,
+        ms (negative: early, ``output.lead_s`` ahead); max and mean for speech audio and
+        for FLAME (``flame/frames`` and ``flame/chunks``, listening frames included)."""
+        t0 = self.t_play_start if self.t_play_start is not None else -float("inf")
+        audio = _late_ms([(t, s) for t, s, _, _ in self.audio], t0, self.t_end,
+                         self.ros_offset_s)
+        flame = _late_ms([(t, s) for t, s, _, _ in self.frames]
+                         + [(t, s) for t, s, *_ in self.chunks], t0, self.t_end,
+                         self.ros_offset_s)
+        out: Dict[str, Optional[float]] = {}
+        for name, values in (("audio", audio), ("flame", flame)):
+            out[f"{name}_max_ms"] = float(values.max()) if len(values) else None
+            out[f"{name}_mean_ms"] = float(values.mean()) if len(values) else None
+        return out
+
     def resource_summary(self) -> Dict[str, float]:
         """CPU (mean/max %, 100 = one core) and RSS (start/peak/end MB) over the replay."""
         rows = [r for r in self.resources
@@ -533,6 +578,18 @@ class GraphResult:
         return {"cpu_mean_pct": float(cpu.mean()), "cpu_max_pct": float(cpu.max()),
                 "rss_start_mb": float(rss[0]), "rss_peak_mb": float(rss.max()),
                 "rss_end_mb": float(rss[-1])}
+
+
+def _late_ms(rows: Sequence[Tuple[float, int]], t0: float, t1: float,
+             ros_offset_s: float) -> np.ndarray:
+    """Receive time (monotonic s + ``ros_offset_s`` = ROS time) minus stamp (ns), in ms,
+    of the rows received in ``[t0, t1]``."""
+    kept = [(t, s) for t, s in rows if t0 <= t <= t1]
+    if not kept:
+        return np.zeros(0)
+    recv = np.array([t for t, _ in kept], np.float64) + ros_offset_s
+    stamps = np.array([s for _, s in kept], np.int64)
+    return 1000.0 * (recv - stamps / NS)
 
 
 # ----------------------------------------------------------------------------- sidecars, bags
@@ -597,20 +654,21 @@ def _cli_args(params_file: Optional[str]) -> Optional[List[str]]:
     return ["--ros-args", "--params-file", config_file(params_file)]
 
 
-def _audio_topics(player_topics: Sequence[str], ns: str) -> Tuple[Dict[str, str], Dict]:
+def audio_topics(player_topics: Sequence[str], ns: str) -> Tuple[Dict[str, str], Dict]:
     """(a2llm_node audio parameters, bag remap) putting the bag's microphone in ``ns``."""
     from a2llm_ros.bags import fixtures as fx
-    remap = {t: _join(ns, t.lstrip("/")) for t in player_topics} if ns else {}
+    remap = {t: join_topic(ns, t.lstrip("/")) for t in player_topics} if ns else {}
     params = {}
     if fx.RD_AUDIO_TOPIC in player_topics or ns:
-        params["audio.topic"] = _join(ns, fx.RD_AUDIO_TOPIC.lstrip("/"))
-        params["audio.info_topic"] = _join(ns, fx.RD_INFO_TOPIC.lstrip("/"))
+        params["audio.topic"] = join_topic(ns, fx.RD_AUDIO_TOPIC.lstrip("/"))
+        params["audio.info_topic"] = join_topic(ns, fx.RD_INFO_TOPIC.lstrip("/"))
     if fx.MG_AUDIO_TOPIC in player_topics:
-        params["audio.topic"] = _join(ns, fx.MG_AUDIO_TOPIC.lstrip("/"))
+        params["audio.topic"] = join_topic(ns, fx.MG_AUDIO_TOPIC.lstrip("/"))
     return params, remap
 
 
-def _domain_id() -> int:
+def domain_id() -> int:
+    """ROS_DOMAIN_ID, else one derived from this process id (runs do not meet)."""
     env = os.environ.get("ROS_DOMAIN_ID", "")
     return int(env) if env.isdigit() else 1 + os.getpid() % 100
 
@@ -622,7 +680,7 @@ class _Graph:
         self.cfg = cfg
         self.sidecar = load_sidecar(cfg.sidecar)
         self.ctx = Context()
-        rclpy.init(context=self.ctx, domain_id=_domain_id())
+        rclpy.init(context=self.ctx, domain_id=domain_id())
         self.executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS, context=self.ctx)
         self.spin_thread = threading.Thread(target=self.executor.spin, daemon=True,
                                             name="graph_executor")
@@ -631,7 +689,7 @@ class _Graph:
         self.tester = None
         self.collector: Optional[Collector] = None
         self.recorder = None
-        self.player: Optional[_TimedPlayer] = None
+        self.player: Optional[TimedPlayer] = None
         self.sampler = ResourceSampler(cfg.resource_period_s)
         self.recorded: Dict[str, int] = {}
 
@@ -643,9 +701,9 @@ class _Graph:
         self.sampler.start()
         self.tester = rclpy.create_node("a2llm_graph_run", namespace=ns or "/", context=self.ctx)
         self.executor.add_node(self.tester)
-        audio_params, self.remap = _audio_topics(sorted(bag_topics(cfg.bag)), ns)
-        self.player = _TimedPlayer(self.tester, cfg.bag, rate=cfg.rate, remap=self.remap,
-                                   wait_for_subscribers=cfg.wait_for_subscribers_s)
+        audio_params, self.remap = audio_topics(sorted(bag_topics(cfg.bag)), ns)
+        self.player = TimedPlayer(self.tester, cfg.bag, rate=cfg.rate, remap=self.remap,
+                                  wait_for_subscribers=cfg.wait_for_subscribers_s)
         self.node = _GraphNode(namespace=ns or "/", context=self.ctx,
                                cli_args=_cli_args(cfg.params_file),
                                parameter_overrides=_node_parameters(cfg, ns, audio_params),
@@ -663,7 +721,7 @@ class _Graph:
         fmt = self.node.get_parameter("output.sample_format").value
         return Collector(self.tester, ns, detect_audio_flavour(), str(fmt),
                          self.cfg.keep_payloads, self.node.get_fully_qualified_name(),
-                         self.cfg.retarget)
+                         self.cfg.retarget, markers=self.cfg.watch_markers)
 
     def _extra_nodes(self, ns: str) -> None:
         cli = _cli_args(self.cfg.params_file)
@@ -706,7 +764,7 @@ class _Graph:
             names.append("face_commands")
         if self.cfg.preview:
             names.append("face_marker")
-        return [_join(ns, n) for n in names]
+        return [join_topic(ns, n) for n in names]
 
     def _start_recorder(self, ns: str) -> None:
         from a2llm_ros.ros.bag_record import BagRecorder
@@ -722,47 +780,10 @@ class _Graph:
                                              f"{self.recorder.missing}")
 
     # -- run
-    def _prime_info(self) -> None:
-        """Publish the bag's leading AudioInfo (see :attr:`GraphConfig.prime_info`)."""
-        from contextlib import closing
-
-        from a2llm_ros.bags import fixtures as fx
-        from a2llm_ros.bags.io import read_bag_raw
-        if fx.RD_INFO_TOPIC not in self.player.topics:
-            return
-        with closing(read_bag_raw(self.cfg.bag, [fx.RD_INFO_TOPIC, fx.RD_AUDIO_TOPIC])) as it:
-            topic, _, _, raw = next(it, (None, None, None, None))
-        if topic == fx.RD_INFO_TOPIC:
-            self.player.publisher(topic).publish(raw)
-            time.sleep(0.2)
-
     def play_and_wait(self) -> bool:
         """Play the bag, wait for the end; True when it timed out."""
-        cfg = self.cfg
-        if cfg.prime_info:
-            self._prime_info()
-        self.player.start()
-        deadline = time.monotonic() + cfg.timeout_s
-        expected = cfg.expected_turns
-        if expected is None and self.sidecar is not None:
-            expected = len(self.sidecar.get("utterances", []))
-        idle_since = None
-        grace = IDLE_GRACE_S + self.node.runtime.cfg.vad.min_silence_ms / 1000.0
-        while time.monotonic() < deadline:
-            time.sleep(0.05)
-            if not self.player.done:
-                continue
-            states = self.collector.snapshot_states()
-            idle = self._node_idle(states)
-            idle_since = (idle_since or time.monotonic()) if idle else None
-            if idle and expected is not None and _ended_turns(states) >= expected:
-                break
-            if idle_since is not None and time.monotonic() - idle_since >= grace:
-                break
-        else:
-            return True
-        time.sleep(self.cfg.settle_s)
-        return False
+        return replay_and_wait(self.cfg, self.sidecar, self.player, self.collector,
+                               self._node_idle, self.node.runtime.cfg.vad.min_silence_ms)
 
     def _node_idle(self, states) -> bool:
         rt = self.node.runtime
@@ -799,6 +820,59 @@ class _Graph:
         rclpy.try_shutdown(context=self.ctx)
 
 
+def prime_audio_info(player: BagPlayer, bag) -> None:
+    """Publish the bag's leading AudioInfo (see :attr:`GraphConfig.prime_info`)."""
+    from contextlib import closing
+
+    from a2llm_ros.bags import fixtures as fx
+    from a2llm_ros.bags.io import read_bag_raw
+    if fx.RD_INFO_TOPIC not in player.topics:
+        return
+    with closing(read_bag_raw(bag, [fx.RD_INFO_TOPIC, fx.RD_AUDIO_TOPIC])) as it:
+        topic, _, _, raw = next(it, (None, None, None, None))
+    if topic == fx.RD_INFO_TOPIC:
+        player.publisher(topic).publish(raw)
+        time.sleep(0.2)
+
+
+def expected_turns(cfg: GraphConfig, sidecar: Optional[dict]) -> Optional[int]:
+    """Turns to wait for: :attr:`GraphConfig.expected_turns`, else the sidecar's utterances."""
+    if cfg.expected_turns is None and sidecar is not None:
+        return len(sidecar.get("utterances", []))
+    return cfg.expected_turns
+
+
+def replay_and_wait(cfg: GraphConfig, sidecar: Optional[dict], player: BagPlayer,
+                    collector: Collector, idle: Callable[[list], bool],
+                    min_silence_ms: float) -> bool:
+    """Play the bag; after it ended, wait until the expected turns ended and the node is
+    ``idle(states)``, or it stayed idle :data:`IDLE_GRACE_S` beyond the end-pointing
+    silence; then :attr:`GraphConfig.settle_s`.  True when :attr:`GraphConfig.timeout_s`
+    ran out."""
+    if cfg.prime_info:
+        prime_audio_info(player, cfg.bag)
+    player.start()
+    deadline = time.monotonic() + cfg.timeout_s
+    expected = expected_turns(cfg, sidecar)
+    idle_since = None
+    grace = IDLE_GRACE_S + min_silence_ms / 1000.0
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        if not player.done:
+            continue
+        states = collector.snapshot_states()
+        is_idle = idle(states)
+        idle_since = (idle_since or time.monotonic()) if is_idle else None
+        if is_idle and expected is not None and _ended_turns(states) >= expected:
+            break
+        if idle_since is not None and time.monotonic() - idle_since >= grace:
+            break
+    else:
+        return True
+    time.sleep(cfg.settle_s)
+    return False
+
+
 def _ended_turns(states) -> int:
     """Turns that reached THINKING and then IDLE or INTERRUPTED."""
     thinking = {k for _, s, k, _ in states if s == THINKING}
@@ -811,7 +885,22 @@ def _ended_turns(states) -> int:
 
 def run_graph(cfg: GraphConfig) -> GraphResult:
     """Run the graph on ``cfg.bag`` (see the module docstring); raises
-    :class:`GraphStartError` when the node does not come up."""
+    :class:`GraphStartError` when the node does not come up.
+
+    The process's GIL switch interval is the node executables' default
+    (:data:`a2llm_ros.ros.spin.DEFAULT_GIL_SWITCH_MS`) during the run."""
+    import sys
+
+    from a2llm_ros.ros.spin import DEFAULT_GIL_SWITCH_MS
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(DEFAULT_GIL_SWITCH_MS / 1000.0)
+    try:
+        return _run_graph(cfg)
+    finally:
+        sys.setswitchinterval(switch)
+
+
+def _run_graph(cfg: GraphConfig) -> GraphResult:
     graph = _Graph(cfg)
     try:
         graph.start()
@@ -841,14 +930,14 @@ def _result(graph: _Graph, cfg: GraphConfig, timed_out: bool, t_end: float,
             warmup: float) -> GraphResult:
     col, player = graph.collector, graph.player
     wall0 = player.wall0
-    utt_ends = _utterance_ends(graph.sidecar, player, wall0, cfg.rate)
+    utt_ends = utterance_ends(graph.sidecar, player, wall0, cfg.rate)
     res = GraphResult(
         config=cfg, turns=[], t_play_start=wall0,
         t_play_end=(wall0 + player.stats.wall_s) if wall0 is not None else None,
         t_end=t_end, timed_out=timed_out, play_stats=player.stats, utterance_ends=utt_ends,
         states=list(col.states), texts=list(col.texts), audio=list(col.audio),
         frames=list(col.frames), chunks=list(col.chunks), diagnostics=list(col.diagnostics),
-        logs=list(col.logs), face_commands=col.face_commands,
+        logs=list(col.logs), face_commands=col.face_commands, markers=list(col.markers),
         resources=list(graph.sampler.samples), node_values=values, lifecycle_state=lifecycle,
         threads_alive=alive, recorded=dict(graph.recorded), backend_kind=kind,
         node_config=node_cfg, probe=list(graph.node.probe_log),
@@ -857,7 +946,7 @@ def _result(graph: _Graph, cfg: GraphConfig, timed_out: bool, t_end: float,
     return res
 
 
-def _utterance_ends(sidecar, player, wall0, rate) -> List[Tuple[float, str]]:
+def utterance_ends(sidecar, player, wall0, rate) -> List[Tuple[float, str]]:
     if not sidecar or wall0 is None:
         return []
     t0_ns = int(sidecar.get("t0_ns", player.bag_start_ns))
