@@ -120,10 +120,12 @@ def _source(cfg: SynthConfig) -> dict:
 
 
 def _run_jobs(jobs, workers: int):
-    if workers <= 1 or len(jobs) <= 1:
-        return map(_build_pair_job, jobs)
+    """Build the pairs in ``workers`` fresh (spawned) processes, also for one worker: the
+    calling process's state (its threads, BLAS and torch thread counts, a loaded espeak
+    engine) then cannot change a sample, so the set does not depend on ``workers`` or on
+    who calls (a full test session once built a different set in-process)."""
     ctx = multiprocessing.get_context("spawn")
-    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    pool = cf.ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx)
     return _closing_map(pool, jobs)
 
 
