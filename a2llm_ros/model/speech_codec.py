@@ -177,11 +177,6 @@ class SpeechCodecConfig(ConfigBase):
         base.update(overrides)
         return cls(**base)
 
-    @property
-    def samples_per_token(self) -> int:
-        """Output samples per 40 ms speech token at this codec's rate."""
-        return self.sample_rate // SPEECH_TOKEN_RATE
-
     def mel_config(self) -> MelConfig:
         """The (invertible) log-mel settings the codec uses."""
         return MelConfig(sample_rate=self.sample_rate, n_mels=self.n_mels,

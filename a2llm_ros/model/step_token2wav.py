@@ -46,18 +46,19 @@ import torch
 
 from a2llm_ros.audio.features import MelConfig, log_mel_spectrogram, mel_filterbank, resample
 from a2llm_ros.constants import SAMPLE_RATE, SAMPLES_PER_SPEECH_TOKEN, SPEECH_TOKEN_RATE
-from a2llm_ros.model.speech_codec import (SpeechCodecConfig, SpeechTokenizer, Token2Wav,
-                                          _as_tokens, _as_wave, register_codec)
+from a2llm_ros.model.speech_codec import (STEP_CODES, STEP_RATE, SpeechCodecConfig,
+                                          SpeechTokenizer, Token2Wav, _as_tokens, _as_wave,
+                                          register_codec)
 
 #: Output rate of the HiFT vocoder (Hz).
-OUTPUT_RATE = 24_000
+OUTPUT_RATE = STEP_RATE
 #: Flow-matching mel frames: 50 Hz, 480 samples each at 24 kHz, 2 per token.
 MEL_FRAME_RATE = 50
 SAMPLES_PER_MEL = OUTPUT_RATE // MEL_FRAME_RATE  # 480
 MELS_PER_TOKEN = MEL_FRAME_RATE // SPEECH_TOKEN_RATE  # 2
 SAMPLES_PER_TOKEN = OUTPUT_RATE // SPEECH_TOKEN_RATE  # 960
 #: S3 tokenizer v2 vocabulary (Step's <audio_0> ... <audio_6560>).
-S3_VOCAB = 6561
+S3_VOCAB = STEP_CODES
 #: S3 tokenizer input: Whisper log-mel, 128 bins, 100 Hz; 4 frames a token.
 S3_MELS = 128
 S3_FRAMES_PER_TOKEN = 4

@@ -6,7 +6,7 @@ are flat vectors in :class:`~a2llm_ros.flame.layout.FlameLayout` order
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 from builtin_interfaces.msg import Time
@@ -19,7 +19,7 @@ from a2llm_ros.flame.layout import DEFAULT_LAYOUT, N_EXPR_MAX, FlameLayout
 __all__ = ["time_msg", "to_ns", "header", "layout_for", "flame_frame_msg", "flame_chunk_msg",
            "frame_vector", "frames_from_chunk", "pcm_encode", "audio_info_msg",
            "speech_audio_msgs", "ros_drivers_format", "mgonzs13_payload", "raw_bytes", "state_msg",
-           "text_msg", "joint_state_msg", "TriangleMarker", "STATE_CODES", "SOURCE_CODES"]
+           "text_msg", "joint_state_msg", "STATE_CODES", "SOURCE_CODES"]
 
 NS = 1_000_000_000
 #: Session state name -> ConversationState constant value.
@@ -196,42 +196,3 @@ def joint_state_msg(names: Sequence[str], positions: np.ndarray, stamp_ns: int,
     from sensor_msgs.msg import JointState
     return JointState(header=header(stamp_ns, frame_id), name=list(names),
                       position=np.asarray(positions, dtype=np.float64).tolist())
-
-
-class TriangleMarker:
-    """A reusable visualization_msgs/Marker TRIANGLE_LIST for one mesh topology.
-
-    The Point objects are allocated once; :meth:`update` rewrites their
-    coordinates from vertices ``[V, 3]`` (3 points per face, ``3 F`` in all).
-    """
-
-    def __init__(self, faces: np.ndarray, frame_id: str, ns: str = "a2llm_face",
-                 marker_id: int = 0, color: Optional[Sequence[float]] = None,
-                 scale: float = 1.0):
-        from geometry_msgs.msg import Point
-        from std_msgs.msg import ColorRGBA
-        from visualization_msgs.msg import Marker
-        self.faces = np.asarray(faces, dtype=np.int64)  # [F, 3]
-        self.scale = float(scale)
-        rgba = list(color) if color is not None else [0.85, 0.7, 0.6, 1.0]
-        self.marker = Marker(ns=ns, id=int(marker_id), type=Marker.TRIANGLE_LIST,
-                             action=Marker.ADD)
-        self.marker.header.frame_id = frame_id
-        self.marker.pose.orientation.w = 1.0
-        self.marker.scale.x = self.marker.scale.y = self.marker.scale.z = 1.0
-        self.marker.color = ColorRGBA(r=float(rgba[0]), g=float(rgba[1]), b=float(rgba[2]),
-                                      a=float(rgba[3]))
-        self._points: List = [Point() for _ in range(self.faces.size)]
-
-    @property
-    def n_points(self) -> int:
-        return len(self._points)
-
-    def update(self, verts: np.ndarray, stamp_ns: int):
-        """Set the triangles from vertices ``[V, 3]``; returns the Marker."""
-        tri = (np.asarray(verts, dtype=np.float64)[self.faces] * self.scale).reshape(-1, 3)
-        for point, (x, y, z) in zip(self._points, tri.tolist()):
-            point.x, point.y, point.z = x, y, z
-        self.marker.points = self._points
-        self.marker.header.stamp = time_msg(stamp_ns)
-        return self.marker
