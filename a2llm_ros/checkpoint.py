@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import a2llm_ros
-from a2llm_ros.config import A2LLMConfig
+from a2llm_ros.config import PATH_FIELDS, A2LLMConfig
 from a2llm_ros.model.a2llm import A2LLM
 from a2llm_ros.model.audio_llm import resolve_backbone
 from a2llm_ros.model.speech_codec import codec_state_dict, load_codec_state_dict
@@ -101,10 +101,21 @@ def _module_state(model: A2LLM) -> Dict[str, torch.Tensor]:
     return out
 
 
-def _aliases(state: Dict[str, torch.Tensor]) -> Dict[str, str]:
-    """Tied tensors: {duplicate name: first name with the same storage}."""
+#: A tied LM head is the input embedding (Qwen2's ``tie_word_embeddings``).
+TIED_HEAD = ("llm.lm_head.weight", "llm.model.embed_tokens.weight")
+
+
+def _aliases(state: Dict[str, torch.Tensor], tied_head: bool = False) -> Dict[str, str]:
+    """Tied tensors: {duplicate name: first name with the same storage}.
+
+    Tensors on the meta device (a backbone not yet assigned) have no storage to
+    compare: only the configured tied LM head (``tied_head``) is an alias there."""
     first, out = {}, {}
     for key, value in state.items():
+        if value.is_meta:
+            if tied_head and key == TIED_HEAD[0]:
+                out[key] = TIED_HEAD[1]
+            continue
         ident = (value.data_ptr(), tuple(value.shape), value.dtype)
         if value.numel() and ident in first:
             out[key] = first[ident]
@@ -113,53 +124,82 @@ def _aliases(state: Dict[str, torch.Tensor]) -> Dict[str, str]:
     return out
 
 
-def checkpoint_tensors(model: A2LLM) -> Dict[str, torch.Tensor]:
+def checkpoint_tensors(model: A2LLM, backbone_weights: bool = False) -> Dict[str, torch.Tensor]:
     """The flat name -> tensor dict stored in ``model.safetensors``.
 
     With a backbone folder (``llm.backbone``) the encoder, adaptor and LLM
-    weights stay in that folder and are not stored (a LoRA goes to ``lora/``).
+    weights stay in that folder and are not stored (a LoRA goes to ``lora/``),
+    unless ``backbone_weights`` (they changed, e.g. a LoRA was merged).
     """
     state = _module_state(model)
-    aliases = _aliases(state)
+    aliases = _aliases(state, model.cfg.llm.tie_word_embeddings)
     state = {k: v for k, v in state.items() if k not in aliases}
-    if model.cfg.llm.backbone:
+    if model.cfg.llm.backbone and not backbone_weights:
         state = {k: v for k, v in state.items() if not k.startswith(BACKBONE_PREFIXES)}
     codec = codec_state_dict(model.speech_tokenizer, model.token2wav)
     state.update({CODEC_PREFIX + k: v for k, v in codec.items()})
     return state
 
 
-def save_checkpoint(model: A2LLM, out_dir: str, dtype: Optional[torch.dtype] = None) -> str:
+def stored_config(model: A2LLM, out_dir: str) -> A2LLMConfig:
+    """``model.cfg`` as written to ``out_dir``: a relative folder path
+    (:data:`~a2llm_ros.config.PATH_FIELDS`) is rewritten relative to ``out_dir``
+    so that it names the same folder from there; absolute paths stay."""
+    out_dir = os.path.abspath(out_dir)
+    paths = {}
+    for part, name in PATH_FIELDS:
+        value = getattr(getattr(model.cfg, part), name)
+        if not value or os.path.isabs(value):
+            continue
+        if name == "backbone" and model.backbone_dir:
+            target = model.backbone_dir
+        else:
+            target = os.path.join(model.base_dir or os.getcwd(), value)
+        paths[name] = os.path.relpath(os.path.abspath(target), out_dir)
+    return model.cfg.with_paths(**paths)
+
+
+def save_checkpoint(model: A2LLM, out_dir: str, dtype: Optional[torch.dtype] = None,
+                    backbone_weights: bool = False) -> str:
     """Write ``model`` to ``out_dir`` (see module docstring); returns ``out_dir``.
 
     ``dtype`` (e.g. ``torch.float16``) stores floating tensors in that type to
     halve the file; loading casts them back to the model's dtype.
+    ``backbone_weights``: on a backbone, store the encoder, adaptor and LLM
+    weights too (``llm_weights: checkpoint``, e.g. after merging a LoRA); the
+    folder still provides the tokenizer and codec and is still fingerprinted.
     """
+    if backbone_weights and _is_peft(model.llm):
+        raise CheckpointError("backbone_weights with an unmerged LoRA: merge it first "
+                              "(the adapter alone is saved without backbone_weights)")
     os.makedirs(out_dir, exist_ok=True)
+    cfg = stored_config(model, out_dir)
+    backbone_weights = backbone_weights and bool(cfg.llm.backbone)
     tensors = {}
-    for key, value in checkpoint_tensors(model).items():
+    for key, value in checkpoint_tensors(model, backbone_weights).items():
         value = value.detach().cpu()
         if dtype is not None and value.is_floating_point() and not key.startswith(CODEC_PREFIX):
             value = value.to(dtype)
         tensors[key] = value.contiguous().clone()
     storage = str(dtype).replace("torch.", "") if dtype is not None else "native"
     backbone = None
-    if model.cfg.llm.backbone:
+    if cfg.llm.backbone:
         from a2llm_ros.model.step_audio import fingerprint, fingerprint_parts
-        path = model.backbone_dir or model.cfg.llm.backbone
-        backbone = {"path": model.cfg.llm.backbone, "fingerprint": fingerprint(path),
+        path = model.backbone_dir or resolve_backbone(cfg.llm.backbone, os.path.abspath(out_dir))
+        backbone = {"path": cfg.llm.backbone, "fingerprint": fingerprint(path),
                     "parts": fingerprint_parts(path)}
+    llm_weights = "backbone" if backbone and not backbone_weights else "checkpoint"
     save_file(tensors, os.path.join(out_dir, WEIGHTS_FILE),
               metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
-            "preset": model.cfg.preset_name, "config": model.cfg.to_dict(),
+            "preset": cfg.preset_name, "config": cfg.to_dict(),
             "flame_layout": model.layout.to_dict(), "versions": _versions(),
             "storage_dtype": storage,
-            "llm_weights": "backbone" if backbone else "checkpoint", "backbone": backbone,
+            "llm_weights": llm_weights, "backbone": backbone,
             "lora": _is_peft(model.llm)}
     with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
         json.dump(meta, f, indent=2)
-    if not model.cfg.llm.backbone:
+    if not cfg.llm.backbone:
         model.text_tokenizer.save(out_dir)
     if _is_peft(model.llm):
         model.llm.save_pretrained(os.path.join(out_dir, LORA_DIR), safe_serialization=True)
@@ -239,22 +279,29 @@ def load_checkpoint(ckpt_dir: str, expected_config: Optional[A2LLMConfig] = None
     ckpt_dir = resolve_checkpoint(ckpt_dir)
     cfg = read_config(ckpt_dir)
     if expected_config is not None:
-        expected_config.check_matches(cfg)
+        expected_config.check_same_model(cfg)
     weights = os.path.join(ckpt_dir, WEIGHTS_FILE)
     if not os.path.isfile(weights):
         raise CheckpointError(f"{ckpt_dir}: missing {WEIGHTS_FILE}")
     base = os.path.abspath(ckpt_dir)
+    full = True
     if cfg.llm.backbone:
         meta = _read_meta(ckpt_dir)
+        full = meta.get("llm_weights") == "checkpoint"
         model = step_audio.model_on_backbone(cfg, base, meta.get("backbone"), device, dtype,
-                                             load_text_tokenizer(ckpt_dir, cfg))
+                                             load_text_tokenizer(ckpt_dir, cfg),
+                                             load_weights=not full)
     else:
         model = A2LLM(cfg, load_text_tokenizer(ckpt_dir, cfg), base_dir=base)
     stored = load_file(weights)
-    expected = {k: v for k, v in checkpoint_tensors(model).items()
+    expected = {k: v for k, v in checkpoint_tensors(model, backbone_weights=full).items()
                 if not k.startswith(CODEC_PREFIX)}
     _check_keys(ckpt_dir, {k: v for k, v in stored.items() if not k.startswith(CODEC_PREFIX)},
                 expected)
+    if cfg.llm.backbone and full:
+        step_audio.assign_backbone_tensors(
+            model, {k: v for k, v in stored.items() if k.startswith(BACKBONE_PREFIXES)},
+            dtype or step_audio.default_dtype(device))
     _load_tensors(model, stored)
     if os.path.isdir(os.path.join(ckpt_dir, LORA_DIR)):
         from peft import PeftModel
@@ -270,7 +317,7 @@ def _load_tensors(model: A2LLM, stored: Dict[str, torch.Tensor]) -> None:
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"speech codec weights ({CODEC_PREFIX}*): {exc}") from exc
     state = _module_state(model)
-    aliases = _aliases(state)
+    aliases = _aliases(state, model.cfg.llm.tie_word_embeddings)
     params = {k: v for k, v in stored.items() if not k.startswith(CODEC_PREFIX)}
     params.update({dup: params[src] for dup, src in aliases.items() if src in params})
     if model.cfg.llm.backbone:

@@ -77,3 +77,28 @@ class A2LLMConfig(ConfigBase):
         bad = [name for name, (a, b) in checks.items() if a != b]
         if bad:
             raise ConfigMismatchError("A2LLMConfig (linked sizes)", differing=bad)
+
+    def model_diff(self, other: "A2LLMConfig") -> list:
+        """Fields that change the model (dotted names): every field but the folder
+        paths of :data:`PATH_FIELDS`, which may be written relative to wherever a
+        checkpoint lies (the folders themselves are checked by fingerprint)."""
+        paths = {f"{part}.{name}" for part, name in PATH_FIELDS}
+        return [name for name in self.diff(other) if name not in paths]
+
+    def check_same_model(self, other: "A2LLMConfig") -> None:
+        """Raise :class:`ConfigMismatchError` naming the fields of :meth:`model_diff`."""
+        differing = self.model_diff(other)
+        if differing:
+            raise ConfigMismatchError(type(self).__name__, differing=differing)
+
+    def with_paths(self, **paths: str) -> "A2LLMConfig":
+        """Copy with path fields replaced, e.g. ``with_paths(backbone=...)``."""
+        parts = {}
+        for part, name in PATH_FIELDS:
+            if name in paths:
+                parts[part] = dataclasses.replace(getattr(self, part), **{name: paths[name]})
+        return dataclasses.replace(self, **parts)
+
+
+#: Config fields naming a folder: absolute, or relative to the checkpoint directory.
+PATH_FIELDS = (("llm", "backbone"), ("codec", "token2wav_dir"))

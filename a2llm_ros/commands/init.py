@@ -35,25 +35,25 @@ def run(args) -> int:
 
     from a2llm_ros.checkpoint import init_model, save_checkpoint
     from a2llm_ros.config import A2LLMConfig
-    overrides = {}
+    cfg = None
     if args.preset != "tiny":
         if not args.backbone:
             print(f"a2llm init: --preset {args.preset} needs --backbone DIR (a local "
                   f"Step-Audio-2-mini folder)", file=sys.stderr)
             return 2
-        from a2llm_ros.model.step_audio import config_overrides
-        try:
-            overrides = config_overrides(args.backbone)
+        from a2llm_ros.model.step_audio import step_config
+        try:  # the folder's sizes, and its codec when token2wav/ is complete
+            cfg = step_config(args.backbone, args.preset).with_paths(
+                backbone=_backbone_path(args))
         except (OSError, ValueError) as exc:
             print(f"a2llm init: {exc}", file=sys.stderr)
             return 1
-        overrides["llm"]["backbone"] = _backbone_path(args)
     elif args.backbone:
         print("a2llm init: --backbone is for the edge/paper presets (tiny keeps its "
               "weights in the checkpoint)", file=sys.stderr)
         return 2
     try:
-        cfg = A2LLMConfig.preset(args.preset, **overrides)
+        cfg = cfg or A2LLMConfig.preset(args.preset)
         os.makedirs(args.out, exist_ok=True)
         model = init_model(cfg, seed=args.seed, base_dir=os.path.abspath(args.out))
         save_checkpoint(model, args.out, dtype=torch.float16 if args.fp16 else None)

@@ -10,8 +10,10 @@ HELP = "train stages 0-3 on a FLAME-QA set (resumable); --install-default ships 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="FLAME-QA directory (a2llm data synth)")
-    parser.add_argument("--out", required=True, help="training output directory")
+    parser.add_argument("--data", default=None,
+                        help="FLAME-QA directory (a2llm data synth); required unless --estimate")
+    parser.add_argument("--out", default=None,
+                        help="training output directory; required unless --estimate")
     parser.add_argument("--stage", default="all",
                         help="0, 1, 2, 3, a comma list, or 'all' (default)")
     parser.add_argument("--preset", default=None, choices=("tiny", "edge", "paper"),
@@ -19,8 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None,
                         help="training config YAML (e.g. config/train_tiny.yaml)")
     parser.add_argument("--init", default=None,
-                        help="checkpoint to start from (edge/paper: `a2llm init` output "
-                             "with the pretrained backbone); default: random init")
+                        help="where to start: a checkpoint (its config is the model's), "
+                             "or a Step-Audio-2-mini folder itself (edge/paper: its weights "
+                             "with new A²-LLM parts); default: random init (tiny)")
     parser.add_argument("--steps-scale", type=float, default=1.0,
                         help="multiply every run's steps (smoke tests)")
     parser.add_argument("--limit", type=int, default=0,
@@ -30,6 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-resume", action="store_true",
                         help="ignore saved resumable state (unfinished runs restart)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--estimate", action="store_true",
+                        help="print each run's memory per GPU and expected step time (from "
+                             "FLOPs and the GPU's peak) for the config and --init, and exit")
+    parser.add_argument("--gpus", type=int, default=1,
+                        help="with --estimate: GPUs the job will use (default 1)")
     parser.add_argument("--install-default", action="store_true",
                         help="copy the final checkpoint to the package's default checkpoint")
 
@@ -71,6 +79,15 @@ def run(args) -> int:
     stages = parse_stages(args.stage)
     overrides = {"threads": args.threads} if args.threads is not None else None
     cfg = _scaled(load_train_config(args.config, args.preset, overrides), args.steps_scale)
+    if args.estimate:
+        from a2llm_ros.training.memory import print_estimate
+        from a2llm_ros.training.stages import start_config
+        return print_estimate(cfg, start_config(cfg.preset_name, args.init),
+                              world_size=args.gpus)
+    if not args.data or not args.out:
+        print("a2llm train: --data DIR (a FLAME-QA directory) and --out DIR are required",
+              file=sys.stderr)
+        return 2
     t0 = time.time()
     try:
         data = TrainData(args.data, splits=("train",), limit=args.limit or None)
@@ -79,8 +96,12 @@ def run(args) -> int:
         return 2
     print(f"training data: {len(data)} samples from {args.data}"
           + (f" ({len(data.rejected)} rejected)" if data.rejected else ""))
-    trainer = Trainer(cfg, data, args.out, init=args.init, progress=not args.no_progress,
-                      resume=not args.no_resume)
+    try:
+        trainer = Trainer(cfg, data, args.out, init=args.init, progress=not args.no_progress,
+                          resume=not args.no_resume)
+    except (OSError, ValueError) as exc:  # incl. config mismatch, bad checkpoint / backbone
+        print(f"a2llm train: {exc}", file=sys.stderr)
+        return 2
     for stage in stages:
         for summary in trainer.run_stage(stage):
             print(f"{summary['run']}: {summary['steps']} steps, {summary['seconds']} s")

@@ -119,6 +119,8 @@ class A2LLM(nn.Module):
             self.llm = build_llm(cfg.llm, dtype)
         #: Absolute path of the backbone folder the weights came from (or None).
         self.backbone_dir: Optional[str] = None
+        #: Directory that relative folder paths in ``cfg`` are relative to (or None).
+        self.base_dir: Optional[str] = os.path.abspath(base_dir) if base_dir else None
         self.connector = MotionConnector(cfg.connector)
         self.motion_tokenizer = MotionTokenizer(cfg.motion)
         self.speech_tokenizer, self.token2wav = make_codec(cfg.codec,

@@ -32,9 +32,11 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from a2llm_ros.configbase import ConfigBase
 from a2llm_ros.constants import AUDIO_ENCODER_RATE
+from a2llm_ros.model.qwen2 import use_checkpointing
 
 
 @dataclass
@@ -139,6 +141,8 @@ class AudioEncoder(nn.Module):
                                      for _ in range(cfg.n_layers)])
         self.avg_pooler = nn.AvgPool1d(2, 2)
         self.after_norm = nn.LayerNorm(d)
+        #: Recompute the blocks in backward (training with grad only, as ``Qwen2LM``).
+        self.gradient_checkpointing = False
 
     def encode(self, mel, lengths=None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """mel [B, M, T] -> (block output [B, T50, d] at 50 Hz, valid mask [B, T50] or None).
@@ -163,8 +167,9 @@ class AudioEncoder(nn.Module):
             zero = torch.zeros((), dtype=x.dtype, device=x.device)
             bias = torch.where(valid50, zero, torch.full_like(zero, -1e9))[:, None, None]
         x = x + self.positional_embedding.weight[:T50].to(x.dtype)
+        recompute = use_checkpointing(self)
         for block in self.blocks:
-            x = block(x, bias)
+            x = checkpoint(block, x, bias, use_reentrant=False) if recompute else block(x, bias)
         return x, valid50
 
     def forward(self, mel, lengths=None):

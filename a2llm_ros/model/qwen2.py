@@ -20,6 +20,12 @@ key/value head ``i // (h / G)``), SwiGLU MLP.  A layer is split into
 (attention over given keys/values + MLP) so that the export graphs in
 :mod:`a2llm_ros.engines.graphs` can keep the key/value cache in their own
 tensor layout while every piece of arithmetic stays here.
+
+Gradient checkpointing: with ``Qwen2LM.gradient_checkpointing`` set, a module
+in training mode with autograd recording runs each :class:`DecoderLayer` under
+``torch.utils.checkpoint`` (non-reentrant): only the layer's inputs are kept
+and the layer is run again in the backward pass.  The arithmetic is the same
+call either way; inference and export (eval mode, or no grad) never checkpoint.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 #: Additive attention-mask value for forbidden positions.
 MASK_MIN = torch.finfo(torch.float32).min
@@ -74,6 +81,13 @@ class MLP(nn.Module):
 
     def forward(self, x):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def use_checkpointing(module: nn.Module) -> bool:
+    """Whether ``module`` recomputes its blocks in backward: its ``gradient_checkpointing``
+    flag is set, it is in training mode and autograd is recording."""
+    return (bool(getattr(module, "gradient_checkpointing", False)) and module.training
+            and torch.is_grad_enabled())
 
 
 def rotate(x, cos, sin):
@@ -123,6 +137,15 @@ class DecoderLayer(nn.Module):
         x = x + a.o_proj(o)
         return x + self.mlp(self.post_attention_layernorm(x))
 
+    def forward(self, x, cos, sin, bias=None, past: Optional[KV] = None):
+        """x [B, T, H] (+ keys/values [B, G, S, dh] of S earlier positions) ->
+        (x [B, T, H], k / v [B, G, S + T, dh])."""
+        q, k, v = self.qkv(x, cos, sin)
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)
+            v = torch.cat([past[1], v], dim=2)
+        return self.attend(x, q, k, v, bias), k, v
+
 
 class Qwen2Model(nn.Module):
     """Embedding, decoder layers and final norm (``model.*``)."""
@@ -170,6 +193,8 @@ class Qwen2LM(nn.Module):
         if tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.n_layers, self.n_kv, self.head_dim = n_layers, n_kv, hidden // n_heads
+        #: Recompute decoder layers in backward (training with grad only, see module doc).
+        self.gradient_checkpointing = False
 
     # -- the interface used by the rest of the package -----------------------------------
     def get_input_embeddings(self) -> nn.Embedding:
@@ -199,13 +224,15 @@ class Qwen2LM(nn.Module):
         zero = torch.zeros((), dtype=inputs_embeds.dtype, device=inputs_embeds.device)
         bias = torch.where(allowed, zero, torch.full_like(zero, MASK_MIN))
         x, present = inputs_embeds, []
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # [T, dh]
+        recompute = use_checkpointing(self)
         for i, layer in enumerate(self.model.layers):
-            q, k, v = layer.qkv(x, cos.to(x.dtype), sin.to(x.dtype))
-            if past:
-                k = torch.cat([past[i][0], k], dim=2)
-                v = torch.cat([past[i][1], v], dim=2)
+            layer_past = past[i] if past else None
+            if recompute:
+                x, k, v = checkpoint(layer, x, cos, sin, bias, layer_past, use_reentrant=False)
+            else:
+                x, k, v = layer(x, cos, sin, bias, layer_past)
             present.append((k, v))
-            x = layer.attend(x, q, k, v, bias)
         return self.model.norm(x), present
 
     def logits(self, hidden):
@@ -213,4 +240,5 @@ class Qwen2LM(nn.Module):
         return self.lm_head(hidden)
 
 
-__all__ = ["Qwen2LM", "DecoderLayer", "RMSNorm", "attention", "rotate", "MASK_MIN", "KV"]
+__all__ = ["Qwen2LM", "DecoderLayer", "RMSNorm", "attention", "rotate", "use_checkpointing",
+           "MASK_MIN", "KV"]

@@ -237,9 +237,32 @@ def load_backbone_weights(model, path: str, dtype: torch.dtype) -> None:
                 value = f.get_tensor(key)
                 value = value.to(dtype) if value.is_floating_point() else value
                 getattr(model, part).load_state_dict({name: value}, strict=False, assign=True)
-    if tied:
+    _finish_backbone(model)
+
+
+@torch.no_grad()
+def assign_backbone_tensors(model, tensors: Dict[str, torch.Tensor], dtype: torch.dtype) -> None:
+    """Assign checkpoint-named tensors (``encoder.*``, ``adapter.*``, ``llm.*``, as an
+    A²-LLM checkpoint with ``llm_weights: checkpoint`` stores them) to a model whose
+    backbone was built on the meta device; floating tensors are cast to ``dtype``."""
+    for part in ("encoder", "adapter", "llm"):
+        prefix = part + "."
+        sub = {k[len(prefix):]: v.to(dtype) if v.is_floating_point() else v
+               for k, v in tensors.items() if k.startswith(prefix)}
+        getattr(model, part).load_state_dict(sub, strict=False, assign=True)
+    _finish_backbone(model)
+
+
+def _finish_backbone(model) -> None:
+    """Tie the LM head when configured, rebuild the rotary tables, and check that no
+    backbone tensor was left without storage."""
+    if bool(getattr(model.cfg.llm, "tie_word_embeddings", False)):
         model.llm.lm_head.weight = model.llm.model.embed_tokens.weight
     model.llm.model.init_rope()
+    left = [f"{part}.{name}" for part in ("encoder", "adapter", "llm")
+            for name, t in getattr(model, part).state_dict().items() if t.is_meta]
+    if left:
+        raise BackboneError(f"backbone tensors without weights: {', '.join(left[:10])}")
 
 
 def default_dtype(device) -> torch.dtype:
@@ -248,12 +271,14 @@ def default_dtype(device) -> torch.dtype:
 
 
 def model_on_backbone(cfg, base_dir: Optional[str], reference: Optional[dict], device,
-                      dtype: Optional[torch.dtype], tokenizer=None):
+                      dtype: Optional[torch.dtype], tokenizer=None, load_weights: bool = True):
     """An :class:`A2LLM` whose encoder, adaptor and LLM are read from ``cfg.llm.backbone``.
 
     ``reference`` (``{"path", "fingerprint", "parts"}`` from a checkpoint) is
     checked against the folder (a mismatch names what differs when ``parts``
     is there); the connector and motion tokenizer are new (random).
+    ``load_weights=False`` leaves the encoder, adaptor and LLM on the meta device
+    (the caller assigns them: :func:`assign_backbone_tensors`).
     """
     from a2llm_ros.model.a2llm import A2LLM
     from a2llm_ros.model.audio_llm import resolve_backbone
@@ -273,7 +298,8 @@ def model_on_backbone(cfg, base_dir: Optional[str], reference: Optional[dict], d
                                 f"({what})")
     dtype = dtype or default_dtype(device)
     model = A2LLM(cfg, tokenizer, base_dir=base_dir, meta_backbone=True)
-    load_backbone_weights(model, path, dtype)
+    if load_weights:
+        load_backbone_weights(model, path, dtype)
     model.backbone_dir = path
     return model
 
@@ -288,5 +314,6 @@ def load_step_folder(path: str, device="cpu", dtype: Optional[torch.dtype] = Non
 
 __all__ = ["is_step_folder", "read_folder_config", "shard_map", "fingerprint",
            "fingerprint_parts", "fingerprint_difference", "step_config", "config_overrides",
-           "check_config", "load_backbone_weights", "model_on_backbone", "load_step_folder",
+           "check_config", "load_backbone_weights", "assign_backbone_tensors",
+           "model_on_backbone", "load_step_folder",
            "BackboneError", "STEP_MODEL_TYPE"]

@@ -26,6 +26,8 @@ from a2llm_ros.configbase import ConfigBase
 STAGES = ("rvq", "base", "connector", "joint", "affective")
 #: Curriculum stage number -> optimisation runs in it.
 STAGE_RUNS = {0: ("rvq", "base"), 1: ("connector",), 2: ("joint",), 3: ("affective",)}
+#: Where stage 1 keeps the frozen LLM's hidden states (:attr:`TrainConfig.hidden_cache`).
+HIDDEN_CACHES = ("memory", "disk", "recompute")
 
 
 @dataclass
@@ -90,7 +92,8 @@ _EDGE = dict(
     joint=dict(steps=10000, batch_size=16, lr=2e-4, warmup_steps=300, checkpoint_every=1000),
     affective=dict(steps=2000, batch_size=16, lr=5e-5, warmup_steps=100, checkpoint_every=500),
     lora_rank=32, lora_alpha=64, threads=0, storage_dtype="bfloat16",
-    asr_samples=0, asr_samples_lora=0, ctc_weight=0.0)
+    asr_samples=0, asr_samples_lora=0, ctc_weight=0.0,
+    gradient_checkpointing=True, hidden_cache="disk")
 _PAPER = dict(
     rvq=dict(steps=50000, batch_size=128, lr=1e-3, warmup_steps=1000, checkpoint_every=5000),
     base=dict(steps=0), connector=dict(steps=30000, batch_size=32, lr=3e-4, warmup_steps=1000,
@@ -98,7 +101,8 @@ _PAPER = dict(
     joint=dict(steps=20000, batch_size=16, lr=1e-4, warmup_steps=500, checkpoint_every=1000),
     affective=dict(steps=3000, batch_size=16, lr=2e-5, warmup_steps=100, checkpoint_every=500),
     lora_rank=64, lora_alpha=128, threads=0, storage_dtype="bfloat16",
-    asr_samples=0, asr_samples_lora=0, ctc_weight=0.0)
+    asr_samples=0, asr_samples_lora=0, ctc_weight=0.0,
+    gradient_checkpointing=True, hidden_cache="disk")
 
 
 @dataclass
@@ -124,6 +128,14 @@ class TrainConfig(ConfigBase):
     affective_replay: float = 0.25    # stage 3: fraction of each batch from the rest
     merge_lora: bool = True           # final checkpoint: LoRA merged into the backbone
     storage_dtype: str = "float16"    # final checkpoint tensors
+    #: Recompute each LLM decoder layer (and audio-encoder block) in the backward pass
+    #: instead of keeping its activations (training mode only; one more forward pass:
+    #: +1/3 compute when every weight trains, +1/2 under LoRA).
+    gradient_checkpointing: bool = False
+    #: Stage 1's frozen-LLM hidden states: ``memory`` (a tensor per sample on the
+    #: device), ``disk`` (one memory-mapped file in the run directory, reused when
+    #: complete) or ``recompute`` (the frozen LLM runs in every step, nothing kept).
+    hidden_cache: str = "memory"
     rvq: StageConfig = field(default_factory=StageConfig)
     base: StageConfig = field(default_factory=StageConfig)
     connector: StageConfig = field(default_factory=StageConfig)
@@ -132,6 +144,11 @@ class TrainConfig(ConfigBase):
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     PRESETS = {"tiny": _TINY, "edge": _EDGE, "paper": _PAPER}
+
+    def __post_init__(self):
+        if self.hidden_cache not in HIDDEN_CACHES:
+            raise ValueError(f"TrainConfig.hidden_cache must be one of "
+                             f"{', '.join(HIDDEN_CACHES)}, got {self.hidden_cache!r}")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "TrainConfig":

@@ -33,13 +33,18 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from a2llm_ros.checkpoint import init_model, load_checkpoint, save_checkpoint
+from a2llm_ros.checkpoint import (init_model, load_checkpoint, read_config, resolve_checkpoint,
+                                  save_checkpoint)
 from a2llm_ros.config import A2LLMConfig
 from a2llm_ros.model.a2llm import A2LLM, TASK_ANSWER, TASK_TRANSCRIBE, TrainBatch
+from a2llm_ros.model.step_audio import is_step_folder, step_config
 from a2llm_ros.training.config import STAGE_RUNS, TrainConfig
 from a2llm_ros.training.ctc import CTCHead, ctc_loss, greedy_decode
 from a2llm_ros.training.data import RUN_IDS, TrainData, segments_for
+from a2llm_ros.training.hidden_cache import (CACHE_DIR, HiddenStates, RecomputedHidden,
+                                             open_disk_cache)
 from a2llm_ros.training.loop import is_done, mark_done, run_loop
+from a2llm_ros.training.memory import apply_memory_settings
 
 RUN_ORDER = ("rvq", "base", "connector", "joint", "affective")
 FINAL_DIR = "final"
@@ -57,7 +62,13 @@ class Trainer:
                  model_config: Optional[A2LLMConfig] = None, init: Optional[str] = None,
                  progress: bool = True, resume: bool = True):
         self.cfg, self.data, self.out_dir = cfg, data, out_dir
-        self.model_config = model_config or A2LLMConfig.preset(cfg.preset_name)
+        self.model_config = model_config or start_config(cfg.preset_name, init)
+        backbone = self.model_config.llm.backbone
+        if cfg.base.steps == 0 and not init and not (backbone and is_step_folder(backbone)):
+            raise ValueError(f"training preset {cfg.preset_name!r} skips the base run "
+                             f"(base.steps 0), so it needs a pretrained audio LLM: --init "
+                             f"a Step-Audio-2-mini folder or a checkpoint made on one "
+                             f"(`a2llm init --preset {cfg.preset_name} --backbone DIR`)")
         self.init, self.progress, self.resume = init, progress, resume
         self.device = _pick_device(cfg.device)
         if cfg.threads > 0:
@@ -85,8 +96,9 @@ class Trainer:
             if RUN_ORDER.index(run) > 0:
                 raise FileNotFoundError(f"training run {run!r} needs the checkpoint of an "
                                         f"earlier run in {self.out_dir} (run stage 0 first)")
-            if self.init:
+            if self.init and not is_step_folder(self.init):
                 return load_checkpoint(self.init, expected_config=self.model_config)
+            # no init, or a bare Step-Audio-2-mini folder (its weights, new A²-LLM parts)
             return init_model(self.model_config, seed=self.cfg.seed)
         return load_checkpoint(prev, expected_config=self.model_config)
 
@@ -107,6 +119,7 @@ class Trainer:
             return summary
         torch.manual_seed(self.cfg.seed * 1000 + RUN_IDS[name])
         model = self._load_start(name).to(self.device)
+        print(apply_memory_settings(model, self.cfg, name, self.device, self.data))
         summary = getattr(self, "_run_" + name)(model, run_dir)
         self._save(model, self.checkpoint_dir(name))
         mark_done(run_dir, summary)
@@ -118,12 +131,15 @@ class Trainer:
         if last is None:
             raise FileNotFoundError(f"no finished training run in {self.out_dir}")
         model = load_checkpoint(self.checkpoint_dir(last))
-        if self.cfg.merge_lora and hasattr(model.llm, "peft_config"):
+        merged = self.cfg.merge_lora and hasattr(model.llm, "peft_config")
+        if merged:
             model.llm = model.llm.merge_and_unload()
         out = out or os.path.join(self.out_dir, FINAL_DIR)
         shutil.rmtree(out, ignore_errors=True)
         dtype = getattr(torch, self.cfg.storage_dtype) if self.cfg.storage_dtype else None
-        save_checkpoint(model, out, dtype=dtype)
+        # a merged LoRA changed the backbone's weights: they are stored (full weights);
+        # unmerged, the adapter goes to lora/ beside the backbone reference
+        save_checkpoint(model, out, dtype=dtype, backbone_weights=merged)
         with open(os.path.join(out, TRAINING_INFO), "w") as f:
             json.dump(self.info(last), f, indent=2)
         return out
@@ -251,7 +267,7 @@ class Trainer:
         model.eval()
         _freeze(model)
         t0 = time.time()
-        hidden = self._cache_hidden(model)
+        hidden = self._cache_hidden(model, run_dir)
         cache_s = time.time() - t0
         model.connector.train()
         params = _unfreeze(list(model.connector.parameters()))
@@ -270,14 +286,24 @@ class Trainer:
         summary["hidden_cache_seconds"] = round(cache_s, 2)
         return summary
 
-    def _cache_hidden(self, model: A2LLM, batch_size: int = 16) -> List[torch.Tensor]:
-        """Frozen-LLM hidden states at every sample's speech inputs [n_i, H]."""
-        out: List[torch.Tensor] = []
-        for start in range(0, len(self.data), batch_size):
-            idx = list(range(start, min(start + batch_size, len(self.data))))
+    def _cache_hidden(self, model: A2LLM, run_dir: str, batch_size: int = 16) -> HiddenStates:
+        """Frozen-LLM hidden states at every sample's speech inputs, ``hidden[j]`` [n_j, H],
+        kept as ``cfg.hidden_cache`` says (see :mod:`a2llm_ros.training.hidden_cache`)."""
+        def states(idx: Sequence[int]) -> List[torch.Tensor]:
             batch = model.collate_samples(self.data.items(idx)).to(self.device)
-            out.extend(h.detach() for h in model.speech_hidden_states(batch))
-        return out
+            return [h.detach() for h in model.speech_hidden_states(batch)]  # [n_i, H]
+
+        def batches():
+            for start in range(0, len(self.data), batch_size):
+                idx = list(range(start, min(start + batch_size, len(self.data))))
+                yield idx, states(idx)
+        if self.cfg.hidden_cache == "recompute":
+            return RecomputedHidden(lambda j: states([j])[0], len(self.data))
+        if self.cfg.hidden_cache == "disk":
+            rows = [len(codes) for codes in self.data.speech_codes]
+            return open_disk_cache(os.path.join(run_dir, CACHE_DIR), batches, rows,
+                                   model.cfg.llm.hidden_size, self.device, self.progress)
+        return [h for _, hs in batches() for h in hs]
 
     def _motion_batch(self, model: A2LLM, idx: Sequence[int]) -> TrainBatch:
         """A TrainBatch holding only the motion targets of ``idx`` (for the connector)."""
@@ -326,6 +352,17 @@ class Trainer:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+def start_config(preset: str, init: Optional[str] = None) -> A2LLMConfig:
+    """The model config a curriculum trains: the ``init`` checkpoint's own config
+    (checkpoints carry it), a bare Step-Audio-2-mini folder's sizes with the
+    ``preset``'s other parts, else the ``preset`` itself."""
+    if not init:
+        return A2LLMConfig.preset(preset)
+    if is_step_folder(init):
+        return step_config(init, preset)
+    return read_config(resolve_checkpoint(init))
+
 
 def _pick_device(name: str) -> torch.device:
     if name == "auto":
