@@ -26,3 +26,9 @@ MOTION_TOKEN_RATE = 5
 FRAMES_PER_SEGMENT = FLAME_FPS // MOTION_TOKEN_RATE  # 5 frames = 200 ms
 SPEECH_TOKENS_PER_SEGMENT = SPEECH_TOKEN_RATE // MOTION_TOKEN_RATE  # 5 tokens
 SEGMENT_SECONDS = FRAMES_PER_SEGMENT / FLAME_FPS  # 0.2 s
+#: Audio samples per FLAME frame at the model's rate (640 = 40 ms).
+SAMPLES_PER_FRAME = SAMPLE_RATE // FLAME_FPS
+#: Nanoseconds per second (ROS header stamps).
+NS_PER_S = 1_000_000_000
+#: Shortest question the model accepts (seconds of audio).
+MIN_QUESTION_SECONDS = 0.1

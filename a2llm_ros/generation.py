@@ -54,16 +54,13 @@ import numpy as np
 import torch
 
 from a2llm_ros.configbase import ConfigBase
-from a2llm_ros.constants import (FLAME_FPS, MEL_WINDOW, SAMPLE_RATE, SPEECH_TOKEN_RATE,
-                                 SPEECH_TOKENS_PER_SEGMENT)
+from a2llm_ros.constants import (FLAME_FPS, MEL_WINDOW, MIN_QUESTION_SECONDS, SAMPLE_RATE,
+                                 SPEECH_TOKEN_RATE, SPEECH_TOKENS_PER_SEGMENT)
 from a2llm_ros.model.a2llm import A2LLM
 from a2llm_ros.model.audio_encoder import n_positions
 from a2llm_ros.model.audio_llm import (SPEECH, TEXT, Schedule, llm_hidden, llm_logits,
                                        splice_audio)
 from a2llm_ros.model.connector import sample_codes
-
-#: Shortest accepted question (seconds).
-MIN_QUESTION_SECONDS = 0.1
 
 
 @dataclass

@@ -116,3 +116,12 @@ def test_round_trip_over_dds(ros_nodes, name):
     pub_node.destroy_publisher(pub)
     assert received, f"{name} not received within 15 s"
     assert _as_plain(received[0]) == _as_plain(msg)
+
+
+def test_state_codes_are_the_message_constants():
+    from a2llm_ros.conversation.session import STATES
+    from a2llm_ros.msg import ConversationState
+    from a2llm_ros.ros.msgconv import STATE_CODES
+    assert list(STATE_CODES) == list(STATES)
+    assert all(getattr(ConversationState, name.upper()) == code
+               for name, code in STATE_CODES.items())

@@ -39,7 +39,7 @@ import numpy as np
 import scipy.signal
 
 from a2llm_ros.configbase import ConfigBase
-from a2llm_ros.constants import SAMPLE_RATE
+from a2llm_ros.constants import NS_PER_S, SAMPLE_RATE
 
 __all__ = ["AudioFormatError", "AudioFormat", "decode_pcm", "split_whole_frames",
            "mgonzs13_field", "downmix", "StreamingResampler", "FrontEndConfig",
@@ -71,7 +71,6 @@ STAMP_GAP_MIN_TOLERANCE_S = 0.005
 STAMP_GAP_TOLERANCE_FRACTION = 0.5
 #: :attr:`AudioFrontEnd.warnings` keys passed to ``on_problem`` (the audio was kept).
 KEPT_AUDIO_REASONS = ("non_finite", "stamp_gap")
-NS_PER_S = 1_000_000_000  # nanoseconds per second (header stamps)
 _ALIASES = {"S16": "S16LE", "INT16": "S16LE", "S32": "S32LE", "INT32": "S32LE",
             "F32": "F32LE", "FLOAT32": "F32LE", "UINT8": "U8", "INT8": "S8"}
 

@@ -27,6 +27,7 @@ import numpy as np
 from a2llm_ros.audio import frontend
 from a2llm_ros.bags import types as T
 from a2llm_ros.bags.io import PathLike, read_bag
+from a2llm_ros.constants import NS_PER_S
 
 #: sample_format -> (numpy dtype, full-scale divisor, offset); S24LE handled apart.
 PCM_FORMATS = {"S16LE": ("<i2", 32768.0, 0.0), "S32LE": ("<i4", 2147483648.0, 0.0),
@@ -41,7 +42,6 @@ MG_SCALE = {T.MG_FORMAT_F32: (1.0, 0.0), T.MG_FORMAT_I32: (2147483648.0, 0.0),
             T.MG_FORMAT_U8: (128.0, 128.0)}
 INT16_SCALE = 32768.0
 DEFAULT_MAX_CHUNK_SECONDS = 1.0
-NS = 1_000_000_000
 SKIP_REASONS = ("no_audio_info", "unsupported_coding", "unsupported_format", "bad_info",
                 "empty", "bad_length", "non_finite", "oversize", "undecodable")
 AUDIO_TYPES = (T.AUDIO_DATA, T.AUDIO_DATA_STAMPED, T.AUDIO_STAMPED)
@@ -252,7 +252,7 @@ class _AudioCollector:
         header = getattr(msg, "header", None)
         if header is None:
             return
-        stamp = header.stamp.sec * NS + header.stamp.nanosec
+        stamp = header.stamp.sec * NS_PER_S + header.stamp.nanosec
         if self.last_stamp is not None and stamp < self.last_stamp:
             self.report.warnings["stamp_backwards"] += 1
         self.last_stamp = stamp
@@ -352,12 +352,13 @@ def _frames_of(msgtype: str, msg) -> List[Tuple[object, int, int]]:
     out = []
     for i, frame in enumerate(msg.frames):
         own = _stamp_ns(frame.header)
-        out.append((frame, own if own else base + int(round(i * NS / rate)), int(msg.source)))
+        stamp = own if own else base + int(round(i * NS_PER_S / rate))
+        out.append((frame, stamp, int(msg.source)))
     return out
 
 
 def _stamp_ns(header) -> int:
-    return int(header.stamp.sec) * NS + int(header.stamp.nanosec)
+    return int(header.stamp.sec) * NS_PER_S + int(header.stamp.nanosec)
 
 
 def collect_flame(bag: PathLike, topic: str, report: FlameExportReport) -> Dict[str, list]:

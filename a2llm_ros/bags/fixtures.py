@@ -38,13 +38,13 @@ import numpy as np
 from a2llm_ros.bags import types as T
 from a2llm_ros.bags.export import encode_pcm, to_int16
 from a2llm_ros.bags.io import BagWriter, PathLike
+from a2llm_ros.constants import NS_PER_S
 
 FIXTURES = ("conversation", "barge_in", "noisy", "stereo_44k_s16", "f32_48k", "mgonzs13",
             "malformed")
 DEFAULT_FIXTURES = FIXTURES[:-1]
 #: 2026-01-01T00:00:00Z, the start of every fixture.
-T0_NS = 1_767_225_600 * 1_000_000_000
-NS = 1_000_000_000
+T0_NS = 1_767_225_600 * NS_PER_S
 ESPEAK_RATE = 22_050
 #: Test-split style question voice (the held-out voice of the synthetic data set).
 ESPEAK_VOICE = ("en-029+f4", 168, 58)  # voice, words/min, pitch
@@ -248,7 +248,7 @@ def fixture_audio(name: str, seed: int = 0) -> FixtureAudio:
 def _stamp(writer: BagWriter, ns: int):
     Time = writer.typestore.types["builtin_interfaces/msg/Time"]
     Header = writer.typestore.types["std_msgs/msg/Header"]
-    return Header(stamp=Time(sec=ns // NS, nanosec=ns % NS), frame_id=FRAME_ID)
+    return Header(stamp=Time(sec=ns // NS_PER_S, nanosec=ns % NS_PER_S), frame_id=FRAME_ID)
 
 
 def rd_info(writer: BagWriter, rate: int, channels: int, sample_format: str,
@@ -279,7 +279,7 @@ def mg_chunk(writer: BagWriter, samples: np.ndarray, rate: int, stamp_ns: int):
 
 
 def _offset_ns(samples: int, rate: int) -> int:
-    return T0_NS + (samples * NS) // rate
+    return T0_NS + (samples * NS_PER_S) // rate
 
 
 def write_audio_bag(fix: FixtureAudio, bag: Path, storage: str = "mcap") -> int:
@@ -402,17 +402,17 @@ class _Stream:
 
     @property
     def t_s(self) -> float:
-        return (self.now - T0_NS) / NS
+        return (self.now - T0_NS) / NS_PER_S
 
     def info(self, rate: int, fmt: str, coding: str = "wave", settle_s: float = 0.0) -> None:
         """Write an AudioInfo; ``settle_s`` of silence (no audio message) follows it."""
         self.w.write(RD_INFO_TOPIC, rd_info(self.w, rate, 1, fmt, coding), self.now)
-        self.now += int(round(settle_s * NS))
+        self.now += int(round(settle_s * NS_PER_S))
 
     def raw(self, raw: bytes, seconds: float, stamp_shift_s: float = 0.0) -> None:
-        stamp = self.now + int(round(stamp_shift_s * NS))
+        stamp = self.now + int(round(stamp_shift_s * NS_PER_S))
         self.w.write(RD_AUDIO_TOPIC, rd_chunk(self.w, raw, stamp), self.now)
-        self.now += int(round(seconds * NS))
+        self.now += int(round(seconds * NS_PER_S))
 
     def pcm(self, wave: np.ndarray, rate: int, fmt: str, chunk: int) -> int:
         """Write [N] float audio in chunks; returns the number of messages."""

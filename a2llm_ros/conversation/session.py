@@ -56,7 +56,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Protocol, Tuple
 import numpy as np
 
 from a2llm_ros.configbase import ConfigBase
-from a2llm_ros.constants import FLAME_FPS, SAMPLE_RATE
+from a2llm_ros.constants import FLAME_FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from a2llm_ros.conversation.listening import ListeningConfig, ListeningFace
 from a2llm_ros.conversation.resample import Piece, TurnAudio, check_output_rate
 from a2llm_ros.conversation.turns import Activity, SpeechStart, TurnDetector, UtteranceEnd
@@ -67,9 +67,6 @@ __all__ = ["TurnConfig", "SessionSink", "NullSink", "TurnGenerator",
 
 STATES = ("idle", "listening", "thinking", "speaking", "interrupted")
 BARGE_IN_MODES = ("off", "stop", "duck")
-#: Input (model-rate, 16 kHz) samples per FLAME frame; the output's is
-#: ``output_rate // FLAME_FPS``.
-SAMPLES_PER_FRAME = SAMPLE_RATE // FLAME_FPS  # 640
 #: After a cancelled answer, listening motion restarts this many frames before the
 #: end of the speech motion emitted (frames due but not yet published when flushed).
 FLUSH_MARGIN_FRAMES = 5
@@ -84,8 +81,9 @@ class TurnConfig(ConfigBase):
     #: User speech while the avatar thinks or speaks: ``off`` (ignored), ``stop``
     #: (interrupts the answer) or ``duck`` (lowers the voice, then interrupts).
     barge_in: str = "stop"
-    #: Voiced user speech needed before a barge-in interrupts (ms).
-    barge_in_min_speech_ms: float = 200.0
+    #: Voiced user speech needed before a barge-in interrupts (ms); 96 ms = three
+    #: 32 ms VAD decisions, so output stops well inside 200 ms of the onset.
+    barge_in_min_speech_ms: float = 96.0
     #: ``duck``: gain applied to the avatar's voice while the user talks over it.
     duck_gain: float = 0.3
     #: Longest answer; audio and motion past it are cut and the turn ends (s).

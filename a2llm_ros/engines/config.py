@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Dict, Tuple
 
 from a2llm_ros.configbase import ConfigBase
-from a2llm_ros.constants import MEL_FRAME_RATE, MEL_HOP, SAMPLE_RATE
+from a2llm_ros.constants import MEL_FRAME_RATE, MEL_HOP, MIN_QUESTION_SECONDS, SAMPLE_RATE
 
 KINDS = ("auto", "torch", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8", "fp8")
@@ -22,8 +22,6 @@ KV_MODES = ("auto", "dynamic", "static")
 WEIGHT_MODES = ("none", "int8", "int4")
 #: Default sub-directories of a checkpoint for exported graphs and engines.
 ONNX_SUBDIR, ENGINE_SUBDIR = "onnx", "tensorrt"
-#: Shortest question the generator accepts (seconds), see generation.check_question.
-MIN_QUESTION_SECONDS = 0.1
 
 
 class EngineError(RuntimeError):

@@ -56,8 +56,8 @@ from rosgraph_msgs.msg import Clock
 
 from a2llm_ros.bags.io import BagTopic, bag_summary, bag_topics, read_bag_raw
 from a2llm_ros.commands.bag import DEFAULT_CLOCK_HZ
+from a2llm_ros.constants import NS_PER_S
 
-NS = 1_000_000_000
 CLOCK_TOPIC = "/clock"
 DEFAULT_DEPTH = 10
 LATCHED_DEPTH = 1
@@ -144,7 +144,7 @@ class BagPlayer:
         summary = bag_summary(self.path)
         self.bag_start_ns = int(summary["start_ns"])
         self.bag_end_ns = self.bag_start_ns + int(summary["duration_ns"])
-        self.start_ns = self.bag_start_ns + int(round(start_offset * NS))
+        self.start_ns = self.bag_start_ns + int(round(start_offset * NS_PER_S))
         self.stats = PlayStats()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -230,7 +230,7 @@ class BagPlayer:
             self._next_tick = wall0 + (self.clock_period or 0.0)
             last_ns = self.start_ns
             for topic, _, stamp, raw in chain([first], records):
-                due = wall0 + (stamp - self.start_ns) / NS / self.rate
+                due = wall0 + (stamp - self.start_ns) / NS_PER_S / self.rate
                 if not self._sleep_until(due, wall0):
                     return
                 self._publishers[topic].publish(raw)
@@ -260,10 +260,10 @@ class BagPlayer:
         if self._clock_pub is None:
             return
         if bag_ns is None:
-            bag_ns = self.start_ns + int((at - wall0) * self.rate * NS)
+            bag_ns = self.start_ns + int((at - wall0) * self.rate * NS_PER_S)
             bag_ns = min(bag_ns, self.bag_end_ns)
         msg = Clock()
-        msg.clock.sec, msg.clock.nanosec = divmod(int(bag_ns), NS)
+        msg.clock.sec, msg.clock.nanosec = divmod(int(bag_ns), NS_PER_S)
         self._clock_pub.publish(msg)
         self.stats.clock_ticks += 1
 
@@ -302,7 +302,7 @@ class BagPlayer:
         for pub in self._publishers.values():
             left = deadline - time.monotonic()
             if left > 0 and pub.qos_profile.reliability == ReliabilityPolicy.RELIABLE:
-                pub.wait_for_all_acked(Duration(nanoseconds=int(left * NS)))
+                pub.wait_for_all_acked(Duration(nanoseconds=int(left * NS_PER_S)))
         for pub in list(self._publishers.values()) + [self._clock_pub]:
             if pub is not None:
                 self.node.destroy_publisher(pub)

@@ -53,7 +53,8 @@ from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 
 from a2llm_ros.bags.io import bag_topics
-from a2llm_ros.constants import FLAME_FPS, SAMPLE_RATE
+from a2llm_ros.constants import NS_PER_S, SAMPLE_RATE, SAMPLES_PER_FRAME
+from a2llm_ros.conversation.session import STATES
 from a2llm_ros.ros import msgconv as mc
 from a2llm_ros.ros.a2llm_node import A2llmNode
 from a2llm_ros.ros.bag_play import BagPlayer, no_sub_events
@@ -63,13 +64,11 @@ __all__ = ["GraphConfig", "GraphResult", "TurnResult", "GraphStartError", "Probe
            "Collector", "TimedPlayer", "run_graph", "build_turns", "replay_and_wait",
            "load_sidecar", "write_question_bag", "STATE_NAMES"]
 
-NS = 1_000_000_000
-STATE_NAMES = ("idle", "listening", "thinking", "speaking", "interrupted")
+STATE_NAMES = STATES
 IDLE, LISTENING, THINKING, SPEAKING, INTERRUPTED = range(5)
 SOURCE_SPEECH = 0
 #: Reasons of an IDLE state that do not end an answered turn.
 NON_ANSWER_IDLE = ("no_speech", "activated", "reset")
-SAMPLES_PER_FRAME = SAMPLE_RATE // FLAME_FPS
 EXECUTOR_THREADS = 4
 COLLECT_DEPTH = 1000
 #: Queue depth of the (serialized) face_marker subscription.
@@ -474,7 +473,7 @@ class TurnResult:
         for k in range(n):
             sample = SAMPLES_PER_FRAME * k
             i = int(np.searchsorted(starts, sample, side="right") - 1)
-            audio_ns = self.audio_stamps[i] + (sample - starts[i]) * NS // SAMPLE_RATE
+            audio_ns = self.audio_stamps[i] + (sample - starts[i]) * NS_PER_S // SAMPLE_RATE
             out[k] = (int(self.frame_stamps[k]) - audio_ns) / 1e6
         return out
 
@@ -589,7 +588,7 @@ def _late_ms(rows: Sequence[Tuple[float, int]], t0: float, t1: float,
         return np.zeros(0)
     recv = np.array([t for t, _ in kept], np.float64) + ros_offset_s
     stamps = np.array([s for _, s in kept], np.int64)
-    return 1000.0 * (recv - stamps / NS)
+    return 1000.0 * (recv - stamps / NS_PER_S)
 
 
 # ----------------------------------------------------------------------------- sidecars, bags
@@ -952,8 +951,9 @@ def utterance_ends(sidecar, player, wall0, rate) -> List[Tuple[float, str]]:
     t0_ns = int(sidecar.get("t0_ns", player.bag_start_ns))
     out = []
     for utt in sidecar.get("utterances", []):
-        bag_ns = t0_ns + int(round(float(utt["offset_s"]) * NS))
-        out.append((wall0 + (bag_ns - player.start_ns) / NS / rate, str(utt.get("text", ""))))
+        bag_ns = t0_ns + int(round(float(utt["offset_s"]) * NS_PER_S))
+        wall = wall0 + (bag_ns - player.start_ns) / NS_PER_S / rate
+        out.append((wall, str(utt.get("text", ""))))
     return out
 
 

@@ -13,7 +13,8 @@ from builtin_interfaces.msg import Time
 from std_msgs.msg import Header
 
 from a2llm_ros.audio.frontend import AudioFormat, mgonzs13_field
-from a2llm_ros.constants import FLAME_FPS, SAMPLE_RATE
+from a2llm_ros.constants import FLAME_FPS, NS_PER_S, SAMPLE_RATE
+from a2llm_ros.conversation.session import STATES
 from a2llm_ros.flame.layout import DEFAULT_LAYOUT, N_EXPR_MAX, FlameLayout
 
 __all__ = ["time_msg", "to_ns", "header", "layout_for", "flame_frame_msg", "flame_chunk_msg",
@@ -21,22 +22,21 @@ __all__ = ["time_msg", "to_ns", "header", "layout_for", "flame_frame_msg", "flam
            "speech_audio_msgs", "ros_drivers_format", "mgonzs13_payload", "raw_bytes", "state_msg",
            "text_msg", "joint_state_msg", "STATE_CODES", "SOURCE_CODES"]
 
-NS = 1_000_000_000
 #: Session state name -> ConversationState constant value.
-STATE_CODES = {"idle": 0, "listening": 1, "thinking": 2, "speaking": 3, "interrupted": 4}
+STATE_CODES = {name: code for code, name in enumerate(STATES)}
 #: Session FLAME source -> FlameChunk.source value.
 SOURCE_CODES = {"speech": 0, "listening": 1}
 
 
 def time_msg(ns: int) -> Time:
     """builtin_interfaces/Time of ``ns`` nanoseconds (clamped at 0)."""
-    sec, nanosec = divmod(max(0, int(ns)), NS)
+    sec, nanosec = divmod(max(0, int(ns)), NS_PER_S)
     return Time(sec=sec, nanosec=nanosec)
 
 
 def to_ns(stamp) -> int:
     """Nanoseconds of a builtin_interfaces/Time."""
-    return int(stamp.sec) * NS + int(stamp.nanosec)
+    return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
 
 
 def header(ns: int, frame_id: str) -> Header:
@@ -70,7 +70,7 @@ def flame_chunk_msg(frames: np.ndarray, stamp_ns: int, turn_id: int, first_index
                     source: str, frame_id: str, version: int = DEFAULT_LAYOUT.version):
     """FlameChunk of ``frames [n, D]``; frame i is stamped ``stamp_ns + i / 25 s``."""
     from a2llm_ros.msg import FlameChunk
-    step = NS // FLAME_FPS
+    step = NS_PER_S // FLAME_FPS
     msgs = [flame_frame_msg(f, stamp_ns + i * step, turn_id, frame_id, version)
             for i, f in enumerate(frames)]
     return FlameChunk(header=header(stamp_ns, frame_id), frame_rate=float(FLAME_FPS),
@@ -101,7 +101,7 @@ def frames_from_chunk(msg, n_expr: int = DEFAULT_LAYOUT.n_expr
     for i, frame in enumerate(msg.frames):
         frames[i] = frame_vector(frame, n_expr)
         own = to_ns(frame.header.stamp)
-        stamps[i] = own if own else base + int(round(i * NS / rate))
+        stamps[i] = own if own else base + int(round(i * NS_PER_S / rate))
     return frames, stamps
 
 

@@ -204,11 +204,6 @@ def _generation_config():
     return GenerationConfig()
 
 
-def _turn_config():
-    # 96 ms = 3 VAD decisions: barge-in stops output well inside 200 ms of the onset.
-    return TurnConfig(barge_in_min_speech_ms=96.0)
-
-
 @dataclasses.dataclass
 class A2llmNodeConfig:
     """All parameters of ``a2llm_node`` (one section per core config)."""
@@ -218,7 +213,7 @@ class A2llmNodeConfig:
     backend: Any = dataclasses.field(default_factory=lambda: backend_config_class()())
     audio: AudioInputParams = dataclasses.field(default_factory=AudioInputParams)
     vad: VadConfig = dataclasses.field(default_factory=VadConfig)
-    turn: TurnConfig = dataclasses.field(default_factory=_turn_config)
+    turn: TurnConfig = dataclasses.field(default_factory=TurnConfig)
     listening: ListeningConfig = dataclasses.field(default_factory=ListeningConfig)
     output: OutputParams = dataclasses.field(default_factory=OutputParams)
 

@@ -26,11 +26,10 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from a2llm_ros.constants import FLAME_FPS, FRAMES_PER_SEGMENT
+from a2llm_ros.constants import FLAME_FPS, FRAMES_PER_SEGMENT, NS_PER_S
 
 __all__ = ["PreviewCpu", "synthetic_frames", "measure_preview_cpu", "main"]
 
-NS_PER_S = 1_000_000_000
 FRAME_NS = NS_PER_S // FLAME_FPS
 #: Frames measured by default (20 s of input).
 DEFAULT_FRAMES = 500

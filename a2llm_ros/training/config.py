@@ -91,7 +91,7 @@ _EDGE = dict(
                                        checkpoint_every=2000),
     joint=dict(steps=10000, batch_size=16, lr=2e-4, warmup_steps=300, checkpoint_every=1000),
     affective=dict(steps=2000, batch_size=16, lr=5e-5, warmup_steps=100, checkpoint_every=500),
-    lora_rank=32, lora_alpha=64, threads=0, storage_dtype="bfloat16",
+    lora_rank=32, lora_alpha=64, threads=0, storage_dtype="bfloat16", merge_lora=False,
     asr_samples=0, asr_samples_lora=0, ctc_weight=0.0,
     gradient_checkpointing=True, hidden_cache="disk")
 _PAPER = dict(
@@ -100,7 +100,7 @@ _PAPER = dict(
                                        checkpoint_every=2000),
     joint=dict(steps=20000, batch_size=16, lr=1e-4, warmup_steps=500, checkpoint_every=1000),
     affective=dict(steps=3000, batch_size=16, lr=2e-5, warmup_steps=100, checkpoint_every=500),
-    lora_rank=64, lora_alpha=128, threads=0, storage_dtype="bfloat16",
+    lora_rank=64, lora_alpha=128, threads=0, storage_dtype="bfloat16", merge_lora=False,
     asr_samples=0, asr_samples_lora=0, ctc_weight=0.0,
     gradient_checkpointing=True, hidden_cache="disk")
 
@@ -126,7 +126,10 @@ class TrainConfig(ConfigBase):
     lora_targets: Tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj",
                                      "gate_proj", "up_proj", "down_proj")
     affective_replay: float = 0.25    # stage 3: fraction of each batch from the rest
-    merge_lora: bool = True           # final checkpoint: LoRA merged into the backbone
+    #: Final checkpoint: merge the LoRA into the LLM. On a backbone folder that stores
+    #: the merged encoder, adaptor and LLM weights in the checkpoint (a full copy);
+    #: false keeps the adapter in ``lora/`` beside the backbone reference (edge, paper).
+    merge_lora: bool = True
     storage_dtype: str = "float16"    # final checkpoint tensors
     #: Recompute each LLM decoder layer (and audio-encoder block) in the backward pass
     #: instead of keeping its activations (training mode only; one more forward pass:
