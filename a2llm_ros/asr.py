@@ -30,6 +30,7 @@ import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from rapidfuzz.distance import Levenshtein
 
 from a2llm_ros.constants import SAMPLE_RATE
 
@@ -47,26 +48,14 @@ def normalize_words(text: str) -> List[str]:
 def word_errors(reference: str, hypothesis: str) -> Tuple[int, int]:
     """(edit distance in words, reference word count)."""
     ref, hyp = normalize_words(reference), normalize_words(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            cur = min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-            prev, row[j] = row[j], cur
-    return row[-1], len(ref)
+    return Levenshtein.distance(ref, hyp), len(ref)
 
 
 def char_error_rate(reference: str, hypothesis: str) -> float:
     """Character edit distance / reference length, on lower-cased letters and spaces."""
     ref = " ".join(normalize_words(reference))
     hyp = " ".join(normalize_words(hypothesis))
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            cur = min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-            prev, row[j] = row[j], cur
-    return row[-1] / max(len(ref), 1)
+    return Levenshtein.distance(ref, hyp) / max(len(ref), 1)
 
 
 def nearest_answer(text: str, answers: Dict[int, str]) -> Tuple[int, float]:
