@@ -56,6 +56,7 @@ import torch
 from a2llm_ros.configbase import ConfigBase
 from a2llm_ros.constants import (FLAME_FPS, MEL_WINDOW, MIN_QUESTION_SECONDS, SAMPLE_RATE,
                                  SPEECH_TOKEN_RATE, SPEECH_TOKENS_PER_SEGMENT)
+from a2llm_ros.events import AudioEvent, EndEvent, Event, FlameEvent, TextEvent
 from a2llm_ros.model.a2llm import A2LLM
 from a2llm_ros.model.audio_encoder import n_positions
 from a2llm_ros.model.audio_llm import (SPEECH, TEXT, Schedule, llm_hidden, llm_logits,
@@ -90,50 +91,7 @@ class GenerationConfig(ConfigBase):
             raise ValueError("GenerationConfig: max_speech_tokens >= 1, max_text_tokens >= 0")
 
 
-# ----------------------------------------------------------------------------- events
-
-@dataclass
-class TextEvent:
-    """New answer text (``text`` is the increment); ``token_index`` counts text tokens."""
-
-    turn_id: int
-    text: str
-    token_index: int
-
-
-@dataclass
-class AudioEvent:
-    """Answer audio samples float32 [n] starting at ``start_sample`` of the turn."""
-
-    turn_id: int
-    samples: np.ndarray
-    sample_rate: int
-    start_time: float
-    start_sample: int
-
-
-@dataclass
-class FlameEvent:
-    """FLAME frames float32 [n, D] starting at ``start_frame`` of the turn."""
-
-    turn_id: int
-    frames: np.ndarray
-    fps: int
-    start_time: float
-    start_frame: int
-
-
-@dataclass
-class EndEvent:
-    """End of a turn: ``reason`` is ``"eos"``, ``"cap"`` or ``"cancel"``."""
-
-    turn_id: int
-    reason: str
-    n_speech_tokens: int
-    n_frames: int
-
-
-Event = Union[TextEvent, AudioEvent, FlameEvent, EndEvent]
+# events (TextEvent, AudioEvent, FlameEvent, EndEvent) live in a2llm_ros.events
 
 
 @dataclass

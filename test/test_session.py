@@ -1,5 +1,4 @@
 """Tests for the ROS-free conversation session (fake generator, scripted VAD)."""
-import dataclasses
 import threading
 import time
 
@@ -10,42 +9,10 @@ from a2llm_ros.constants import SAMPLE_RATE
 from a2llm_ros.conversation.session import (SAMPLES_PER_FRAME, ConversationSession,
                                             SessionSink, TurnConfig)
 from a2llm_ros.conversation.vad import VadConfig
+from a2llm_ros.events import AudioEvent, EndEvent, FlameEvent, TextEvent
 from a2llm_ros.flame.layout import FRAME_DIM
 
 CHUNK = 512
-
-
-@dataclasses.dataclass
-class TextEvent:
-    turn_id: int
-    text: str
-    token_index: int
-
-
-@dataclasses.dataclass
-class AudioEvent:
-    turn_id: int
-    samples: np.ndarray
-    sample_rate: int
-    start_time: float
-    start_sample: int
-
-
-@dataclasses.dataclass
-class FlameEvent:
-    turn_id: int
-    frames: np.ndarray
-    fps: int
-    start_time: float
-    start_frame: int
-
-
-@dataclasses.dataclass
-class EndEvent:
-    turn_id: int
-    reason: str
-    n_speech_tokens: int
-    n_frames: int
 
 
 class FakeGenerator:
@@ -57,7 +24,7 @@ class FakeGenerator:
         self.starts, self.cancels, self.resets = [], 0, 0
         self.active, self.k = False, 0
 
-    def start(self, wave):
+    def start(self, wave, turn_id):
         if self.crash_on_start:
             self.crash_on_start = False
             raise RuntimeError("prefill exploded")
@@ -497,8 +464,8 @@ class CodecGenerator(FakeGenerator):
         self.rng = np.random.default_rng(seed)
         self.sent = 0
 
-    def start(self, wave):
-        super().start(wave)
+    def start(self, wave, turn_id):
+        super().start(wave, turn_id)
         self.sent = 0
 
     def tone(self, first, end):

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import inspect
 import threading
 from typing import Any, Callable, Deque, Dict, List, Optional, Protocol, Tuple
 
@@ -57,6 +56,7 @@ import numpy as np
 
 from a2llm_ros.configbase import ConfigBase
 from a2llm_ros.constants import FLAME_FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from a2llm_ros.events import AudioEvent, EndEvent, Event, FlameEvent, TextEvent
 from a2llm_ros.conversation.listening import ListeningConfig, ListeningFace
 from a2llm_ros.conversation.resample import Piece, TurnAudio, check_output_rate
 from a2llm_ros.conversation.turns import Activity, SpeechStart, TurnDetector, UtteranceEnd
@@ -134,28 +134,17 @@ NullSink = SessionSink
 class TurnGenerator(Protocol):
     """What the session needs from ``generation.StreamingGenerator``.
 
-    ``start`` may also accept ``turn_id=`` (then the session's turn id is passed).
-
-    ``step()`` returns events recognised by attribute: ``frames`` (motion),
-    ``samples`` (+ ``sample_rate``, ``start_sample`` counted at that rate; without
-    ``sample_rate`` the model's 16 kHz is assumed), ``text``, ``reason`` (end).
+    ``start`` begins the answer to ``question_wave`` as turn ``turn_id``;
+    ``step()`` returns the next :mod:`a2llm_ros.events` (dispatched by type).
     """
 
-    def start(self, question_wave: np.ndarray) -> Any: ...
+    def start(self, question_wave: np.ndarray, turn_id: int) -> Any: ...
 
-    def step(self) -> List[Any]: ...
+    def step(self) -> List[Event]: ...
 
     def cancel(self) -> None: ...
 
     def reset(self) -> None: ...
-
-
-def _takes_turn_id(gen) -> bool:
-    """Whether ``gen.start`` accepts ``turn_id=`` (StreamingGenerator does)."""
-    try:
-        return "turn_id" in inspect.signature(gen.start).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 @dataclasses.dataclass
@@ -418,10 +407,7 @@ class ConversationSession:
                 if self._gen is None:
                     self._gen = self._factory()
                 question, turn.question = turn.question, None
-                if _takes_turn_id(self._gen):
-                    self._gen.start(question, turn_id=turn.turn_id)
-                else:
-                    self._gen.start(question)
+                self._gen.start(question, turn.turn_id)
                 events = []
             else:
                 events = self._gen.step()
@@ -440,16 +426,18 @@ class ConversationSession:
                 except Exception as err:  # noqa: BLE001 (a malformed event fails the turn)
                     self._fail(err)
 
-    def _on_generator_event(self, turn: _Turn, event) -> None:
-        if hasattr(event, "frames"):
+    def _on_generator_event(self, turn: _Turn, event: Event) -> None:
+        if isinstance(event, FlameEvent):
             self._emit_motion(turn, event)
-        elif hasattr(event, "samples"):
+        elif isinstance(event, AudioEvent):
             self._emit_audio(turn, event)
-        elif hasattr(event, "text"):
+        elif isinstance(event, TextEvent):
             turn.text.append(str(event.text))
             self.sink.on_text(turn.turn_id, str(event.text), False)
-        elif hasattr(event, "reason"):
+        elif isinstance(event, EndEvent):
             self._end_turn(turn, str(event.reason))
+        else:
+            raise TypeError(f"generator event of unknown type {type(event).__name__}")
 
     def _end_turn(self, turn: _Turn, reason: str) -> None:
         """The generator's end event: the resampler's tail, then the final text."""
@@ -466,14 +454,12 @@ class ConversationSession:
             turn.anchor = max(self._listen_next, self._clock + 1)
             self._set_state("speaking", "first_output")
 
-    def _emit_audio(self, turn: _Turn, event) -> None:
+    def _emit_audio(self, turn: _Turn, event: AudioEvent) -> None:
         """Generator audio (at its own rate) -> sink audio at ``output_rate``."""
         samples = np.asarray(event.samples, dtype=np.float32).reshape(-1)
-        rate = int(getattr(event, "sample_rate", SAMPLE_RATE))
+        rate, start = int(event.sample_rate), int(event.start_sample)
         if turn.audio is None:
             turn.audio = TurnAudio(self.output_rate)
-        start = getattr(event, "start_sample", None)
-        start = turn.audio.next_start(rate) if start is None else int(start)
         self._begin_speaking(turn)
         self._emit_pieces(turn, turn.audio.push(samples, rate, start))
 
@@ -488,9 +474,9 @@ class ConversationSession:
                 turn.n_samples = max(turn.n_samples, start + len(samples))
                 self.sink.on_audio(turn.turn_id, samples * self._gain, start)
 
-    def _emit_motion(self, turn: _Turn, event) -> None:
+    def _emit_motion(self, turn: _Turn, event: FlameEvent) -> None:
         frames = np.asarray(event.frames, dtype=np.float32)  # [n, 58]
-        start = int(getattr(event, "start_frame", turn.n_frames))
+        start = int(event.start_frame)
         self._begin_speaking(turn)
         limit = int(self.config.max_response_s * FLAME_FPS)
         if start + len(frames) > limit:

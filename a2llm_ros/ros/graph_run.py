@@ -55,6 +55,7 @@ from rclpy.parameter import Parameter
 from a2llm_ros.bags.io import bag_topics
 from a2llm_ros.constants import NS_PER_S, SAMPLE_RATE, SAMPLES_PER_FRAME
 from a2llm_ros.conversation.session import STATES
+from a2llm_ros.events import AudioEvent, EndEvent, FlameEvent, TextEvent
 from a2llm_ros.ros import msgconv as mc
 from a2llm_ros.ros.a2llm_node import A2llmNode
 from a2llm_ros.ros.bag_play import BagPlayer, no_sub_events
@@ -187,15 +188,15 @@ class ProbeGenerator:
         now = time.monotonic()
         rec["steps"] = self._steps
         for event in events or ():
-            if hasattr(event, "frames"):
+            if isinstance(event, FlameEvent):
                 rec["n_frames"] += len(event.frames)
                 rec["t_first_flame"] = rec["t_first_flame"] or now
-            elif hasattr(event, "samples"):
+            elif isinstance(event, AudioEvent):
                 rec["audio_samples"] += int(np.asarray(event.samples).shape[0])
                 rec["t_first_audio"] = rec["t_first_audio"] or now
-            elif hasattr(event, "text"):
+            elif isinstance(event, TextEvent):
                 rec["t_first_text"] = rec["t_first_text"] or now
-            elif hasattr(event, "reason"):
+            elif isinstance(event, EndEvent):
                 rec.update(end_reason=str(event.reason), t_end=now)
 
     def cancel(self):
