@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from a2llm_ros.audio.features import MelConfig
-from a2llm_ros.configbase import ConfigBase, ConfigMismatchError
+from a2llm_ros.configbase import PRESETS, ConfigBase, ConfigMismatchError
 from a2llm_ros.model.audio_encoder import AudioEncoderConfig
 from a2llm_ros.model.audio_llm import InterleaveConfig, LLMConfig
 from a2llm_ros.model.connector import ConnectorConfig
@@ -42,8 +42,6 @@ class A2LLMConfig(ConfigBase):
         default_factory=lambda: MotionTokenizerConfig.preset("tiny"))
     codec: SpeechCodecConfig = field(default_factory=lambda: SpeechCodecConfig.preset("tiny"))
 
-    PRESETS = {"tiny": {}, "edge": {}, "paper": {}}
-
     @classmethod
     def preset(cls, name: str, **overrides) -> "A2LLMConfig":
         """Every component's ``name`` preset, linked.
@@ -51,9 +49,9 @@ class A2LLMConfig(ConfigBase):
         ``overrides`` maps a part name to a dict of field overrides, e.g.
         ``A2LLMConfig.preset("edge", llm=dict(hidden_size=64, ...))``.
         """
-        if name not in cls.PRESETS:
+        if name not in PRESETS:
             raise KeyError(f"A2LLMConfig: unknown preset {name!r}; "
-                           f"known: {', '.join(cls.PRESETS)}")
+                           f"known: {', '.join(PRESETS)}")
         unknown = set(overrides) - set(_PARTS)
         if unknown:
             raise KeyError(f"A2LLMConfig.preset: unknown parts {sorted(unknown)}")

@@ -102,16 +102,18 @@ def _inline_comments(source: str) -> Dict[int, str]:
 class ConfigBase:
     """Mixin with dict round-trip, strict loading and presets."""
 
-    #: Subclasses map preset name -> dict of field overrides.
+    #: Preset name -> field overrides, only for the presets (:data:`PRESETS`) that
+    #: differ from the defaults; a class whose presets are all its defaults has none.
     PRESETS: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
 
     @classmethod
     def preset(cls, name: str, **overrides):
         """Return the named preset, with optional field overrides."""
-        if name not in cls.PRESETS:
+        known = list(PRESETS) + [n for n in cls.PRESETS if n not in PRESETS]
+        if name not in known:
             raise KeyError(f"{cls.__name__}: unknown preset {name!r}; "
-                           f"known: {', '.join(cls.PRESETS)}")
-        values = dict(cls.PRESETS[name])
+                           f"known: {', '.join(known)}")
+        values = dict(cls.PRESETS.get(name, {}))
         values.update(overrides)
         return cls(**values)
 

@@ -84,8 +84,6 @@ class GenerationConfig(ConfigBase):
     #: Connector sampling: keep the k most likely motion codes (0 = all).
     motion_top_k: int = 0
 
-    PRESETS = {"tiny": {}, "edge": {}, "paper": {}}
-
     def __post_init__(self):
         if self.max_speech_tokens < 1 or self.max_text_tokens < 0:
             raise ValueError("GenerationConfig: max_speech_tokens >= 1, max_text_tokens >= 0")

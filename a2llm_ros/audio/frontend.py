@@ -326,8 +326,6 @@ class FrontEndConfig(ConfigBase):
     #: publishers that split frames across messages, carry it into the next message.
     carry_partial_frames: bool = False
 
-    PRESETS = {"tiny": {}, "edge": {}, "paper": {}}
-
 
 @dataclasses.dataclass
 class AudioChunk:

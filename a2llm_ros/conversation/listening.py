@@ -69,8 +69,6 @@ class ListeningConfig(ConfigBase):
     #: Cross-fade between listening and speech motion (s).
     crossfade_s: float = 0.2
 
-    PRESETS = {"tiny": {}, "edge": {}, "paper": {}}
-
     def __post_init__(self):
         lo, hi = self.blink_interval_s
         if not 0 < lo <= hi:

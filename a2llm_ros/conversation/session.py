@@ -95,8 +95,6 @@ class TurnConfig(ConfigBase):
     #: At most this many listening frames are emitted per tick (clock jumps skip).
     max_catchup_frames: int = 25
 
-    PRESETS = {"tiny": {}, "edge": {}, "paper": {}}
-
     def __post_init__(self):
         if self.barge_in not in BARGE_IN_MODES:
             raise ValueError(f"TurnConfig.barge_in must be one of {BARGE_IN_MODES}, "

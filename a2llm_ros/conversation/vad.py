@@ -62,8 +62,6 @@ class VadConfig(ConfigBase):
     #: Energy backend: absolute level (dBFS) below which chunks are silence.
     energy_min_dbfs: float = -55.0
 
-    PRESETS = {"tiny": {}, "edge": {}, "paper": {}}
-
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise ValueError(f"VadConfig.backend must be one of {BACKENDS}, "

@@ -99,8 +99,6 @@ class PreviewNodeParams(ConfigBase):
     #: process of its own (``ros2 run`` / launch); 0 keeps the library default.
     blas_threads: int = 1
 
-    PRESETS = {"tiny": {}, "edge": {}, "paper": {}}
-
     def __post_init__(self):
         if self.mesh_backend not in MESH_BACKENDS:
             raise ValueError(f"mesh_backend must be one of {MESH_BACKENDS}, "

@@ -75,8 +75,6 @@ class RetargetNodeParams(ConfigBase):
     #: Depth of the subscriptions and the publisher.
     qos_depth: int = 50
 
-    PRESETS = {"tiny": {}, "edge": {}, "paper": {}}
-
     def __post_init__(self):
         if self.publish_mode not in PUBLISH_MODES:
             raise ValueError(f"publish_mode must be one of {PUBLISH_MODES}, "

@@ -70,8 +70,6 @@ class ModelParams(ConfigBase):
     #: Run one short dummy turn in on_configure so the first answer is not slow.
     warmup: bool = True
 
-    PRESETS = {"tiny": {}, "edge": {}, "paper": {}}
-
     def __post_init__(self):
         if not self.checkpoint:
             raise ValueError("model.checkpoint must not be empty (use 'default')")
@@ -99,8 +97,6 @@ class AudioInputParams(ConfigBase):
     #: Depth of the best-effort (sensor-data) microphone subscription.
     qos_depth: int = 50
     frontend: FrontEndConfig = dataclasses.field(default_factory=FrontEndConfig)
-
-    PRESETS = {"tiny": {}, "edge": {}, "paper": {}}
 
     def __post_init__(self):
         if not self.topic:
@@ -148,8 +144,6 @@ class OutputParams(ConfigBase):
     #: Period of the diagnostics message (s).
     diagnostics_period_s: float = 1.0
 
-    PRESETS = {"tiny": {}, "edge": {}, "paper": {}}
-
     def __post_init__(self):
         if not 0.0 <= self.lead_s <= 5.0:
             raise ValueError(f"output.lead_s must be in [0, 5] s, got {self.lead_s}")
@@ -182,8 +176,6 @@ class FallbackBackendConfig(ConfigBase):
     force_engine_update: bool = False
     precision: str = "fp16"
     device: str = "auto"
-
-    PRESETS = {"tiny": {}, "edge": {}, "paper": {}}
 
     def __post_init__(self):
         if self.kind not in BACKEND_KINDS:

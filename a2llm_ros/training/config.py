@@ -44,8 +44,6 @@ class StageConfig(ConfigBase):
     log_every: int = 10
     checkpoint_every: int = 100     # resumable state every N steps
 
-    PRESETS = {"tiny": {}, "edge": {}, "paper": {}}
-
     def __post_init__(self):
         if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("StageConfig: steps >= 0, batch_size >= 1, lr > 0")
@@ -68,8 +66,6 @@ class AugmentConfig(ConfigBase):
     warp_prob: float = 0.0
     warp_min: float = 0.9
     warp_max: float = 1.1
-
-    PRESETS = {"tiny": {}, "edge": {}, "paper": {}}
 
     def __post_init__(self):
         if not 0.0 <= self.warp_prob <= 1.0 or not 0.0 < self.warp_min <= self.warp_max:
