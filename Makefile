@@ -36,7 +36,7 @@ eval: env
 	  --json $(TRAIN_DIR)/eval_test.json --markdown $(TRAIN_DIR)/eval_test.md
 
 lint: env
-	@$(ENV) flake8 a2llm_ros test tools scripts launch
+	@$(ENV) flake8 a2llm_ros test tools scripts launch && lint-imports --no-cache
 
 doctor: env
 	@$(ENV) a2llm doctor

@@ -69,7 +69,8 @@ def _one_run(t2w, codes: torch.Tensor) -> Dict[str, float]:
 def bench_codec(spec: str, device: str = "cpu", speech_tokens: int = 150, runs: int = 3,
                 warmup: int = 1, threads: int = 1) -> dict:
     """Benchmark the codec of ``spec`` (``tiny``, ``full`` or a folder); a result dict."""
-    from a2llm_ros.model.speech_codec import SpeechCodecConfig, make_codec
+    from a2llm_ros.model.codecs import make_codec
+    from a2llm_ros.model.speech_codec import SpeechCodecConfig
     torch.set_num_threads(max(1, threads))
     with tempfile.TemporaryDirectory() as scratch:
         folder = _folder(spec, scratch)

@@ -34,6 +34,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
+from a2llm_ros.audio.signals import synthetic_question
 from a2llm_ros.constants import SAMPLE_RATE
 from a2llm_ros.generation import (AudioEvent, FlameEvent, GenerationConfig, StreamingGenerator,
                                   TextEvent, TorchBackend)
@@ -61,16 +62,6 @@ class TimedBackend(TorchBackend):
             times[name].append((time.perf_counter() - t0) * 1e3)
             return out
         return timed
-
-
-def synthetic_question(seconds: float, seed: int = 0) -> np.ndarray:
-    """A deterministic voiced-like test signal (harmonics + noise), float32 [N]."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-    f0 = 140 + 30 * np.sin(2 * np.pi * 0.7 * t)
-    phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
-    x = sum(np.sin(h * phase) / h for h in range(1, 10)) + 0.05 * rng.standard_normal(t.size)
-    return (0.2 * x / np.abs(x).max()).astype(np.float32)
 
 
 def _stats(values: List[float]) -> Dict[str, float]:

@@ -275,7 +275,7 @@ def load_checkpoint(ckpt_dir: str, expected_config: Optional[A2LLMConfig] = None
     """
     from a2llm_ros.model import step_audio
     if ckpt_dir != "default" and step_audio.is_step_folder(ckpt_dir):
-        return step_audio.load_step_folder(ckpt_dir, device=device, dtype=dtype)
+        return load_step_folder(ckpt_dir, device=device, dtype=dtype)
     ckpt_dir = resolve_checkpoint(ckpt_dir)
     cfg = read_config(ckpt_dir)
     if expected_config is not None:
@@ -383,3 +383,12 @@ def init_model(cfg: A2LLMConfig, seed: int = 0, base_dir: Optional[str] = None,
         model = A2LLM(cfg, base_dir=base_dir)
     model.speech_tokenizer.fit([synthetic_codec_audio(seed)], seed=seed, placeholder=True)
     return model.eval()
+
+
+def load_step_folder(path: str, device="cpu", dtype: Optional[torch.dtype] = None,
+                     seed: int = 0) -> A2LLM:
+    """A bare Step-Audio-2-mini folder as an A²-LLM: its encoder, adaptor, LLM,
+    tokenizer (and codec, with a complete ``token2wav/``), new connector and motion
+    tokenizer (:func:`init_model`)."""
+    from a2llm_ros.model.step_audio import step_config
+    return init_model(step_config(path), seed, device=device, dtype=dtype).to(device)

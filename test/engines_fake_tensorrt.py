@@ -49,7 +49,7 @@ class FakeMemory:
         yield
 
     def alloc(self, nbytes):
-        from a2llm_ros.engines.tensorrt_runtime import Buffer
+        from a2llm_ros.engines.device_memory import Buffer
         ptr = next(_PTRS)
         _MEMORY[ptr] = np.zeros(max(int(nbytes), 1), np.uint8)
         self.allocated += int(nbytes)

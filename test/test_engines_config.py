@@ -146,7 +146,7 @@ def _block(monkeypatch, *names):
 def test_missing_tensorrt_and_pycuda_are_reported(monkeypatch, tmp_path):
     from a2llm_ros.engines import load_backend
     from a2llm_ros.engines.tensorrt_build import import_tensorrt
-    from a2llm_ros.engines.tensorrt_runtime import device_memory
+    from a2llm_ros.engines.device_memory import device_memory
     _block(monkeypatch, "tensorrt", "pycuda")
     with pytest.raises(EngineError, match="TensorRT is not available .*JetPack"):
         import_tensorrt()

@@ -10,9 +10,9 @@ from a2llm_ros.checkpoint import init_model, save_checkpoint
 from a2llm_ros.config import A2LLMConfig
 from a2llm_ros.engines import BackendConfig, EngineError
 from a2llm_ros.engines.graphs import GRAPHS, OPSET, prompt_overhead
-from a2llm_ros.engines.onnx_export import (MANIFEST, TENSORRT_OPS, export_onnx, onnx_sha256,
-                                           read_json, repeat_token_graph, token_step_graph,
-                                           unsupported_ops)
+from a2llm_ros.engines.exporter import export_onnx
+from a2llm_ros.engines.onnx_export import (MANIFEST, TENSORRT_OPS, onnx_sha256, read_json,
+                                           repeat_token_graph, token_step_graph, unsupported_ops)
 from a2llm_ros.engines.parity import run_token2wav, session
 
 torch.set_num_threads(1)

@@ -11,7 +11,7 @@ from a2llm_ros.checkpoint import init_model, save_checkpoint
 from a2llm_ros.config import A2LLMConfig
 from a2llm_ros.engines import BackendConfig, EngineError, describe_auto, load_backend
 from a2llm_ros.engines.model_info import ModelInfo
-from a2llm_ros.engines.onnx_export import export_onnx
+from a2llm_ros.engines.exporter import export_onnx
 from a2llm_ros.engines.parity import spectral_error
 from a2llm_ros.generation import (AudioEvent, FlameEvent, GenerationConfig, StreamingGenerator,
                                   TorchBackend)

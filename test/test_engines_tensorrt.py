@@ -24,7 +24,7 @@ from a2llm_ros.engines import BackendConfig, EngineError
 from a2llm_ros.engines import cache
 from a2llm_ros.engines.graphs import prompt_overhead
 from a2llm_ros.engines.model_info import ModelInfo
-from a2llm_ros.engines.onnx_export import export_onnx
+from a2llm_ros.engines.exporter import export_onnx
 from a2llm_ros.generation import GenerationConfig, StreamingGenerator
 
 torch.set_num_threads(1)
@@ -198,10 +198,12 @@ def test_engines_without_onnx_graphs_still_load(ckpt, trt, tmp_path):
 
 
 def test_int8_calibration_and_precision_support(ckpt, trt, monkeypatch, tmp_path):
+    import a2llm_ros.engines.device_memory as dm
     import a2llm_ros.engines.tensorrt_runtime as rt
     from a2llm_ros.engines import tensorrt_build as tb
     path, _ = ckpt
-    monkeypatch.setattr(rt, "device_memory", lambda cfg: fake.FakeMemory())
+    for module in (dm, rt):  # the calibrator's buffers (builder) and the runtime's
+        monkeypatch.setattr(module, "device_memory", lambda cfg: fake.FakeMemory())
     cfg = _cfg(path, precision="int8", calibration_turns=1,
                engine_file_path=str(tmp_path / "int8"))
     plans = tb.build_engines(path, cfg, ["audio_encoder", "connector_step", "llm"],

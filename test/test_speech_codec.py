@@ -13,10 +13,11 @@ from a2llm_ros.audio.features import log_mel_spectrogram, resample
 from a2llm_ros.audio.io import read_wav_with_rate
 from a2llm_ros.configbase import ConfigMismatchError
 from a2llm_ros.constants import SAMPLE_RATE, SAMPLES_PER_SPEECH_TOKEN
+from a2llm_ros.model.codecs import codec_kinds, make_codec
 from a2llm_ros.model.speech_codec import (CROSSFADE, OUTPUT_DELAY, GriffinLimState,
                                           SpeechCodecConfig, SpeechTokenizer, Token2Wav,
-                                          codec_kinds, codec_state_dict, load_codec_state_dict,
-                                          make_codec, register_codec)
+                                          codec_state_dict, load_codec_state_dict,
+                                          register_codec)
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",

@@ -433,7 +433,8 @@ def test_backbone_check_matches_independent_forward(folder, tmp_path, capsys):
 def test_placeholder_codec_fit_is_explicit():
     """6561 codes from 16 s of synthetic audio: only as an explicit placeholder."""
     from a2llm_ros.checkpoint import synthetic_codec_audio
-    from a2llm_ros.model.speech_codec import SpeechCodecConfig, make_codec
+    from a2llm_ros.model.codecs import make_codec
+    from a2llm_ros.model.speech_codec import SpeechCodecConfig
     cfg = SpeechCodecConfig.preset("paper")
     assert cfg.n_codes == N_SPEECH
     audio = synthetic_codec_audio(0)

@@ -10,7 +10,8 @@ import torch
 from a2llm_ros.audio.io import write_wav
 from a2llm_ros.constants import FLAME_FPS, SAMPLE_RATE
 from a2llm_ros.data.token2wav_fixture import write_token2wav
-from a2llm_ros.model.speech_codec import SpeechCodecConfig, make_codec
+from a2llm_ros.model.codecs import make_codec
+from a2llm_ros.model.speech_codec import SpeechCodecConfig
 from a2llm_ros.model.step_token2wav import (OUTPUT_RATE, SAMPLES_PER_TOKEN, TOKEN2WAV_FILES,
                                             CodecError, prompt_mel)
 
@@ -237,7 +238,7 @@ def test_prompt_at_another_rate(folder, tmp_path):
 def step_model(tmp_path_factory, folder):
     from step_folder import write_step_folder
 
-    from a2llm_ros.model.step_audio import load_step_folder
+    from a2llm_ros.checkpoint import load_step_folder
     root = write_step_folder(str(tmp_path_factory.mktemp("step") / "Step-Audio-2-mini"))
     shutil.copytree(folder, os.path.join(root, "token2wav"))
     model = load_step_folder(root)
@@ -339,6 +340,6 @@ def test_doctor_reports_the_codec_folder(folder, tmp_path, capsys):
 
 def test_engine_export_refuses_the_step_codec(step_model, tmp_path):
     from a2llm_ros.engines import EngineError
-    from a2llm_ros.engines.onnx_export import export_onnx
+    from a2llm_ros.engines.exporter import export_onnx
     with pytest.raises(EngineError, match="kmeans_mel.*step_token2wav.*backend torch"):
         export_onnx(step_model, str(tmp_path / "onnx"), log=lambda _: None)

@@ -117,7 +117,8 @@ def run_backends(args) -> int:
 def _ensure_graphs(ckpt: str, onnx_dir: str, cfg, kinds) -> None:
     """Export (with parity checks) the graphs the engine backends need, when missing."""
     from a2llm_ros.engines.graph_backend import missing_graphs
-    from a2llm_ros.engines.onnx_export import MANIFEST, export_checkpoint, read_json
+    from a2llm_ros.engines.exporter import export_checkpoint
+    from a2llm_ros.engines.onnx_export import MANIFEST, read_json
     path = os.path.join(onnx_dir, MANIFEST)
     manifest = read_json(path) if os.path.isfile(path) else None
     todo = set()

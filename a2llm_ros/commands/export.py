@@ -93,7 +93,7 @@ def _graphs(args, default):
 
 def _export_onnx(args, ckpt: str) -> int:
     from a2llm_ros.engines.graphs import GRAPHS
-    from a2llm_ros.engines.onnx_export import export_checkpoint
+    from a2llm_ros.engines.exporter import export_checkpoint
     out = args.out or os.path.join(ckpt, "onnx")
     cfg = backend_config(args, ckpt, model_file_path=out)
     print(f"exporting {ckpt} -> {out} (ONNX opset 17, TensorRT-parser ops only)")
@@ -104,7 +104,8 @@ def _export_onnx(args, ckpt: str) -> int:
 
 def _export_tensorrt(args, ckpt: str) -> int:
     from a2llm_ros.engines.graph_backend import missing_graphs, needed_graphs
-    from a2llm_ros.engines.onnx_export import MANIFEST, export_checkpoint, read_json
+    from a2llm_ros.engines.exporter import export_checkpoint
+    from a2llm_ros.engines.onnx_export import MANIFEST, read_json
     from a2llm_ros.engines.tensorrt_build import build_engines, import_tensorrt
     onnx_dir = args.onnx or os.path.join(ckpt, "onnx")
     engine_dir = args.out or os.path.join(ckpt, "tensorrt")

@@ -21,7 +21,8 @@ from a2llm_ros.checkpoint import (CODEC_PREFIX, WEIGHTS_FILE, CheckpointError,
 from a2llm_ros.flame.layout import FlameLayout
 from a2llm_ros.model.audio_llm import TASK_ANSWER, Prompt, Vocab, build_prompt
 from a2llm_ros.model.a2llm import codec_folder
-from a2llm_ros.model.speech_codec import load_codec_state_dict, make_codec
+from a2llm_ros.model.codecs import make_codec
+from a2llm_ros.model.speech_codec import load_codec_state_dict
 
 
 class ModelInfo:

@@ -1,5 +1,8 @@
 """``a2llm export --format onnx``: every component as its own ONNX graph, checked with ORT.
 
+This module holds the export primitives; :mod:`a2llm_ros.engines.exporter` runs
+them with the checks of :mod:`a2llm_ros.engines.parity` and writes the manifest.
+
 For each graph of :mod:`a2llm_ros.engines.graphs` this writes ``<name>.onnx``
 and a sidecar ``<name>.json`` (I/O names, dtypes and shapes with named
 dynamic axes, the TensorRT optimisation-profile shapes derived from the
@@ -36,16 +39,13 @@ import hashlib
 import json
 import os
 import tempfile
-import time
 import warnings
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Dict, List, Optional
 
 import torch
 
 from a2llm_ros.engines.config import BackendConfig, EngineError
-from a2llm_ros.engines.graphs import (GRAPHS, OPSET, GraphSpec, Token2WavStepGraph, build_spec,
-                                      connector_state_shape, kv_shape, motion_cache_shapes,
-                                      profile_dims, token2wav_state_shapes)
+from a2llm_ros.engines.graphs import OPSET, GraphSpec, Token2WavStepGraph, build_spec
 
 FORMAT = "a2llm_ros.onnx_export"
 #: 2: Step-Audio-2 encoder + adaptor and chat prompt (checkpoint format 2).
@@ -70,13 +70,6 @@ Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Su
 ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor""".split())
 #: Opsets TensorRT 10's ONNX parser accepts.
 TENSORRT_OPSETS = (9, 20)
-
-#: Max-abs-error tolerances of the ORT-vs-PyTorch checks (fp32 graphs).
-TOLERANCES = {"audio_encoder": 1e-4, "token_embed": 0.0, "llm_prefill": 1e-3,
-              "llm_decode": 1e-3, "llm": 1e-3, "connector_step": 1e-3,
-              "motion_decoder": 1e-4, "token2wav": 1e-3}
-#: Allowed spectral error of the full Griffin-Lim graph: factor and offset over PyTorch's.
-T2W_SPECTRAL_FACTOR, T2W_SPECTRAL_OFFSET = 1.5, 0.05
 
 
 # ----------------------------------------------------------------------------- hashing
@@ -303,17 +296,6 @@ def read_json(path: str) -> dict:
         return json.load(f)
 
 
-def _versions() -> Dict[str, str]:
-    import onnx
-    out = {"torch": torch.__version__, "onnx": onnx.__version__}
-    try:
-        import onnxruntime
-        out["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        out["onnxruntime"] = ""
-    return out
-
-
 def decode_weight_bytes(model, bytes_per_param: float = 4.0) -> int:
     """Weight bytes one LLM decode step reads: every LLM parameter except the input
     embedding table (a decode step reads one row), which counts when tied to the head."""
@@ -327,117 +309,6 @@ def decode_weight_bytes(model, bytes_per_param: float = 4.0) -> int:
     return int(total * bytes_per_param)
 
 
-def export_onnx(model, out_dir: str, cfg: Optional[BackendConfig] = None,
-                graphs: Optional[Iterable[str]] = None, verify: bool = True,
-                checkpoint_dir: Optional[str] = None,
-                log: Callable[[str], None] = print) -> dict:
-    """Export ``graphs`` (default: all) of ``model`` into ``out_dir``; returns the manifest.
-
-    With ``verify`` every graph is compared with PyTorch through ONNX Runtime
-    and :class:`EngineError` is raised when an error exceeds its tolerance.
-    """
-    cfg = cfg or BackendConfig.preset(model.cfg.preset_name)
-    names = list(graphs or GRAPHS)
-    if model.cfg.codec.kind != "kmeans_mel":
-        raise EngineError(f"engine export covers the kmeans_mel speech codec only; this "
-                          f"checkpoint's codec is {model.cfg.codec.kind} (it runs in PyTorch: "
-                          f"use backend torch)")
-    unknown = sorted(set(names) - set(GRAPHS))
-    if unknown:
-        raise EngineError(f"unknown graphs {unknown}; known: {', '.join(GRAPHS)}")
-    os.makedirs(out_dir, exist_ok=True)
-    model = model.eval()
-    dims = profile_dims(model, cfg)
-    manifest_path = os.path.join(out_dir, MANIFEST)
-    old = read_json(manifest_path) if os.path.isfile(manifest_path) else {}
-    entries = dict(old.get("graphs", {})) if _same_source(old, model, checkpoint_dir, cfg) \
-        else {}
-    failures = []
-    for name in names:
-        t0 = time.perf_counter()
-        spec = build_spec(name, model, cfg, dims)
-        path = export_graph(spec, out_dir)
-        parity = None
-        if verify:
-            from a2llm_ros.engines import parity as parity_mod
-            parity = parity_mod.verify(name, path, model, cfg)
-            if not parity["ok"]:
-                failures.append(name)
-        side = sidecar(spec, path, dims, parity)
-        write_json(os.path.join(out_dir, name + ".json"), side)
-        entries[name] = {"file": os.path.basename(path), "sidecar": name + ".json",
-                         "onnx_sha256": side["onnx_sha256"]}
-        log(_parity_line(name, parity, time.perf_counter() - t0))
-    if checkpoint_dir:
-        source = {"path": os.path.abspath(checkpoint_dir),
-                  **checkpoint_fingerprint(checkpoint_dir)}
-    else:  # keep what an earlier export of the same model recorded
-        source = old.get("checkpoint", {"path": ""}) if entries else {"path": ""}
-    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "opset": OPSET,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "checkpoint": source,
-                "model_config": model.cfg.to_dict(), "preset": model.cfg.preset_name,
-                "export_options": _export_options(cfg),
-                "dims": {k: list(v) for k, v in dims.items()},
-                "shapes": _state_shapes(model), "n_params": int(model.n_params()),
-                "decode_weight_bytes_fp32": decode_weight_bytes(model),
-                "versions": _versions(), "graphs": dict(sorted(entries.items()))}
-    write_json(manifest_path, manifest)
-    if failures:
-        raise EngineError(f"ONNX parity check failed for {', '.join(failures)} "
-                          f"(see {out_dir}/<graph>.json)")
-    return manifest
-
-
-def _export_options(cfg: BackendConfig) -> dict:
-    return {"max_context": cfg.max_context, "opt_context": cfg.opt_context,
-            "max_question_s": cfg.max_question_s, "opt_question_s": cfg.opt_question_s}
-
-
-def _same_source(old: dict, model, checkpoint_dir, cfg) -> bool:
-    """Whether an existing manifest describes the same checkpoint and options."""
-    if not old or old.get("format") != FORMAT:
-        return False
-    if old.get("model_config") != model.cfg.to_dict():
-        return False
-    if old.get("export_options") != _export_options(cfg):
-        return False
-    if checkpoint_dir:
-        fp = checkpoint_fingerprint(checkpoint_dir)
-        return all(old.get("checkpoint", {}).get(k) == v for k, v in fp.items())
-    return True
-
-
-def _state_shapes(model) -> dict:
-    """Shapes the backends need to create initial states."""
-    return {"kv_layout": list(kv_shape(model, "T")),
-            "connector_state": list(connector_state_shape(model)),
-            "motion_caches": [list(s) for s in motion_cache_shapes(model)],
-            "token2wav_state": {k: list(v) for k, v in token2wav_state_shapes(model).items()},
-            "chunk_tokens": model.cfg.codec.chunk_tokens}
-
-
-def _parity_line(name: str, parity: Optional[dict], seconds: float) -> str:
-    if parity is None:
-        return f"exported {name:15s} ({seconds:.1f} s, not verified)"
-    status = "ok" if parity["ok"] else "FAILED"
-    metric = parity.get("metric", "max|ORT - torch|")
-    return (f"parity {name:15s} {metric} = {parity['max_abs_err']:.3g} "
-            f"(tol {parity['tol']:.3g}) {status}  [{seconds:.1f} s]"
-            + (f"  {parity['note']}" if parity.get("note") else ""))
-
-
-def export_checkpoint(checkpoint_dir: str, out_dir: str, cfg: Optional[BackendConfig] = None,
-                      graphs: Optional[Iterable[str]] = None, verify: bool = True,
-                      log: Callable[[str], None] = print) -> dict:
-    """Load a checkpoint and :func:`export_onnx` it."""
-    from a2llm_ros.checkpoint import load_checkpoint, resolve_checkpoint
-    checkpoint_dir = resolve_checkpoint(checkpoint_dir)
-    model = load_checkpoint(checkpoint_dir)
-    if cfg is None:
-        cfg = BackendConfig.preset(model.cfg.preset_name)
-    return export_onnx(model, out_dir, cfg, graphs, verify, checkpoint_dir, log)
-
-
 def token_step_graph(model, iters: int, path: str) -> str:
     """Export the one-token Griffin-Lim graph with ``iters`` iterations (for checks)."""
     spec = build_spec("token2wav", model, BackendConfig())
@@ -447,6 +318,6 @@ def token_step_graph(model, iters: int, path: str) -> str:
     return path
 
 
-__all__ = ["export_onnx", "export_checkpoint", "export_graph", "repeat_token_graph",
+__all__ = ["export_graph", "repeat_token_graph", "token_step_graph",
            "unsupported_ops", "onnx_sha256", "checkpoint_fingerprint", "TENSORRT_OPS",
            "MANIFEST", "read_json", "write_json", "decode_weight_bytes"]

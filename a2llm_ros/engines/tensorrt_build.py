@@ -365,7 +365,7 @@ def record_calibration_inputs(checkpoint_dir: str, cfg: BackendConfig,
                               graphs: Iterable[str]) -> Dict[str, List[Dict[str, np.ndarray]]]:
     """Inputs every graph sees while ONNX Runtime answers ``cfg.calibration_turns``
     synthetic questions of ``opt_question_s`` seconds."""
-    from a2llm_ros.bench_core import synthetic_question
+    from a2llm_ros.audio.signals import synthetic_question
     from a2llm_ros.engines.graph_backend import Zeros
     from a2llm_ros.engines.ort_backend import load_ort_backend
     from a2llm_ros.generation import GenerationConfig, StreamingGenerator
@@ -448,7 +448,7 @@ def build_engines(checkpoint_dir: str, cfg: BackendConfig, graphs: Iterable[str]
                 if recorded is None:
                     log("recording INT8 calibration inputs with ONNX Runtime ...")
                     recorded = record_calibration_inputs(checkpoint_dir, cfg, to_build)
-                from a2llm_ros.engines.tensorrt_runtime import device_memory
+                from a2llm_ros.engines.device_memory import device_memory
                 memory = device_memory(cfg)
                 half = KV_IO if engine_options(graph, cfg, side)["kv_io_dtype"] == "float16" \
                     else ()

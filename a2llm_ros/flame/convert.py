@@ -44,6 +44,8 @@ from typing import Optional
 
 import numpy as np
 
+from a2llm_ros.flame.landmarks import upper_face_from_landmarks
+
 NPZ_FORMAT = 1
 N_SHAPE_SPACE = 300
 N_EXPR_SPACE = 100
@@ -307,8 +309,8 @@ def convert_flame(model: str, out: str, embedding: Optional[str] = None,
         raise ValueError(f"eyelid blendshapes have {lids.shape[1]} vertices, model has "
                          f"{arrays.n_verts}")
     if arrays.lmk_face_idx.size:
-        from a2llm_ros.flame.mesh import upper_face_from_landmarks
-        arrays.upper_face_idx = upper_face_from_landmarks(arrays)
+        arrays.upper_face_idx = upper_face_from_landmarks(
+            arrays.v_template, arrays.faces, arrays.lmk_face_idx, arrays.lmk_b_coords)
     arrays.save_npz(out)
     return arrays
 

@@ -71,8 +71,8 @@ import numpy as np
 
 from a2llm_ros.flame.convert import (EMBEDDING_NAME, EYELID_NAMES, N_EXPR_SPACE,
                                      N_SHAPE_SPACE, FlameModelArrays, write_pickle)
-from a2llm_ros.flame.mesh import (LMK_LOWER_LIP_INNER, LMK_MOUTH_LEFT, LMK_MOUTH_RIGHT,
-                                  LMK_UPPER_LIP_INNER, upper_face_indices)
+from a2llm_ros.flame.landmarks import (LMK_LOWER_LIP_INNER, LMK_MOUTH_LEFT, LMK_MOUTH_RIGHT,
+                                       LMK_UPPER_LIP_INNER, upper_face_indices)
 
 JOINT_NAMES = ("root", "neck", "jaw", "left_eye", "right_eye")
 PARENTS = (-1, 0, 1, 1, 1)

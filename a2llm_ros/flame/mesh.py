@@ -36,54 +36,14 @@ import numpy as np
 from a2llm_ros.flame.convert import (EMBEDDING_NAME, HOW_TO_GET_FLAME,
                                      FlameModelArrays, find_model_files, from_flame_dict,
                                      load_eyelids, safe_load_pickle)
+from a2llm_ros.flame.landmarks import (LMK_LOWER_LIP_INNER, LMK_MOUTH_LEFT, LMK_MOUTH_RIGHT,
+                                       LMK_UPPER_LIP_INNER, landmark_points,
+                                       upper_face_from_landmarks)
 from a2llm_ros.flame.layout import DEFAULT_LAYOUT, FlameLayout
 
 GENERATED = "generated"
-LMK_BROWS = slice(0, 10)
-LMK_EYES = slice(19, 31)
-LMK_MOUTH_RIGHT = 31
-LMK_MOUTH_LEFT = 37
-LMK_UPPER_LIP_INNER = 45
-LMK_LOWER_LIP_INNER = 49
-#: Upper-face box around eyes and brows (metres): below eyes, above brows, sides, depth.
-UPPER_FACE_BELOW_EYES = 0.006
-UPPER_FACE_ABOVE_BROWS = 0.03
-UPPER_FACE_SIDE_MARGIN = 0.01
-UPPER_FACE_DEPTH = 0.025
 DEFAULT_BATCH = 128
 HEAD_JOINTS = ("global", "neck")
-
-
-def landmark_points(verts: np.ndarray, faces: np.ndarray, lmk_face_idx: np.ndarray,
-                    lmk_b_coords: np.ndarray) -> np.ndarray:
-    """Barycentric landmark positions [T, L, 3] from vertices [T, V, 3] (or [V, 3])."""
-    verts = np.asarray(verts)
-    tri = verts[..., faces[lmk_face_idx], :]  # [T, L, 3, 3]
-    return np.einsum("...lkc,lk->...lc", tri, lmk_b_coords)
-
-
-def upper_face_indices(v_template: np.ndarray, lmk_points: np.ndarray) -> np.ndarray:
-    """Vertices of the brows, forehead and eyelids: a box around the eye/brow landmarks.
-
-    v_template [V, 3], lmk_points [51, 3] -> vertex indices [U].
-    """
-    eyes, brows = lmk_points[LMK_EYES], lmk_points[LMK_BROWS]
-    both = np.concatenate([eyes, brows])
-    x_mid = eyes[:, 0].mean()
-    half = np.abs(both[:, 0] - x_mid).max() + UPPER_FACE_SIDE_MARGIN
-    v = v_template
-    keep = (v[:, 1] > eyes[:, 1].min() - UPPER_FACE_BELOW_EYES)
-    keep &= v[:, 1] < brows[:, 1].max() + UPPER_FACE_ABOVE_BROWS
-    keep &= np.abs(v[:, 0] - x_mid) < half
-    keep &= v[:, 2] > eyes[:, 2].mean() - UPPER_FACE_DEPTH
-    return np.where(keep)[0].astype(np.int64)
-
-
-def upper_face_from_landmarks(arrays: FlameModelArrays) -> np.ndarray:
-    """Upper-face vertex set [U] of a model with a 51-point landmark embedding."""
-    pts = landmark_points(arrays.v_template, arrays.faces, arrays.lmk_face_idx,
-                          arrays.lmk_b_coords)
-    return upper_face_indices(arrays.v_template, pts)
 
 
 @dataclass(frozen=True)
@@ -102,7 +62,8 @@ class FaceRegions:
                              f"convert it together with {EMBEDDING_NAME}")
         upper = arrays.upper_face_idx
         if upper is None:
-            upper = upper_face_from_landmarks(arrays)
+            upper = upper_face_from_landmarks(arrays.v_template, arrays.faces,
+                                              arrays.lmk_face_idx, arrays.lmk_b_coords)
         return cls(arrays.faces, arrays.lmk_face_idx, arrays.lmk_b_coords, upper)
 
     def points(self, verts: np.ndarray, which: Sequence[int]) -> np.ndarray:

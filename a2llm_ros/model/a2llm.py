@@ -37,7 +37,8 @@ from a2llm_ros.model.audio_llm import (IGNORE_INDEX, TASK_ANSWER, TASK_TRANSCRIB
                                        text_sequence)
 from a2llm_ros.model.connector import MotionConnector
 from a2llm_ros.model.motion_tokenizer import MotionTokenizer
-from a2llm_ros.model.speech_codec import STEP_KIND, make_codec
+from a2llm_ros.model.codecs import make_codec
+from a2llm_ros.model.speech_codec import STEP_KIND
 from a2llm_ros.model.text_tokenizer import TextTokenizer, make_tiny_tokenizer
 
 __all__ = ["A2LLM", "TrainBatch", "TASK_ANSWER", "TASK_TRANSCRIBE", "make_text_tokenizer"]

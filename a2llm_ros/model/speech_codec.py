@@ -16,8 +16,9 @@ Interfaces
   its output does not depend on how the stream is chunked, bit for bit; Step's
   codec (:mod:`a2llm_ros.model.step_token2wav`, 24 kHz, 3 tokens of lookahead,
   25-token chunks) also decodes independently of the arrival pattern.
-* :func:`make_codec` ``(cfg) -> (tokenizer, token2wav)`` looks ``cfg.kind`` up
-  in a registry; :func:`register_codec` adds kinds (``step_token2wav``:
+* :func:`a2llm_ros.model.codecs.make_codec` ``(cfg) -> (tokenizer, token2wav)``
+  looks ``cfg.kind`` up in the registry here; :func:`register_codec` adds kinds
+  (``step_token2wav``:
   CosyVoice2 S3 tokens, flow matching and HiFT from Step-Audio-2-mini's
   ``token2wav/`` folder, docs/codec.md).
 * Codec parameters are plain tensors: ``state_dict() -> dict[str, Tensor]`` /
@@ -58,7 +59,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 import torch
@@ -323,38 +324,15 @@ class Token2Wav:
 
 
 CodecFactory = Callable[..., Tuple[SpeechTokenizer, Token2Wav]]
-_REGISTRY: Dict[str, CodecFactory] = {}
+REGISTRY: Dict[str, CodecFactory] = {}
 
 
 def register_codec(kind: str) -> Callable[[CodecFactory], CodecFactory]:
     """Decorator registering ``factory(cfg) -> (tokenizer, token2wav)`` under ``kind``."""
     def wrap(factory: CodecFactory) -> CodecFactory:
-        _REGISTRY[kind] = factory
+        REGISTRY[kind] = factory
         return factory
     return wrap
-
-
-def codec_kinds() -> Sequence[str]:
-    """Registered codec kinds."""
-    return tuple(_REGISTRY)
-
-
-def make_codec(cfg: Optional[SpeechCodecConfig] = None,
-               folder: Optional[str] = None) -> Tuple[SpeechTokenizer, Token2Wav]:
-    """Build ``(tokenizer, token2wav)`` for ``cfg.kind`` (default config if None).
-
-    ``folder``: where a pretrained codec's files are (``step_token2wav``: the
-    ``token2wav/`` folder when ``cfg.token2wav_dir`` is empty or relative).
-    """
-    cfg = cfg or SpeechCodecConfig()
-    if cfg.kind == STEP_KIND:
-        import a2llm_ros.model.step_token2wav  # noqa: F401 (registers the kind)
-    if cfg.kind not in _REGISTRY:
-        raise KeyError(f"unknown speech codec kind {cfg.kind!r}; known: "
-                       f"{', '.join(_REGISTRY)}")
-    if folder is not None:
-        return _REGISTRY[cfg.kind](cfg, folder)
-    return _REGISTRY[cfg.kind](cfg)
 
 
 def codec_state_dict(tokenizer: SpeechTokenizer,

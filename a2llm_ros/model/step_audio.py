@@ -304,16 +304,8 @@ def model_on_backbone(cfg, base_dir: Optional[str], reference: Optional[dict], d
     return model
 
 
-def load_step_folder(path: str, device="cpu", dtype: Optional[torch.dtype] = None,
-                     seed: int = 0):
-    """A bare Step-Audio-2-mini folder as an A²-LLM (new connector and motion tokenizer,
-    placeholder speech codec: :func:`a2llm_ros.checkpoint.init_model`)."""
-    from a2llm_ros.checkpoint import init_model
-    return init_model(step_config(path), seed, device=device, dtype=dtype).to(device)
-
-
 __all__ = ["is_step_folder", "read_folder_config", "shard_map", "fingerprint",
            "fingerprint_parts", "fingerprint_difference", "step_config", "config_overrides",
            "check_config", "load_backbone_weights", "assign_backbone_tensors",
-           "model_on_backbone", "load_step_folder",
+           "model_on_backbone",
            "BackboneError", "STEP_MODEL_TYPE"]
