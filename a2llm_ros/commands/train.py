@@ -69,13 +69,7 @@ def _scaled(cfg, scale: float):
 
 
 def run(args) -> int:
-    import time
-
-    from a2llm_ros.checkpoint import DEFAULT_CHECKPOINT
     from a2llm_ros.training.config import load_train_config
-    from a2llm_ros.training.data import TrainData
-    from a2llm_ros.training.plot import plot_losses
-    from a2llm_ros.training.stages import Trainer
     stages = parse_stages(args.stage)
     overrides = {"threads": args.threads} if args.threads is not None else None
     cfg = _scaled(load_train_config(args.config, args.preset, overrides), args.steps_scale)
@@ -88,23 +82,42 @@ def run(args) -> int:
         print("a2llm train: --data DIR (a FLAME-QA directory) and --out DIR are required",
               file=sys.stderr)
         return 2
+    from a2llm_ros.training.distributed import DistContext
+    ctx = DistContext.from_env(cfg.device)  # one process, or this rank of a torchrun job
+    try:
+        return _train(args, cfg, stages, ctx)
+    finally:
+        ctx.close()
+
+
+def _train(args, cfg, stages, ctx) -> int:
+    import time
+
+    from a2llm_ros.checkpoint import DEFAULT_CHECKPOINT
+    from a2llm_ros.training.data import TrainData
+    from a2llm_ros.training.plot import plot_losses
+    from a2llm_ros.training.stages import Trainer
+    say = print if ctx.is_main else (lambda *a, **k: None)
     t0 = time.time()
     try:
         data = TrainData(args.data, splits=("train",), limit=args.limit or None)
     except (FileNotFoundError, ValueError) as exc:
         print(f"a2llm train: cannot read the training data: {exc}", file=sys.stderr)
         return 2
-    print(f"training data: {len(data)} samples from {args.data}"
-          + (f" ({len(data.rejected)} rejected)" if data.rejected else ""))
+    say(f"training data: {len(data)} samples from {args.data}"
+        + (f" ({len(data.rejected)} rejected)" if data.rejected else "")
+        + (f"; {ctx.world_size} ranks" if ctx.distributed else ""))
     try:
         trainer = Trainer(cfg, data, args.out, init=args.init, progress=not args.no_progress,
-                          resume=not args.no_resume)
+                          resume=not args.no_resume, ctx=ctx)
     except (OSError, ValueError) as exc:  # incl. config mismatch, bad checkpoint / backbone
         print(f"a2llm train: {exc}", file=sys.stderr)
         return 2
     for stage in stages:
         for summary in trainer.run_stage(stage):
-            print(f"{summary['run']}: {summary['steps']} steps, {summary['seconds']} s")
+            say(f"{summary['run']}: {summary['steps']} steps, {summary['seconds']} s")
+    if not ctx.is_main:  # rank 0 plots, finalizes and installs
+        return 0
     png = plot_losses(args.out)
     final = trainer.finalize()
     print(f"final checkpoint: {final}" + (f"; loss plot: {png}" if png else ""))

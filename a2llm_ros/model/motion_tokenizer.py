@@ -20,7 +20,7 @@ i.e. 5 Hz, quantised by a residual VQ with ``n_levels`` (6) codebooks of
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -231,6 +231,9 @@ class ResidualVQ(nn.Module):
         self.register_buffer("initialized", torch.tensor(False))
         #: Diagnostics of the last training update (perplexity and resets per level).
         self.last_stats: Dict[str, List[float]] = {}
+        #: Data-parallel training: concatenates a tensor over all ranks (rank order), so
+        #: the k-means init and EMA updates see the global batch, as in one process.
+        self.gather: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
     @staticmethod
     def _nearest(x, codebook):  # [N, C], [K, C] -> [N]
@@ -244,6 +247,8 @@ class ResidualVQ(nn.Module):
 
     @torch.no_grad()
     def _init_level(self, level: int, x):  # x [N, C]
+        if self.gather is not None:
+            x = self.gather(x)  # [N * ranks, C]
         centres, counts = kmeans(x, self.cfg.codebook_size, self.cfg.kmeans_iters)
         self.codebooks[level] = centres
         self.ema_size[level] = counts.clamp_min(1.0)
@@ -252,6 +257,8 @@ class ResidualVQ(nn.Module):
 
     @torch.no_grad()
     def _ema_update(self, level: int, x, idx):  # x [N, C], idx [N]
+        if self.gather is not None:
+            x, idx = self.gather(x), self.gather(idx)  # the global batch's rows
         K, decay = self.cfg.codebook_size, self.cfg.ema_decay
         counts = torch.bincount(idx, minlength=K).to(x.dtype)  # [K]
         sums = torch.zeros(K, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, idx, x)

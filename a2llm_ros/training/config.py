@@ -19,15 +19,20 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, TYPE_CHECKING, Tuple
 
 from a2llm_ros.configbase import ConfigBase
+
+if TYPE_CHECKING:
+    import torch
 
 STAGES = ("rvq", "base", "connector", "joint", "affective")
 #: Curriculum stage number -> optimisation runs in it.
 STAGE_RUNS = {0: ("rvq", "base"), 1: ("connector",), 2: ("joint",), 3: ("affective",)}
 #: Where stage 1 keeps the frozen LLM's hidden states (:attr:`TrainConfig.hidden_cache`).
 HIDDEN_CACHES = ("memory", "disk", "recompute")
+#: Training compute precisions (:attr:`TrainConfig.precision`).
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass
@@ -135,6 +140,10 @@ class TrainConfig(ConfigBase):
     #: device), ``disk`` (one memory-mapped file in the run directory, reused when
     #: complete) or ``recompute`` (the frozen LLM runs in every step, nothing kept).
     hidden_cache: str = "memory"
+    #: Compute precision of the training forward: ``auto`` (bfloat16 autocast on
+    #: CUDA, float32 on CPU), ``bf16`` (autocast, CUDA only) or ``fp32``; the trained
+    #: weights and AdamW states stay float32 either way.
+    precision: str = "auto"
     rvq: StageConfig = field(default_factory=StageConfig)
     base: StageConfig = field(default_factory=StageConfig)
     connector: StageConfig = field(default_factory=StageConfig)
@@ -145,6 +154,9 @@ class TrainConfig(ConfigBase):
     PRESETS = {"tiny": _TINY, "edge": _EDGE, "paper": _PAPER}
 
     def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"TrainConfig.precision must be one of {', '.join(PRECISIONS)}, "
+                             f"got {self.precision!r}")
         if self.hidden_cache not in HIDDEN_CACHES:
             raise ValueError(f"TrainConfig.hidden_cache must be one of "
                              f"{', '.join(HIDDEN_CACHES)}, got {self.hidden_cache!r}")
@@ -230,3 +242,12 @@ def config_yaml(cfg: TrainConfig) -> str:
 def replace_stage(cfg: TrainConfig, run: str, **changes) -> TrainConfig:
     """Copy of ``cfg`` with fields of one run's :class:`StageConfig` changed."""
     return dataclasses.replace(cfg, **{run: dataclasses.replace(cfg.stage(run), **changes)})
+
+
+def autocast_dtype(precision: str, device: str) -> Optional["torch.dtype"]:
+    """The autocast dtype of a training forward on ``device`` (None: plain float32)."""
+    import torch
+    cuda = str(device).startswith("cuda")
+    if precision == "bf16" and not cuda:
+        raise ValueError(f"precision bf16 needs a CUDA device (training on {device})")
+    return torch.bfloat16 if cuda and precision in ("auto", "bf16") else None

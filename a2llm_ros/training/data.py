@@ -123,15 +123,17 @@ class TrainData:
             out.append(track[start:start + frames])
         return np.stack(out).astype(np.float32)
 
-    def items(self, indices: Sequence[int], rng: Optional[np.random.Generator] = None,
+    def items(self, indices: Sequence[int],
+              rngs: Optional[Sequence[np.random.Generator]] = None,
               augment: Optional[AugmentConfig] = None) -> list:
-        """(question wave, answer text, speech codes, motion codes) per index."""
+        """(question wave, answer text, speech codes, motion codes) per index;
+        ``rngs`` (one per index, see :func:`sample_rng`) drive the augmentation."""
         out = []
-        for i in indices:
+        for k, i in enumerate(indices):
             s = self.samples[i]
             wave = s.question_audio
-            if rng is not None and augment is not None:
-                wave = augment_wave(wave, rng, augment)
+            if rngs is not None and augment is not None:
+                wave = augment_wave(wave, rngs[k], augment)
             motion = self.motion_codes[i]
             if motion is None:
                 motion = np.zeros((0, 1), dtype=np.int64)
@@ -142,18 +144,24 @@ class TrainData:
         return out
 
     def transcription_items(self, indices: Sequence[int],
-                            rng: Optional[np.random.Generator] = None,
+                            rngs: Optional[Sequence[np.random.Generator]] = None,
                             augment: Optional[AugmentConfig] = None) -> list:
         """(question wave, question text, no speech, no motion) per index (ASR rows)."""
         out = []
-        for i in indices:
+        for k, i in enumerate(indices):
             s = self.samples[i]
             wave = s.question_audio
-            if rng is not None and augment is not None:
-                wave = augment_wave(wave, rng, augment)
+            if rngs is not None and augment is not None:
+                wave = augment_wave(wave, rngs[k], augment)
             out.append((wave, s.question_text, np.zeros(0, np.int64),
                         np.zeros((0, 1), np.int64)))
         return out
+
+
+def sample_rng(seed: int, run: str, step: int, position: int) -> np.random.Generator:
+    """Augmentation randomness of the sample at ``position`` of a run's global batch
+    at ``step``: the same on any rank and at any world size."""
+    return np.random.default_rng([seed, RUN_IDS[run], step, 1, position])
 
 
 #: WSOLA frame (20 ms Hann, 50 % overlap) and its alignment search range (+-5 ms).

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from a2llm_ros.training.config import StageConfig
+from a2llm_ros.training.distributed import DistContext
 
 RESUME_DIR, LOSSES_FILE, DONE_FILE = "resume", "losses.jsonl", "done.json"
 
@@ -98,26 +99,39 @@ def run_loop(name: str, run_dir: str, cfg: StageConfig, params: List[torch.nn.Pa
              step_fn: Callable[[int], Dict[str, torch.Tensor]],
              save_state: Callable[[str], None], load_state: Callable[[str], None],
              resume: bool = True, progress: bool = True,
-             after_step: Optional[Callable[[int], None]] = None) -> dict:
+             after_step: Optional[Callable[[int], None]] = None,
+             ctx: Optional[DistContext] = None,
+             autocast: Optional[torch.dtype] = None) -> dict:
     """Optimise ``params`` for ``cfg.steps`` steps of ``step_fn(step) -> losses``.
 
-    ``losses["total"]`` is back-propagated.  ``save_state(dir)`` /
-    ``load_state(dir)`` write / read the model part of the resumable state.
+    ``losses["objective"]`` (else ``losses["total"]``) is back-propagated; the
+    other entries are logged.  ``save_state(dir)`` / ``load_state(dir)`` write /
+    read the model part of the resumable state.  Under ``torchrun`` (``ctx``)
+    the step runs inside DistributedDataParallel, which averages the gradients
+    of ``params`` over the ranks; rank 0 writes the log and the resumable state.
+    ``autocast`` (e.g. ``torch.bfloat16``): the step's forward runs under CUDA
+    autocast; the parameters and optimizer states stay float32.
     Returns a summary (final losses averaged over the last log window).
     """
+    ctx = ctx or DistContext()
     os.makedirs(run_dir, exist_ok=True)
     opt = make_optimizer(params, cfg)
     log = RunLog(run_dir)
     start = _maybe_resume(run_dir, opt, load_state) if resume else 0
-    log.truncate_after(start)
+    if ctx.is_main:
+        log.truncate_after(start)
+    engine = _data_parallel(step_fn, params) if ctx.distributed else step_fn
     t0, window = time.time(), []
-    bar = _progress(name, cfg.steps, start, progress)
+    bar = _progress(name, cfg.steps, start, progress and ctx.is_main)
     for step in range(start, cfg.steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        losses = step_fn(step)
+        with torch.autocast("cuda", dtype=autocast or torch.bfloat16,
+                            enabled=autocast is not None):
+            losses = dict(engine(step))
+        objective = losses.pop("objective", None)
         opt.zero_grad(set_to_none=True)
-        losses["total"].backward()
+        (losses["total"] if objective is None else objective).backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
@@ -127,18 +141,42 @@ def run_loop(name: str, run_dir: str, cfg: StageConfig, params: List[torch.nn.Pa
         window.append(values)
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
-            log.write(dict(step=step + 1, lr=opt.param_groups[0]["lr"],
-                           seconds=round(time.time() - t0, 2), **mean))
+            if ctx.is_main:
+                log.write(dict(step=step + 1, lr=opt.param_groups[0]["lr"],
+                               seconds=round(time.time() - t0, 2), **mean))
             bar.set_postfix({k: f"{v:.3f}" for k, v in mean.items() if "level" not in k})
             window = []
         bar.update(1)
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
                 and step + 1 < cfg.steps:
-            _save_resume(run_dir, opt, step + 1, save_state)
+            if ctx.is_main:
+                _save_resume(run_dir, opt, step + 1, save_state)
+            ctx.barrier()
     bar.close()
     rows = read_losses(log.path)
     return {"run": name, "steps": cfg.steps, "seconds": round(time.time() - t0, 1),
             "final": rows[-1] if rows else {}}
+
+
+class _Step(torch.nn.Module):
+    """The step function as a module owning the trained parameters, for DDP."""
+
+    def __init__(self, step_fn: Callable[[int], Dict[str, torch.Tensor]],
+                 params: List[torch.nn.Parameter]):
+        super().__init__()
+        self.step_fn = step_fn
+        self.trained = torch.nn.ParameterList(params)  # the same Parameter objects
+
+    def forward(self, step: int) -> Dict[str, torch.Tensor]:
+        return self.step_fn(step)
+
+
+def _data_parallel(step_fn, params):
+    """``step_fn`` run by DistributedDataParallel (gradients all-reduced in backward)."""
+    from torch.nn.parallel import DistributedDataParallel
+    module = _Step(step_fn, params)
+    # every trained parameter takes part in every step (the wrapper holds no buffers)
+    return DistributedDataParallel(module)
 
 
 def _progress(name: str, total: int, start: int, enabled: bool):

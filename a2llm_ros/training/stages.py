@@ -38,9 +38,10 @@ from a2llm_ros.checkpoint import (init_model, load_checkpoint, read_config, reso
 from a2llm_ros.config import A2LLMConfig
 from a2llm_ros.model.a2llm import A2LLM, TASK_ANSWER, TASK_TRANSCRIBE, TrainBatch
 from a2llm_ros.model.step_audio import is_step_folder, step_config
-from a2llm_ros.training.config import STAGE_RUNS, TrainConfig
+from a2llm_ros.training.config import STAGE_RUNS, TrainConfig, autocast_dtype
 from a2llm_ros.training.ctc import CTCHead, ctc_loss, greedy_decode
-from a2llm_ros.training.data import RUN_IDS, TrainData, segments_for
+from a2llm_ros.training.data import RUN_IDS, TrainData, sample_rng, segments_for
+from a2llm_ros.training.distributed import DistContext, equal_shares, global_objective
 from a2llm_ros.training.hidden_cache import (CACHE_DIR, HiddenStates, RecomputedHidden,
                                              open_disk_cache)
 from a2llm_ros.training.loop import is_done, mark_done, run_loop
@@ -60,8 +61,11 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, data: TrainData, out_dir: str,
                  model_config: Optional[A2LLMConfig] = None, init: Optional[str] = None,
-                 progress: bool = True, resume: bool = True):
+                 progress: bool = True, resume: bool = True,
+                 ctx: Optional[DistContext] = None):
+        """``ctx``: this process's place in a ``torchrun`` job (default: alone)."""
         self.cfg, self.data, self.out_dir = cfg, data, out_dir
+        self.ctx = ctx or DistContext()
         self.model_config = model_config or start_config(cfg.preset_name, init)
         backbone = self.model_config.llm.backbone
         if cfg.base.steps == 0 and not init and not (backbone and is_step_folder(backbone)):
@@ -70,7 +74,8 @@ class Trainer:
                              f"a Step-Audio-2-mini folder or a checkpoint made on one "
                              f"(`a2llm init --preset {cfg.preset_name} --backbone DIR`)")
         self.init, self.progress, self.resume = init, progress, resume
-        self.device = _pick_device(cfg.device)
+        self.device = _pick_device(self.ctx.device_name(cfg.device))
+        self.autocast = autocast_dtype(cfg.precision, str(self.device))
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         os.makedirs(out_dir, exist_ok=True)
@@ -119,10 +124,14 @@ class Trainer:
             return summary
         torch.manual_seed(self.cfg.seed * 1000 + RUN_IDS[name])
         model = self._load_start(name).to(self.device)
-        print(apply_memory_settings(model, self.cfg, name, self.device, self.data))
+        report = apply_memory_settings(model, self.cfg, name, self.device, self.data)
+        if self.ctx.is_main:
+            print(report)
         summary = getattr(self, "_run_" + name)(model, run_dir)
-        self._save(model, self.checkpoint_dir(name))
-        mark_done(run_dir, summary)
+        if self.ctx.is_main:  # one writer; the others wait, then read
+            self._save(model, self.checkpoint_dir(name))
+            mark_done(run_dir, summary)
+        self.ctx.barrier()
         return summary
 
     def finalize(self, out: Optional[str] = None) -> str:
@@ -183,18 +192,23 @@ class Trainer:
         mt.set_normalization_from_frames(self.data.flame_frames())
         mt.train()
         sc = self.cfg.rvq
+        # EMA codebooks see the global batch (equal to one process); detached after the run
+        mt.quantizer.gather = self.ctx.gather if self.ctx.distributed else None
 
         def step(i: int) -> Dict[str, torch.Tensor]:
             x = self.data.rvq_windows(i, self.cfg.seed, sc.batch_size,
                                       self.cfg.rvq_window_frames)  # [B, T, D]
+            x = np.stack(self.ctx.shard(x, "rvq.batch_size"))  # this rank's windows
             _, losses = mt(torch.as_tensor(x, device=self.device))
-            return losses
+            return equal_shares(losses, self.ctx)
 
         params = list(mt.parameters())
         summary = run_loop("stage0/rvq", run_dir, sc, params, step,
                            lambda p: self._save(model, p), self._loader(model),
-                           resume=self.resume, progress=self.progress)
+                           resume=self.resume, progress=self.progress, ctx=self.ctx,
+                           autocast=self.autocast)
         mt.eval()
+        mt.quantizer.gather = None
         summary["codec_fit_seconds"] = round(codec_s, 2)
         summary["seconds"] = round(summary["seconds"] + codec_s, 1)
         return summary
@@ -213,26 +227,36 @@ class Trainer:
         """
         sc = self.cfg.stage(run)
 
+        seed, ctx, aug = self.cfg.seed, self.ctx, self.cfg.augment
+
         def step(i: int) -> Dict[str, torch.Tensor]:
-            idx = self.data.draw(run, i, self.cfg.seed, sc.batch_size, pool, replay)
-            rng = np.random.default_rng([self.cfg.seed, RUN_IDS[run], i, 1])
-            items = self.data.items(idx, rng, self.cfg.augment)
+            drawn = self.data.draw(run, i, seed, sc.batch_size, pool, replay)
+            mine = ctx.shard(range(len(drawn)), f"{run}.batch_size")  # global positions
+            idx = [drawn[p] for p in mine]
+            items = self.data.items(idx, [sample_rng(seed, run, i, p) for p in mine], aug)
             tasks = [TASK_ANSWER] * len(items)
             if n_asr:
-                asr_idx = self.data.draw(run, i + ASR_STEP_OFFSET, self.cfg.seed, n_asr)
-                items += self.data.transcription_items(asr_idx, rng, self.cfg.augment)
-                tasks += [TASK_TRANSCRIBE] * n_asr
-                idx = list(idx) + list(asr_idx)
+                asr_drawn = self.data.draw(run, i + ASR_STEP_OFFSET, seed, n_asr)
+                asr_mine = ctx.shard(range(n_asr), "asr_samples")
+                asr_idx = [asr_drawn[p] for p in asr_mine]
+                rngs = [sample_rng(seed, run, i, len(drawn) + p) for p in asr_mine]
+                items += self.data.transcription_items(asr_idx, rngs, aug)
+                tasks += [TASK_TRANSCRIBE] * len(asr_idx)
+                idx = idx + asr_idx
             batch = model.collate_samples(items, tasks).to(self.device)
             losses = model.forward_train(batch, motion=motion,
                                          motion_weight=self.cfg.motion_weight,
                                          asr_weight=self.cfg.asr_weight)
+            weights = {"text_ce": 1.0, "speech_ce": 1.0, "asr_ce": self.cfg.asr_weight}
+            if motion:
+                weights["motion_ce"] = self.cfg.motion_weight
             if ctc_head is not None:
                 texts = [self.data.samples[j].question_text for j in idx]
                 losses["ctc"] = ctc_loss(ctc_head, model.encoder, batch.mel,
                                          batch.mel_lengths, texts)
                 losses["total"] = losses["total"] + self.cfg.ctc_weight * losses["ctc"]
-            return losses
+                weights["ctc"] = self.cfg.ctc_weight
+            return global_objective(losses, term_counts(batch), ctx, weights)
         return step
 
     def _run_base(self, model: A2LLM, run_dir: str) -> dict:
@@ -251,7 +275,8 @@ class Trainer:
                            self._lm_step(model, "base", motion=False,
                                          n_asr=self.cfg.asr_samples, ctc_head=head),
                            lambda p: self._save(model, p, head), self._loader(model, head),
-                           resume=self.resume, progress=self.progress)
+                           resume=self.resume, progress=self.progress, ctx=self.ctx,
+                           autocast=self.autocast)
         model.eval()
         if head is not None:
             summary["ctc_greedy_example"] = self._ctc_example(model, head)
@@ -275,13 +300,17 @@ class Trainer:
 
         def step(i: int) -> Dict[str, torch.Tensor]:
             idx = self.data.draw("connector", i, self.cfg.seed, sc.batch_size)
+            idx = self.ctx.shard(idx, "connector.batch_size")
             batch = self._motion_batch(model, idx)
             losses = model.motion_loss_from_hidden([hidden[j] for j in idx], batch)
-            return dict(losses, total=losses["motion_ce"])
+            counts = {"motion": float(batch.motion_lengths.sum())}
+            return global_objective(dict(losses, total=losses["motion_ce"]), counts,
+                                    self.ctx, {"motion_ce": 1.0})
 
         summary = run_loop("stage1/connector", run_dir, sc, params, step,
                            lambda p: self._save(model, p), self._loader(model),
-                           resume=self.resume, progress=self.progress)
+                           resume=self.resume, progress=self.progress, ctx=self.ctx,
+                           autocast=self.autocast)
         model.eval()
         summary["hidden_cache_seconds"] = round(cache_s, 2)
         return summary
@@ -345,13 +374,29 @@ class Trainer:
                            self._lm_step(model, run, motion=True, pool=pool, replay=replay,
                                          n_asr=self.cfg.asr_samples_lora),
                            lambda p: self._save(model, p), self._loader(model),
-                           resume=self.resume, progress=self.progress)
+                           resume=self.resume, progress=self.progress, ctx=self.ctx,
+                           autocast=self.autocast)
         model.eval()
         summary["lora_params"] = sum(p.numel() for p in lora)
         return summary
 
 
 # ----------------------------------------------------------------------------- helpers
+
+def term_counts(batch: TrainBatch) -> Dict[str, float]:
+    """Labelled tokens per loss term of a batch (what each token mean divides by):
+    answer text and speech tokens, transcription tokens, motion segments, rows."""
+    B, La = batch.answer_ids.shape
+    answer = torch.ones(B, dtype=torch.bool, device=batch.answer_ids.device)
+    if batch.task is not None:
+        answer = batch.task == TASK_ANSWER
+    inside = torch.arange(La, device=answer.device)[None] < batch.answer_lengths[:, None]
+    text = batch.answer_is_text & inside & answer[:, None]  # [B, La]
+    return {"text": float(text.sum()), "speech": float((inside & answer[:, None]).sum()
+                                                       - text.sum()),
+            "asr": float((inside & ~answer[:, None]).sum()),
+            "motion": float(batch.motion_lengths[answer].sum()), "rows": float(B)}
+
 
 def start_config(preset: str, init: Optional[str] = None) -> A2LLMConfig:
     """The model config a curriculum trains: the ``init`` checkpoint's own config
