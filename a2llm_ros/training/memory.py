@@ -87,8 +87,9 @@ ANSWER_END_TOKENS = 3
 WEIGHT_BYTES, GRAD_BYTES, ADAM_BYTES = 4, 4, 8
 #: Cross-entropies over the LM head's logits in forward_train (text, speech).
 N_LM_CE = 2
-#: Data parallelism per training preset: DDP replicates, FSDP shards (full shard).
-PARALLELISM = {"tiny": "ddp", "edge": "ddp", "paper": "fsdp"}
+#: Data parallelism the trainer uses (a2llm_ros.training.distributed): DDP, which
+#: replicates; "fsdp" (full shard) can be estimated for comparison (not implemented).
+PARALLELISM = {"tiny": "ddp", "edge": "ddp", "paper": "ddp"}
 #: Linear layers of a Qwen2 decoder layer, grouped by the input they share.
 QKV, MLP_IN = ("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")
 BACKBONE = ("encoder", "adapter", "llm")
