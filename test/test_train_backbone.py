@@ -21,6 +21,7 @@ from a2llm_ros.checkpoint import load_checkpoint
 from a2llm_ros.cli import main
 from a2llm_ros.configbase import ConfigMismatchError
 from a2llm_ros.data.token2wav_fixture import write_token2wav
+from a2llm_ros.model.step_token2wav import S3SpeechTokenizer
 from step_folder import write_step_folder
 
 pytestmark = pytest.mark.slow
@@ -201,3 +202,42 @@ def test_config_check_compares_the_model_not_the_path(relative_run):
     c = dataclasses.replace(b, connector=dataclasses.replace(b.connector, n_layers=1))
     with pytest.raises(ConfigMismatchError, match="connector.n_layers"):
         a.check_same_model(c)
+
+
+def test_precomputed_s3_tokens_are_the_training_targets(relative_run, toy_data, tmp_path):
+    from a2llm_ros.data.speech_tokens import TOKENS_FILE
+    from a2llm_ros.model.codecs import make_codec
+    from a2llm_ros.model.speech_codec import SpeechCodecConfig
+    from a2llm_ros.training.data import TrainData
+    data = str(tmp_path / "flameqa")
+    shutil.copytree(toy_data, data)
+    token2wav = os.path.join(relative_run["init"], "step", "token2wav")
+    tokenizer, _ = make_codec(SpeechCodecConfig.step(token2wav))
+    computed = TrainData(data)
+    computed.compute_speech_codes(tokenizer)  # no file yet: the ONNX tokenizer runs
+    assert main(["data", "speech-tokens", data, "--token2wav", token2wav]) == 0
+    loaded = TrainData(data)
+    loaded.compute_speech_codes(_Refuse())  # only the file is read
+    for a, b in zip(computed.speech_codes, loaded.speech_codes):
+        assert a.tolist() == b.tolist() and len(a) > 0
+    # a file that misses a sample or holds ids outside the vocabulary is refused
+    path = os.path.join(data, TOKENS_FILE)
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    first = loaded.samples[0].id
+    np.savez(path, **{k: v for k, v in arrays.items() if k != first})
+    with pytest.raises(ValueError, match=first):
+        TrainData(data).compute_speech_codes(_Refuse())
+    np.savez(path, **dict(arrays, **{first: np.full(len(arrays[first]), 7000, np.int16)}))
+    with pytest.raises(ValueError, match="outside"):
+        TrainData(data).compute_speech_codes(_Refuse())
+
+
+class _Refuse(S3SpeechTokenizer):
+    """An S3 tokenizer that must not be called (the precomputed file is used)."""
+
+    def __init__(self):  # no ONNX model behind it
+        pass
+
+    def encode(self, wave):
+        raise AssertionError("the precomputed tokens should have been used")

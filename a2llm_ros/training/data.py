@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from fractions import Fraction
 from typing import Dict, List, Optional, Sequence
 
@@ -18,13 +19,18 @@ import numpy as np
 import torch
 
 from a2llm_ros.audio.features import resample
-from a2llm_ros.constants import FRAMES_PER_SEGMENT, SAMPLE_RATE, SPEECH_TOKENS_PER_SEGMENT
+from a2llm_ros.constants import (FRAMES_PER_SEGMENT, SAMPLE_RATE, SPEECH_TOKEN_RATE,
+                                 SPEECH_TOKENS_PER_SEGMENT)
 from a2llm_ros.data.flameqa import FlameQAReader, FlameQASample
 from a2llm_ros.data.qa_text import HIGH
+from a2llm_ros.model.speech_codec import STEP_CODES
+from a2llm_ros.model.step_token2wav import S3SpeechTokenizer
 from a2llm_ros.training.config import AugmentConfig
 
 log = logging.getLogger(__name__)
 
+#: Speech tokens a precomputed answer may differ from 25 per second of its audio.
+S3_LENGTH_TOLERANCE = 2
 RUN_IDS = {"rvq": 1, "base": 2, "connector": 3, "joint": 4, "affective": 5}
 
 
@@ -33,6 +39,7 @@ class TrainData:
 
     def __init__(self, root: str, splits: Sequence[str] = ("train",),
                  limit: Optional[int] = None):
+        self.root = root
         reader = FlameQAReader(root, split=list(splits))
         self.samples: List[FlameQASample] = []
         for sample in reader:
@@ -62,13 +69,42 @@ class TrainData:
         return out
 
     def compute_speech_codes(self, tokenizer) -> None:
-        """Answer waves -> speech codes [n] (identical waves are encoded once)."""
+        """Answer waves -> speech codes [n] (identical waves are encoded once).
+
+        For Step's codec, the S3 tokens precomputed by ``a2llm data speech-tokens``
+        (``speech_tokens_s3.npz`` in the data directory) are used when present.
+        """
+        if isinstance(tokenizer, S3SpeechTokenizer) and self._load_s3_tokens():
+            return
         cache: Dict[str, np.ndarray] = {}
         for i, s in enumerate(self.samples):
             key = hashlib.sha1(s.answer_audio.tobytes()).hexdigest()
             if key not in cache:
                 cache[key] = tokenizer.encode(s.answer_audio).numpy().astype(np.int64)
             self.speech_codes[i] = cache[key]
+
+    def _load_s3_tokens(self) -> bool:
+        """Speech codes from the data directory's ``speech_tokens_s3.npz`` (validated:
+        every sample present, ids in range, 25 tokens per second of answer audio)."""
+        from a2llm_ros.data.speech_tokens import TOKENS_FILE, load_answer_tokens
+        path = os.path.join(self.root, TOKENS_FILE)
+        if not os.path.isfile(path):
+            return False
+        tokens = load_answer_tokens(path)
+        for i, s in enumerate(self.samples):
+            codes = tokens.get(s.id)
+            if codes is None:
+                raise ValueError(f"{path}: no speech tokens for sample {s.id!r}; rerun "
+                                 f"`a2llm data speech-tokens {self.root} --token2wav DIR`")
+            if codes.size and (codes.min() < 0 or codes.max() >= STEP_CODES):
+                raise ValueError(f"{path}: sample {s.id!r} has speech ids outside "
+                                 f"[0, {STEP_CODES})")
+            expected = len(s.answer_audio) * SPEECH_TOKEN_RATE / SAMPLE_RATE
+            if abs(len(codes) - expected) > S3_LENGTH_TOLERANCE:
+                raise ValueError(f"{path}: sample {s.id!r} has {len(codes)} speech tokens, its "
+                                 f"answer audio needs about {expected:.0f} at 25 Hz")
+            self.speech_codes[i] = codes
+        return True
 
     @torch.no_grad()
     def compute_motion_codes(self, motion_tokenizer) -> None:
