@@ -98,6 +98,11 @@ def test_each_rule_rejects_and_run_continues(tmp_path, caplog):
         assert f"bad_{reason}" in caplog.text
     summary = summarize(str(tmp_path))
     assert summary["n_ok"] == 2 and len(summary["rejected"]) == len(BAD_CASES)
+    # training reads the same shards: the good ones, and a count per named reason
+    from a2llm_ros.training.data import TrainData, rejected_counts
+    data = TrainData(str(tmp_path))  # split "train"
+    assert [s.id for s in data.samples] == ["good0", "good1"]
+    assert rejected_counts(data.rejected) == {r: 1 for r in sorted(BAD_CASES)}
 
 
 def test_writer_validates_by_default(tmp_path):

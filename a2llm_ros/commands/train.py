@@ -94,7 +94,7 @@ def _train(args, cfg, stages, ctx) -> int:
     import time
 
     from a2llm_ros.checkpoint import DEFAULT_CHECKPOINT
-    from a2llm_ros.training.data import TrainData
+    from a2llm_ros.training.data import TrainData, rejected_counts
     from a2llm_ros.training.plot import plot_losses
     from a2llm_ros.training.stages import Trainer
     say = print if ctx.is_main else (lambda *a, **k: None)
@@ -104,8 +104,9 @@ def _train(args, cfg, stages, ctx) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"a2llm train: cannot read the training data: {exc}", file=sys.stderr)
         return 2
+    why = ", ".join(f"{code} {n}" for code, n in rejected_counts(data.rejected).items())
     say(f"training data: {len(data)} samples from {args.data}"
-        + (f" ({len(data.rejected)} rejected)" if data.rejected else "")
+        + (f" ({len(data.rejected)} skipped: {why})" if data.rejected else "")
         + (f"; {ctx.world_size} ranks" if ctx.distributed else ""))
     try:
         trainer = Trainer(cfg, data, args.out, init=args.init, progress=not args.no_progress,

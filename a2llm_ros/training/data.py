@@ -194,6 +194,15 @@ class TrainData:
         return out
 
 
+def rejected_counts(rejected: Sequence) -> Dict[str, int]:
+    """Skipped samples per reason code (the text before ``:`` of each ``(id, reason)``)."""
+    out: Dict[str, int] = {}
+    for _, reason in rejected:
+        code = str(reason).split(":", 1)[0].strip()
+        out[code] = out.get(code, 0) + 1
+    return dict(sorted(out.items()))
+
+
 def sample_rng(seed: int, run: str, step: int, position: int) -> np.random.Generator:
     """Augmentation randomness of the sample at ``position`` of a run's global batch
     at ``step``: the same on any rank and at any world size."""
