@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable, Iterable, List, Sequence, Tuple, Union
+import shutil
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -39,6 +40,8 @@ INDEX_FILE = "index.json"
 FORMAT = 1
 #: Torch dtype name -> numpy dtype of the stored values (bfloat16 as raw bits).
 STORED = {"float32": np.float32, "float16": np.float16, "bfloat16": np.int16}
+#: Copy buffer of rank 0 joining the ranks' part files.
+JOIN_CHUNK_BYTES = 64 << 20
 
 #: (sample indices, their hidden states [n_i, H]) in increasing index order.
 Batches = Iterable[Tuple[Sequence[int], List[torch.Tensor]]]
@@ -99,35 +102,99 @@ def is_complete(folder: str, rows: Sequence[int], width: int) -> bool:
     return os.path.isfile(path) and os.path.getsize(path) == expected
 
 
+def shard_range(n_samples: int, rank: int = 0, world_size: int = 1) -> Tuple[int, int]:
+    """Samples ``[lo, hi)`` whose hidden states rank ``rank`` of ``world_size`` computes
+    (contiguous, sizes differ by at most one)."""
+    per, extra = divmod(n_samples, world_size)
+    lo = rank * per + min(rank, extra)
+    return lo, lo + per + (1 if rank < extra else 0)
+
+
 def write_cache(folder: str, batches: Batches, rows: Sequence[int], width: int,
-                progress: bool = True) -> None:
+                progress: bool = True, rank: int = 0, world_size: int = 1,
+                barrier: Callable[[], None] = lambda: None) -> None:
     """Write every sample's hidden states [n_i, H] to ``folder`` (index last).
 
     ``rows`` [N] are the expected n_i; a batch that disagrees raises (the data
-    changed between counting and computing).  The data goes to a temporary
-    file per process first, so concurrent writers cannot interleave.
+    changed between counting and computing).  Under ``torchrun`` every rank
+    passes the ``batches`` of its :func:`shard_range` and the job's
+    ``barrier``: each rank writes a part file, then rank 0 joins the parts in
+    rank order into the data file and writes the index.  Parts are named per
+    rank and the data file is replaced at once, so writers cannot interleave.
     """
-    from tqdm import tqdm
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f"{DATA_FILE}.tmp-{os.getpid()}")
-    dtype_name = None
-    bar = tqdm(total=len(rows), desc="hidden cache", unit="sample", disable=not progress,
-               dynamic_ncols=True, mininterval=2.0)
-    with open(tmp, "wb") as f:
+    lo, hi = shard_range(len(rows), rank, world_size)
+    dtype_name = _write_part(folder, rank, batches, rows, width, (lo, hi), progress)
+    with open(_part_path(folder, rank) + ".json", "w") as f:
+        json.dump({"dtype": dtype_name}, f)
+    barrier()  # every part written
+    if rank == 0:
+        _join_parts(folder, world_size)
+        dtypes = [_part_dtype(folder, r) for r in range(world_size)]
+        index = {"format": FORMAT, "n_samples": len(rows), "width": width,
+                 "dtype": next((d for d in dtypes if d), "float32"),
+                 "rows": [int(n) for n in rows]}
+        tmp_index = os.path.join(folder, f"{INDEX_FILE}.tmp-{os.getpid()}")
+        with open(tmp_index, "w") as f:
+            json.dump(index, f)
+        os.replace(tmp_index, os.path.join(folder, INDEX_FILE))
+        _remove_parts(folder)
+    barrier()  # the index is written
+
+
+def _part_path(folder: str, rank: int) -> str:
+    return os.path.join(folder, f"{DATA_FILE}.part-{rank}")
+
+
+def _write_part(folder: str, rank: int, batches: Batches, rows: Sequence[int], width: int,
+                span: Tuple[int, int], progress: bool) -> Optional[str]:
+    """Rows of the samples ``span`` = [lo, hi) to this rank's part file; their dtype name."""
+    from tqdm import tqdm
+    expected, dtype_name = span[0], None
+    bar = tqdm(total=span[1] - span[0], desc="hidden cache", unit="sample",
+               disable=not progress, dynamic_ncols=True, mininterval=2.0)
+    with open(_part_path(folder, rank), "wb") as f:
         for idx, hidden in batches:
             for i, h in zip(idx, hidden):
+                if i != expected:
+                    raise ValueError(f"hidden cache: rank {rank} got sample {i}, expected "
+                                     f"{expected} (samples {span[0]}..{span[1] - 1} in order)")
                 _check_rows(i, h, rows[i], width)
                 dtype_name = str(h.dtype).replace("torch.", "")
                 f.write(_raw_bytes(h))
+                expected += 1
             bar.update(len(idx))
     bar.close()
-    os.replace(tmp, os.path.join(folder, DATA_FILE))
-    index = {"format": FORMAT, "n_samples": len(rows), "width": width,
-             "dtype": dtype_name or "float32", "rows": [int(n) for n in rows]}
-    tmp_index = os.path.join(folder, f"{INDEX_FILE}.tmp-{os.getpid()}")
-    with open(tmp_index, "w") as f:
-        json.dump(index, f)
-    os.replace(tmp_index, os.path.join(folder, INDEX_FILE))
+    if expected != span[1]:
+        raise ValueError(f"hidden cache: rank {rank} wrote samples up to {expected - 1}, "
+                         f"expected {span[0]}..{span[1] - 1}")
+    return dtype_name
+
+
+def _part_dtype(folder: str, rank: int) -> Optional[str]:
+    with open(_part_path(folder, rank) + ".json") as f:
+        return json.load(f)["dtype"]
+
+
+def _join_parts(folder: str, world_size: int) -> None:
+    """The parts, in rank order, become the data file (a rename when there is one)."""
+    final = os.path.join(folder, DATA_FILE)
+    if world_size == 1:
+        os.replace(_part_path(folder, 0), final)
+        return
+    tmp = f"{final}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as out:
+        for r in range(world_size):
+            with open(_part_path(folder, r), "rb") as part:
+                shutil.copyfileobj(part, out, JOIN_CHUNK_BYTES)
+    os.replace(tmp, final)
+
+
+def _remove_parts(folder: str) -> None:
+    """Part files and their metadata (also stale ones of another world size)."""
+    for name in os.listdir(folder):
+        if ".part-" in name:
+            os.remove(os.path.join(folder, name))
 
 
 def _check_rows(i: int, h: torch.Tensor, expected: int, width: int) -> None:
@@ -147,12 +214,15 @@ def _raw_bytes(h: torch.Tensor) -> bytes:
 
 
 def open_disk_cache(folder: str, batches: Callable[[], Batches], rows: Sequence[int],
-                    width: int, device: torch.device, progress: bool = True
-                    ) -> DiskHiddenCache:
+                    width: int, device: torch.device, progress: bool = True,
+                    rank: int = 0, world_size: int = 1,
+                    barrier: Callable[[], None] = lambda: None) -> DiskHiddenCache:
     """The cache in ``folder``: reused when complete for ``rows`` x ``width``, else
-    (re)built from ``batches()`` first."""
+    (re)built from ``batches()`` first.  Under ``torchrun`` every rank calls this
+    with the ``batches`` of its :func:`shard_range` (see :func:`write_cache`)."""
+    # all ranks agree: the index is written only after every rank reached write_cache
     if not is_complete(folder, rows, width):
-        write_cache(folder, batches(), rows, width, progress)
+        write_cache(folder, batches(), rows, width, progress, rank, world_size, barrier)
     return DiskHiddenCache(folder, device)
 
 
@@ -173,4 +243,4 @@ class RecomputedHidden:
 HiddenStates = Union[List[torch.Tensor], DiskHiddenCache, RecomputedHidden]
 
 __all__ = ["HiddenStates", "DiskHiddenCache", "RecomputedHidden", "open_disk_cache", "write_cache",
-           "is_complete", "read_index", "CACHE_DIR"]
+           "is_complete", "read_index", "shard_range", "CACHE_DIR"]

@@ -117,7 +117,7 @@ def run_loop(name: str, run_dir: str, cfg: StageConfig, params: List[torch.nn.Pa
     os.makedirs(run_dir, exist_ok=True)
     opt = make_optimizer(params, cfg)
     log = RunLog(run_dir)
-    start = _maybe_resume(run_dir, opt, load_state) if resume else 0
+    start = _maybe_resume(run_dir, opt, load_state, ctx.is_main) if resume else 0
     if ctx.is_main:
         log.truncate_after(start)
     engine = _data_parallel(step_fn, params) if ctx.distributed else step_fn
@@ -198,7 +198,7 @@ def _save_resume(run_dir: str, opt, next_step: int, save_state) -> None:
     os.replace(tmp, final)
 
 
-def _maybe_resume(run_dir: str, opt, load_state) -> int:
+def _maybe_resume(run_dir: str, opt, load_state, say: bool = True) -> int:
     path = os.path.join(run_dir, RESUME_DIR)
     state_file = os.path.join(path, "state.json")
     if not os.path.isfile(state_file):
@@ -207,7 +207,8 @@ def _maybe_resume(run_dir: str, opt, load_state) -> int:
         next_step = int(json.load(f)["next_step"])
     load_state(os.path.join(path, "checkpoint"))
     load_optimizer_tensors(opt, load_file(os.path.join(path, "optimizer.safetensors")))
-    print(f"resuming {os.path.basename(run_dir)} at step {next_step}")
+    if say:  # every rank loads the state; rank 0 tells
+        print(f"resuming {os.path.basename(run_dir)} at step {next_step}")
     return next_step
 
 

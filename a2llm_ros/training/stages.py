@@ -43,7 +43,7 @@ from a2llm_ros.training.ctc import CTCHead, ctc_loss, greedy_decode
 from a2llm_ros.training.data import RUN_IDS, TrainData, sample_rng, segments_for
 from a2llm_ros.training.distributed import DistContext, equal_shares, global_objective
 from a2llm_ros.training.hidden_cache import (CACHE_DIR, HiddenStates, RecomputedHidden,
-                                             open_disk_cache)
+                                             open_disk_cache, shard_range)
 from a2llm_ros.training.loop import is_done, mark_done, run_loop
 from a2llm_ros.training.memory import apply_memory_settings
 
@@ -54,6 +54,8 @@ AUX_FILE = "training_aux.safetensors"
 #: Transcription rows are drawn as if from steps shifted by this (independent draws).
 ASR_STEP_OFFSET = 1_000_003
 TRAINING_INFO = "training.json"
+#: Stream tag of the per-step dropout seeds (sample_rng uses 1 for augmentation).
+DROPOUT_STREAM = 2
 
 
 class Trainer:
@@ -120,7 +122,8 @@ class Trainer:
         if is_done(run_dir):
             with open(os.path.join(run_dir, "done.json")) as f:
                 summary = json.load(f)
-            print(f"{name}: already done ({summary.get('seconds', '?')} s), skipping")
+            if self.ctx.is_main:
+                print(f"{name}: already done ({summary.get('seconds', '?')} s), skipping")
             return summary
         torch.manual_seed(self.cfg.seed * 1000 + RUN_IDS[name])
         model = self._load_start(name).to(self.device)
@@ -230,6 +233,7 @@ class Trainer:
         seed, ctx, aug = self.cfg.seed, self.ctx, self.cfg.augment
 
         def step(i: int) -> Dict[str, torch.Tensor]:
+            seed_step(seed, run, i, ctx.rank)  # dropout masks (LoRA) of this rank and step
             drawn = self.data.draw(run, i, seed, sc.batch_size, pool, replay)
             mine = ctx.shard(range(len(drawn)), f"{run}.batch_size")  # global positions
             idx = [drawn[p] for p in mine]
@@ -299,6 +303,7 @@ class Trainer:
         sc = self.cfg.connector
 
         def step(i: int) -> Dict[str, torch.Tensor]:
+            seed_step(self.cfg.seed, "connector", i, self.ctx.rank)  # connector dropout
             idx = self.data.draw("connector", i, self.cfg.seed, sc.batch_size)
             idx = self.ctx.shard(idx, "connector.batch_size")
             batch = self._motion_batch(model, idx)
@@ -322,16 +327,20 @@ class Trainer:
             batch = model.collate_samples(self.data.items(idx)).to(self.device)
             return [h.detach() for h in model.speech_hidden_states(batch)]  # [n_i, H]
 
-        def batches():
-            for start in range(0, len(self.data), batch_size):
-                idx = list(range(start, min(start + batch_size, len(self.data))))
+        def batches(lo: int = 0, hi: int = len(self.data)):
+            for start in range(lo, hi, batch_size):
+                idx = list(range(start, min(start + batch_size, hi)))
                 yield idx, states(idx)
         if self.cfg.hidden_cache == "recompute":
             return RecomputedHidden(lambda j: states([j])[0], len(self.data))
-        if self.cfg.hidden_cache == "disk":
+        if self.cfg.hidden_cache == "disk":  # each rank computes its share of the samples
+            ctx = self.ctx
             rows = [len(codes) for codes in self.data.speech_codes]
-            return open_disk_cache(os.path.join(run_dir, CACHE_DIR), batches, rows,
-                                   model.cfg.llm.hidden_size, self.device, self.progress)
+            mine = shard_range(len(rows), ctx.rank, ctx.world_size)
+            return open_disk_cache(os.path.join(run_dir, CACHE_DIR), lambda: batches(*mine),
+                                   rows, model.cfg.llm.hidden_size, self.device,
+                                   self.progress and ctx.is_main, ctx.rank, ctx.world_size,
+                                   ctx.barrier)
         return [h for _, hs in batches() for h in hs]
 
     def _motion_batch(self, model: A2LLM, idx: Sequence[int]) -> TrainBatch:
@@ -396,6 +405,14 @@ def term_counts(batch: TrainBatch) -> Dict[str, float]:
                                                        - text.sum()),
             "asr": float((inside & ~answer[:, None]).sum()),
             "motion": float(batch.motion_lengths[answer].sum()), "rows": float(B)}
+
+
+def seed_step(seed: int, run: str, step: int, rank: int) -> None:
+    """Seed torch's generator (dropout) from (seed, run, step, rank): ranks draw
+    independent masks for their rows, and a resumed run draws the ones it would have.
+    (Not for the RVQ run: its dead-code restarts must agree on every rank.)"""
+    key = np.random.default_rng([seed, RUN_IDS[run], step, DROPOUT_STREAM, rank])
+    torch.manual_seed(int(key.integers(2 ** 62)))
 
 
 def start_config(preset: str, init: Optional[str] = None) -> A2LLMConfig:
