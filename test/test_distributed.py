@@ -3,8 +3,10 @@
 * Two ranks give the single-process losses of the same global batches, run by
   run and step, and the same final weights; one writer (one log line per step).
   Stage 1's disk hidden cache is built in shards by the ranks and joined by rank 0.
-* A rank killed mid-run stops the job, torchrun names it, and a restart resumes
-  from the last checkpoint without repeating or skipping a step.
+* FSDP (``distributed: fsdp``, the LLM's decoder layers sharded over the two
+  ranks): a rank killed mid-run stops the job, torchrun names it, and a restart
+  resumes from the last checkpoint (gathered shards, optimizer state re-sharded)
+  without repeating or skipping a step; every logged loss equals one process's.
 """
 from __future__ import annotations
 
@@ -47,7 +49,11 @@ CONFIG = {
     "affective": {"steps": 2, "batch_size": 2, "warmup_steps": 1, "log_every": 1,
                   "checkpoint_every": 2},
 }
+#: The same runs with the LLM's decoder layers sharded (FSDP2) in base, joint, affective.
+FSDP_CONFIG = dict(CONFIG, distributed="fsdp")
 DEADLINE_S = 240
+#: torchrun stops the job this soon after a rank is killed (measured about 1 s).
+TEARDOWN_S = 120
 
 
 def _env() -> dict:
@@ -99,13 +105,15 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     data = str(root / "flameqa")
     build_synthetic(data, seed=0, n_pairs=6, n_question_voices=2, workers=1)
-    config = str(root / "train.yaml")
-    with open(config, "w") as f:
-        yaml.safe_dump(CONFIG, f)
+    config, config_fsdp = str(root / "train.yaml"), str(root / "train_fsdp.yaml")
+    for path, values in ((config, CONFIG), (config_fsdp, FSDP_CONFIG)):
+        with open(path, "w") as f:
+            yaml.safe_dump(values, f)
     single = str(root / "single")
     result = _run(_train_cmd(config, data, single), str(root / "single.log"))
     assert result.returncode == 0, open(root / "single.log").read()[-3000:]
-    return {"root": root, "data": data, "config": config, "single": single}
+    return {"root": root, "data": data, "config": config, "config_fsdp": config_fsdp,
+            "single": single}
 
 
 def test_two_ranks_equal_one_process(setup):
@@ -117,16 +125,22 @@ def test_two_ranks_equal_one_process(setup):
     assert result.returncode == 0, log[-3000:]
     worst = _assert_same_losses(setup["single"], multi)  # one line per step: one writer
     assert log.count("final checkpoint:") == 1  # rank 0 alone finalizes
-    from a2llm_ros.checkpoint import load_checkpoint
-    a = load_checkpoint(os.path.join(setup["single"], "final")).state_dict()
-    b = load_checkpoint(os.path.join(multi, "final")).state_dict()
-    diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
-    assert diff <= WEIGHT_ATOL, f"final weights differ by {diff}"
+    diff = _weight_difference(setup["single"], multi)
     print(f"two ranks vs one: losses within {worst:.2e} relative, weights {diff:.2e}")
     for run in RUNS:  # the resumable state is dropped once a run is done
         assert not os.path.exists(os.path.join(multi, run, "resume"))
     cache = os.listdir(os.path.join(multi, "connector", "hidden_cache"))
     assert sorted(cache) == ["hidden.bin", "index.json"]  # the ranks' parts joined
+
+
+def _weight_difference(single: str, multi: str) -> float:
+    """Largest absolute difference of the two final checkpoints' tensors (asserted)."""
+    from a2llm_ros.checkpoint import load_checkpoint
+    a = load_checkpoint(os.path.join(single, "final")).state_dict()
+    b = load_checkpoint(os.path.join(multi, "final")).state_dict()
+    diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert diff <= WEIGHT_ATOL, f"final weights differ by {diff}"
+    return diff
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:
@@ -148,12 +162,12 @@ def _worker(parent_pid: int, local_rank: int):
     return None
 
 
-def test_dead_rank_is_named_and_a_restart_resumes_exactly(setup):
+def test_fsdp_dead_rank_is_named_and_a_restart_resumes_exactly(setup):
     root = setup["root"]
     out = str(root / "killed")
-    state = os.path.join(out, "base", "resume", "state.json")
+    state = os.path.join(out, "base", "resume", "state.json")  # base: sharded LLM layers
     log_path = str(root / "killed.log")
-    cmd = _train_cmd(setup["config"], setup["data"], out, ranks=2)
+    cmd = _train_cmd(setup["config_fsdp"], setup["data"], out, ranks=2)
     with open(log_path, "w") as log:
         job = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(),
                                start_new_session=True)
@@ -165,7 +179,7 @@ def test_dead_rank_is_named_and_a_restart_resumes_exactly(setup):
             assert victim is not None, "rank 1's process not found"
             victim.send_signal(signal.SIGKILL)
             t_kill = time.monotonic()
-            job.wait(timeout=120)  # not a hang: the agent tears the job down
+            job.wait(timeout=TEARDOWN_S)  # not a hang: the agent tears the job down
             stopped_s = time.monotonic() - t_kill
         finally:
             if job.poll() is None:
@@ -175,13 +189,17 @@ def test_dead_rank_is_named_and_a_restart_resumes_exactly(setup):
     assert job.returncode != 0
     # torchrun's failure summary names the rank
     assert re.search(r"Root Cause.*?\brank\s*:\s*1\b", text, re.S), text[-3000:]
-    assert stopped_s < 120
+    assert stopped_s < TEARDOWN_S
     # restart: resumes from the last resumable state of the interrupted run
     result = _run(cmd, str(root / "restart.log"))
     restart = open(root / "restart.log").read()
     assert result.returncode == 0, restart[-3000:]
     assert restart.count("resuming base at step") == 1  # every rank resumes, rank 0 says so
-    _assert_same_losses(setup["single"], out)  # no step repeated or skipped
+    worst = _assert_same_losses(setup["single"], out)  # no step repeated or skipped
+    assert restart.count("final checkpoint:") == 1  # rank 0 alone finalizes
+    diff = _weight_difference(setup["single"], out)
+    print(f"FSDP, killed and resumed, vs one process: losses within {worst:.2e} relative, "
+          f"weights {diff:.2e}; stopped {stopped_s:.1f} s after the kill")
 
 
 def test_global_batch_must_divide_over_the_ranks():
@@ -240,3 +258,27 @@ def test_precision_autocast_on_cuda_only():
         autocast_dtype("bf16", "cpu")
     with pytest.raises(ValueError, match="precision"):
         TrainConfig(precision="fp8")
+
+
+def test_strategy_auto_is_ddp_for_tiny_and_edge_fsdp_for_paper():
+    from a2llm_ros.training.config import TrainConfig
+    assert [TrainConfig.preset(p).strategy for p in ("tiny", "edge", "paper")] == \
+        ["ddp", "ddp", "fsdp"]
+    assert TrainConfig.preset("paper", distributed="ddp").strategy == "ddp"
+    with pytest.raises(ValueError, match="distributed"):
+        TrainConfig(distributed="zero3")
+    with pytest.raises(ValueError, match="dist_timeout_s"):
+        TrainConfig(dist_timeout_s=0)
+
+
+def test_clip_over_replicated_gradients_equals_torch():
+    from a2llm_ros.training.distributed import DistContext, clip_grad_norm
+    g = torch.Generator().manual_seed(0)
+    a = [torch.nn.Parameter(torch.zeros(3, 4)), torch.nn.Parameter(torch.zeros(5))]
+    b = [torch.nn.Parameter(torch.zeros_like(p)) for p in a]
+    for p, q in zip(a, b):
+        p.grad = torch.randn(p.shape, generator=g)
+        q.grad = p.grad.clone()
+    total = clip_grad_norm(a, 0.5, DistContext())
+    assert torch.allclose(total, torch.nn.utils.clip_grad_norm_(b, 0.5))
+    assert all(torch.allclose(p.grad, q.grad) for p, q in zip(a, b))

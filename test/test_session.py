@@ -307,7 +307,9 @@ def test_worker_thread_and_tick_from_another_thread():
             time.sleep(0.001)
         deadline = time.time() + 5.0
         frame = len(audio) // SAMPLES_PER_FRAME
-        while session.state != "idle" or "speaking" not in [s for s, _ in rec.states()]:
+        # until the answer is over and the worker has drained the submitted audio
+        while session.state != "idle" or "speaking" not in [s for s, _ in rec.states()] \
+                or session.queue_depth:
             frame += 1
             session.tick(frame)
             time.sleep(0.005)

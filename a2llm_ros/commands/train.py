@@ -83,7 +83,8 @@ def run(args) -> int:
               file=sys.stderr)
         return 2
     from a2llm_ros.training.distributed import DistContext
-    ctx = DistContext.from_env(cfg.device)  # one process, or this rank of a torchrun job
+    # one process, or this rank of a torchrun job (collectives fail after dist_timeout_s)
+    ctx = DistContext.from_env(cfg.device, cfg.dist_timeout_s)
     try:
         return _train(args, cfg, stages, ctx)
     finally:
@@ -107,7 +108,7 @@ def _train(args, cfg, stages, ctx) -> int:
     why = ", ".join(f"{code} {n}" for code, n in rejected_counts(data.rejected).items())
     say(f"training data: {len(data)} samples from {args.data}"
         + (f" ({len(data.rejected)} skipped: {why})" if data.rejected else "")
-        + (f"; {ctx.world_size} ranks" if ctx.distributed else ""))
+        + (f"; {ctx.world_size} ranks, {cfg.strategy}" if ctx.distributed else ""))
     try:
         trainer = Trainer(cfg, data, args.out, init=args.init, progress=not args.no_progress,
                           resume=not args.no_resume, ctx=ctx)

@@ -33,6 +33,10 @@ STAGE_RUNS = {0: ("rvq", "base"), 1: ("connector",), 2: ("joint",), 3: ("affecti
 HIDDEN_CACHES = ("memory", "disk", "recompute")
 #: Training compute precisions (:attr:`TrainConfig.precision`).
 PRECISIONS = ("auto", "bf16", "fp32")
+#: Multi-process strategies under ``torchrun`` (:attr:`TrainConfig.distributed`).
+STRATEGIES = ("auto", "ddp", "fsdp")
+#: What ``distributed: auto`` means per preset (unlisted presets: DDP).
+AUTO_STRATEGY = {"tiny": "ddp", "edge": "ddp", "paper": "fsdp"}
 
 
 @dataclass
@@ -144,6 +148,14 @@ class TrainConfig(ConfigBase):
     #: CUDA, float32 on CPU), ``bf16`` (autocast, CUDA only) or ``fp32``; the trained
     #: weights and AdamW states stay float32 either way.
     precision: str = "auto"
+    #: Under ``torchrun``: ``ddp`` (every rank holds the whole model; gradients
+    #: all-reduced), ``fsdp`` (the LLM's decoder layers sharded over the ranks with
+    #: FSDP2 in the base, joint and affective runs; DDP for the rest) or ``auto``
+    #: (:data:`AUTO_STRATEGY`: DDP for tiny and edge, FSDP for paper).  One process: neither.
+    distributed: str = "auto"
+    #: Seconds a collective (all-reduce, barrier) waits for the other ranks before the
+    #: job fails instead of hanging (a rank that stopped answering; torchrun).
+    dist_timeout_s: float = 600.0
     rvq: StageConfig = field(default_factory=StageConfig)
     base: StageConfig = field(default_factory=StageConfig)
     connector: StageConfig = field(default_factory=StageConfig)
@@ -154,6 +166,11 @@ class TrainConfig(ConfigBase):
     PRESETS = {"tiny": _TINY, "edge": _EDGE, "paper": _PAPER}
 
     def __post_init__(self):
+        if self.distributed not in STRATEGIES:
+            raise ValueError(f"TrainConfig.distributed must be one of {', '.join(STRATEGIES)}, "
+                             f"got {self.distributed!r}")
+        if self.dist_timeout_s <= 0:
+            raise ValueError(f"TrainConfig.dist_timeout_s must be > 0, got {self.dist_timeout_s}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"TrainConfig.precision must be one of {', '.join(PRECISIONS)}, "
                              f"got {self.precision!r}")
@@ -178,6 +195,13 @@ class TrainConfig(ConfigBase):
         if unknown:
             raise KeyError(f"TrainConfig: unknown fields {', '.join(unknown)}")
         return cls.from_dict(_merge(base, values), strict=True)
+
+    @property
+    def strategy(self) -> str:
+        """``ddp`` or ``fsdp``: :attr:`distributed` with ``auto`` resolved for the preset."""
+        if self.distributed != "auto":
+            return self.distributed
+        return AUTO_STRATEGY.get(self.preset_name, "ddp")
 
     def stage(self, run: str) -> StageConfig:
         """The :class:`StageConfig` of run ``run`` (one of :data:`STAGES`)."""

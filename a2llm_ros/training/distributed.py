@@ -19,16 +19,28 @@ Semantics the trainer keeps whatever the world size:
 * Rank 0 writes logs, resumable state and checkpoints; the others wait at a
   barrier and read them.  When a rank dies, ``torchrun`` stops the others and
   names the failed rank; the collective timeout bounds any wait.
+
+Strategies (``TrainConfig.distributed``): DDP replicates the model and
+all-reduces the trained parameters' gradients.  FSDP (PyTorch's FSDP2,
+:func:`shard_layers`) shards each LLM decoder layer over the ranks in the runs
+whose step runs the LLM (base, joint, affective): a layer's weights are
+all-gathered for its forward and backward and its gradients reduce-scattered;
+the remaining trained parameters (encoder, adaptor, embeddings and head,
+connector) stay replicated under DDP.  Checkpoints gather the shards
+(:func:`full_parameters`).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import warnings
 from dataclasses import dataclass
-from typing import Dict, Mapping, Sequence
+from typing import Dict, Iterator, List, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 #: Seconds a collective may wait for the other ranks before the job fails.
 DEFAULT_TIMEOUT_S = 600.0
@@ -36,6 +48,11 @@ DEFAULT_TIMEOUT_S = 600.0
 TERM_COUNT = {"text_ce": "text", "speech_ce": "speech", "asr_ce": "asr", "motion_ce": "motion"}
 #: Losses that are sums of the terms (recomputed from the global terms).
 COMPOSED = ("lm", "total")
+#: Added to the gradient norm before dividing (as torch.nn.utils.clip_grad_norm_).
+CLIP_EPS = 1e-6
+#: FSDP2's warning for a unit returning a view: the decoder layers return their keys
+#: and values (views), and nothing writes into those in place (model/qwen2.py).
+VIEW_WARNING = r"FSDP2-wrapped module .* returned a view tensor"
 
 
 @dataclass
@@ -160,3 +177,113 @@ def _count_kind(name: str) -> str:
     if name.startswith("motion_ce"):
         return "motion"
     return TERM_COUNT.get(name, "rows")
+
+
+# ----------------------------------------------------------------------------- FSDP
+
+def is_sharded(tensor: object) -> bool:
+    """Whether ``tensor`` is a DTensor (an FSDP-sharded parameter, gradient or state)."""
+    from torch.distributed.tensor import DTensor
+    return isinstance(tensor, DTensor)
+
+
+def shard_layers(layers: Sequence[nn.Module],
+                 params: List[nn.Parameter]) -> List[nn.Parameter]:
+    """Shard every module of ``layers`` (LLM decoder layers) over the ranks (FSDP2).
+
+    Each layer is its own FSDP unit: its parameters, trained or frozen, are split
+    along dim 0; its forward and backward all-gather them and free them again
+    (``reshard_after_forward``), and the gradients of its trained parameters are
+    reduce-scattered (averaged).  Call after the run's parameters are frozen or
+    unfrozen.  Returns ``params`` with the sharded ones replaced by their DTensor
+    parameters (the optimizer must hold those).
+    """
+    from torch.distributed.fsdp import fully_shard
+    warnings.filterwarnings("ignore", message=VIEW_WARNING)
+    owner = {}  # id(parameter) -> (module, attribute name)
+    for layer in layers:
+        for module in layer.modules():
+            for name, param in module.named_parameters(recurse=False):
+                owner[id(param)] = (module, name)
+    for layer in layers:
+        fully_shard(layer, reshard_after_forward=True)
+    return [getattr(*owner[id(p)]) if id(p) in owner else p for p in params]
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor behind a DTensor (a collective: every rank calls it), else itself."""
+    return tensor.full_tensor() if is_sharded(tensor) else tensor
+
+
+def shard_like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """A full tensor shaped like ``param``, as ``param`` holds it: this rank's shard as
+    a DTensor when ``param`` is sharded (no communication), else ``value`` itself."""
+    if not is_sharded(param):
+        return value
+    from torch.distributed.tensor import distribute_tensor
+    return distribute_tensor(value.detach(), param.device_mesh, param.placements,
+                             src_data_rank=None)
+
+
+@contextlib.contextmanager
+def full_parameters(module: nn.Module, keep: bool = True,
+                    load: bool = False) -> Iterator[None]:
+    """Inside: the FSDP-sharded parameters of ``module`` are whole CPU tensors.
+
+    Every rank must enter (the shards are all-gathered).  ``keep``: this rank
+    swaps them in (rank 0, to save a checkpoint); the others only take part in
+    the gathering.  ``load``: the whole tensors are overwritten inside (a resume
+    state is copied in) and each rank keeps its shard of the new values on exit.
+    Without sharded parameters (one process, DDP) nothing happens.
+    """
+    swapped = []
+    for owner in module.modules():
+        for name, param in list(owner.named_parameters(recurse=False)):
+            if not is_sharded(param):
+                continue
+            whole = param.full_tensor()  # collective, in the same order on every rank
+            if keep or load:
+                owner._parameters[name] = nn.Parameter(whole.detach().cpu(),
+                                                       param.requires_grad)
+                swapped.append((owner, name, param))
+    try:
+        yield
+    finally:
+        for owner, name, param in swapped:
+            if load:
+                new = owner._parameters[name].detach().to(param.device, param.dtype)
+                with torch.no_grad():
+                    param.to_local().copy_(shard_like(new, param).to_local())
+            owner._parameters[name] = param
+
+
+def replicated(params: Sequence[nn.Parameter]) -> List[nn.Parameter]:
+    """The parameters of ``params`` that every rank holds whole (not FSDP-sharded)."""
+    return [p for p in params if not is_sharded(p)]
+
+
+def clip_grad_norm(params: Sequence[nn.Parameter], max_norm: float,
+                   ctx: DistContext) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` over sharded and replicated gradients together.
+
+    A sharded gradient's squares are summed over the ranks' shards; a replicated
+    one (equal on every rank after DDP) counts once.  Returns the total 2-norm.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    local = [g.to_local() for g in grads if is_sharded(g)]
+    whole = [g for g in grads if not is_sharded(g)]
+    device = (local + whole)[0].device
+    squares = torch.zeros((), dtype=torch.float32, device=device)
+    for g in local:
+        squares = squares + g.float().pow(2).sum()
+    if ctx.distributed:
+        dist.all_reduce(squares)  # the shards' squares of all ranks
+    for g in whole:
+        squares = squares + g.float().pow(2).sum()
+    total = squares.sqrt()
+    scale = torch.clamp(max_norm / (total + CLIP_EPS), max=1.0)
+    for g in local + whole:
+        g.mul_(scale.to(g.dtype))
+    return total

@@ -25,7 +25,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from a2llm_ros.training.config import StageConfig
-from a2llm_ros.training.distributed import DistContext
+from a2llm_ros.training.distributed import (DistContext, clip_grad_norm, full_tensor,
+                                            is_sharded, replicated, shard_like)
 
 RESUME_DIR, LOSSES_FILE, DONE_FILE = "resume", "losses.jsonl", "done.json"
 
@@ -50,12 +51,13 @@ def make_optimizer(params: List[torch.nn.Parameter], cfg: StageConfig) -> torch.
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> Dict[str, torch.Tensor]:
-    """Flat ``{"<param index>.<name>": tensor}`` of the optimizer state."""
+    """Flat ``{"<param index>.<name>": tensor}`` of the optimizer state (the whole
+    tensors of FSDP-sharded states: then every rank must call it)."""
     out = {}
     params = [p for g in opt.param_groups for p in g["params"]]
     for i, p in enumerate(params):
         for name, value in opt.state.get(p, {}).items():
-            value = value if torch.is_tensor(value) else torch.tensor(value)
+            value = full_tensor(value) if torch.is_tensor(value) else torch.tensor(value)
             out[f"{i}.{name}"] = value.detach().cpu().contiguous()
     return out
 
@@ -67,7 +69,8 @@ def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: Dict[str, torch.
         index, name = key.split(".", 1)
         p = params[int(index)]
         state = opt.state.setdefault(p, {})
-        state[name] = value.to(p.device) if name != "step" else value.float()
+        # an FSDP-sharded parameter keeps this rank's shard of its moments
+        state[name] = shard_like(value.to(p.device), p) if name != "step" else value.float()
 
 
 class RunLog:
@@ -106,9 +109,12 @@ def run_loop(name: str, run_dir: str, cfg: StageConfig, params: List[torch.nn.Pa
 
     ``losses["objective"]`` (else ``losses["total"]``) is back-propagated; the
     other entries are logged.  ``save_state(dir)`` / ``load_state(dir)`` write /
-    read the model part of the resumable state.  Under ``torchrun`` (``ctx``)
-    the step runs inside DistributedDataParallel, which averages the gradients
-    of ``params`` over the ranks; rank 0 writes the log and the resumable state.
+    read the model part of the resumable state; every rank calls both (FSDP
+    gathers shards to save), ``save_state`` writes on rank 0 only.  Under
+    ``torchrun`` (``ctx``) the step runs inside DistributedDataParallel, which
+    averages the gradients of the replicated ``params`` over the ranks (FSDP
+    reduce-scatters those of sharded ones, see :func:`~.distributed.shard_layers`);
+    rank 0 writes the log and the resumable state.
     ``autocast`` (e.g. ``torch.bfloat16``): the step's forward runs under CUDA
     autocast; the parameters and optimizer states stay float32.
     Returns a summary (final losses averaged over the last log window).
@@ -120,7 +126,8 @@ def run_loop(name: str, run_dir: str, cfg: StageConfig, params: List[torch.nn.Pa
     start = _maybe_resume(run_dir, opt, load_state, ctx.is_main) if resume else 0
     if ctx.is_main:
         log.truncate_after(start)
-    engine = _data_parallel(step_fn, params) if ctx.distributed else step_fn
+    engine = _data_parallel(step_fn, replicated(params)) if ctx.distributed else step_fn
+    sharded = any(is_sharded(p) for p in params)
     t0, window = time.time(), []
     bar = _progress(name, cfg.steps, start, progress and ctx.is_main)
     for step in range(start, cfg.steps):
@@ -132,7 +139,9 @@ def run_loop(name: str, run_dir: str, cfg: StageConfig, params: List[torch.nn.Pa
         objective = losses.pop("objective", None)
         opt.zero_grad(set_to_none=True)
         (losses["total"] if objective is None else objective).backward()
-        if cfg.grad_clip > 0:
+        if cfg.grad_clip > 0 and sharded:
+            clip_grad_norm(params, cfg.grad_clip, ctx)  # over the shards of all ranks
+        elif cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         if after_step is not None:
@@ -149,8 +158,7 @@ def run_loop(name: str, run_dir: str, cfg: StageConfig, params: List[torch.nn.Pa
         bar.update(1)
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
                 and step + 1 < cfg.steps:
-            if ctx.is_main:
-                _save_resume(run_dir, opt, step + 1, save_state)
+            _save_resume(run_dir, opt, step + 1, save_state, ctx, sharded)
             ctx.barrier()
     bar.close()
     rows = read_losses(log.path)
@@ -172,8 +180,11 @@ class _Step(torch.nn.Module):
 
 
 def _data_parallel(step_fn, params):
-    """``step_fn`` run by DistributedDataParallel (gradients all-reduced in backward)."""
+    """``step_fn`` run by DistributedDataParallel (gradients of ``params`` all-reduced
+    in backward); ``step_fn`` itself when no parameter is replicated."""
     from torch.nn.parallel import DistributedDataParallel
+    if not params:
+        return step_fn
     module = _Step(step_fn, params)
     # every trained parameter takes part in every step (the wrapper holds no buffers)
     return DistributedDataParallel(module)
@@ -185,12 +196,19 @@ def _progress(name: str, total: int, start: int, enabled: bool):
                 dynamic_ncols=True, mininterval=2.0)
 
 
-def _save_resume(run_dir: str, opt, next_step: int, save_state) -> None:
+def _save_resume(run_dir: str, opt, next_step: int, save_state, ctx: DistContext,
+                 sharded: bool = False) -> None:
+    """Rank 0 writes the resumable state; every rank calls ``save_state`` (and, with
+    FSDP-``sharded`` parameters, gathers the optimizer state) for the collectives."""
     tmp = os.path.join(run_dir, RESUME_DIR + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    tensors = optimizer_tensors(opt) if ctx.is_main or sharded else {}
+    if ctx.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
     save_state(os.path.join(tmp, "checkpoint"))
-    save_file(optimizer_tensors(opt), os.path.join(tmp, "optimizer.safetensors"))
+    if not ctx.is_main:
+        return
+    save_file(tensors, os.path.join(tmp, "optimizer.safetensors"))
     with open(os.path.join(tmp, "state.json"), "w") as f:
         json.dump({"next_step": next_step}, f)
     final = os.path.join(run_dir, RESUME_DIR)

@@ -37,11 +37,13 @@ from a2llm_ros.checkpoint import (init_model, load_checkpoint, read_config, reso
                                   save_checkpoint)
 from a2llm_ros.config import A2LLMConfig
 from a2llm_ros.model.a2llm import A2LLM, TASK_ANSWER, TASK_TRANSCRIBE, TrainBatch
+from a2llm_ros.model.audio_llm import base_causal_lm
 from a2llm_ros.model.step_audio import is_step_folder, step_config
 from a2llm_ros.training.config import STAGE_RUNS, TrainConfig, autocast_dtype
 from a2llm_ros.training.ctc import CTCHead, ctc_loss, greedy_decode
 from a2llm_ros.training.data import RUN_IDS, TrainData, sample_rng, segments_for
-from a2llm_ros.training.distributed import DistContext, equal_shares, global_objective
+from a2llm_ros.training.distributed import (DistContext, equal_shares, full_parameters,
+                                            global_objective, shard_layers)
 from a2llm_ros.training.hidden_cache import (CACHE_DIR, HiddenStates, RecomputedHidden,
                                              open_disk_cache, shard_range)
 from a2llm_ros.training.loop import is_done, mark_done, run_loop
@@ -131,8 +133,8 @@ class Trainer:
         if self.ctx.is_main:
             print(report)
         summary = getattr(self, "_run_" + name)(model, run_dir)
+        self._saver(model)(self.checkpoint_dir(name))  # rank 0 writes (FSDP: all gather)
         if self.ctx.is_main:  # one writer; the others wait, then read
-            self._save(model, self.checkpoint_dir(name))
             mark_done(run_dir, summary)
         self.ctx.barrier()
         return summary
@@ -177,10 +179,19 @@ class Trainer:
             save_file({k: v.detach().cpu().contiguous() for k, v in aux.state_dict().items()},
                       os.path.join(path, AUX_FILE))
 
+    def _saver(self, model: A2LLM, aux: Optional[torch.nn.Module] = None):
+        """``save(path)`` for every rank: FSDP shards are gathered, rank 0 writes."""
+        def save(path: str) -> None:
+            with full_parameters(model, keep=self.ctx.is_main):
+                if self.ctx.is_main:
+                    self._save(model, path, aux)
+        return save
+
     def _loader(self, model: A2LLM, aux: Optional[torch.nn.Module] = None):
         def load(path: str) -> None:
             other = load_checkpoint(path)
-            _copy_weights(other, model)
+            with full_parameters(model, load=True):  # FSDP: each rank keeps its shard
+                _copy_weights(other, model)
             if aux is not None:
                 aux.load_state_dict(load_file(os.path.join(path, AUX_FILE)))
         return load
@@ -207,7 +218,7 @@ class Trainer:
 
         params = list(mt.parameters())
         summary = run_loop("stage0/rvq", run_dir, sc, params, step,
-                           lambda p: self._save(model, p), self._loader(model),
+                           self._saver(model), self._loader(model),
                            resume=self.resume, progress=self.progress, ctx=self.ctx,
                            autocast=self.autocast)
         mt.eval()
@@ -275,10 +286,11 @@ class Trainer:
         if self.cfg.ctc_weight > 0:
             head = CTCHead(model.cfg.audio.d_model).to(self.device)
             params += list(head.parameters())
+        params = self._shard(model, params)
         summary = run_loop("stage0/base", run_dir, self.cfg.base, params,
                            self._lm_step(model, "base", motion=False,
                                          n_asr=self.cfg.asr_samples, ctc_head=head),
-                           lambda p: self._save(model, p, head), self._loader(model, head),
+                           self._saver(model, head), self._loader(model, head),
                            resume=self.resume, progress=self.progress, ctx=self.ctx,
                            autocast=self.autocast)
         model.eval()
@@ -313,7 +325,7 @@ class Trainer:
                                     self.ctx, {"motion_ce": 1.0})
 
         summary = run_loop("stage1/connector", run_dir, sc, params, step,
-                           lambda p: self._save(model, p), self._loader(model),
+                           self._saver(model), self._loader(model),
                            resume=self.resume, progress=self.progress, ctx=self.ctx,
                            autocast=self.autocast)
         model.eval()
@@ -373,16 +385,24 @@ class Trainer:
         return self._lora_run(model, run_dir, "affective", "stage3/affective", pool,
                               self.cfg.affective_replay)
 
+    def _shard(self, model: A2LLM, params: List[torch.nn.Parameter]
+               ) -> List[torch.nn.Parameter]:
+        """FSDP (``distributed: fsdp`` under torchrun): the LLM's decoder layers sharded
+        over the ranks; ``params`` with the sharded ones replaced.  Else ``params``."""
+        if not self.ctx.distributed or self.cfg.strategy != "fsdp":
+            return params
+        return shard_layers(base_causal_lm(model.llm).model.layers, params)
+
     def _lora_run(self, model: A2LLM, run_dir: str, run: str, label: str,
                   pool: Optional[Sequence[int]] = None, replay: float = 0.0) -> dict:
         model.train()
         _freeze(model)
         lora = [p for n, p in model.llm.named_parameters() if "lora_" in n]
-        params = _unfreeze(lora + list(model.connector.parameters()))
+        params = self._shard(model, _unfreeze(lora + list(model.connector.parameters())))
         summary = run_loop(label, run_dir, self.cfg.stage(run), params,
                            self._lm_step(model, run, motion=True, pool=pool, replay=replay,
                                          n_asr=self.cfg.asr_samples_lora),
-                           lambda p: self._save(model, p), self._loader(model),
+                           self._saver(model), self._loader(model),
                            resume=self.resume, progress=self.progress, ctx=self.ctx,
                            autocast=self.autocast)
         model.eval()
