@@ -77,7 +77,7 @@ def test_chat_prompt_format(tok, vocab):
 
 
 def test_interleaving_groups_and_ends(vocab):
-    cfg = InterleaveConfig(text_per_group=4, speech_per_group=5)
+    cfg = InterleaveConfig(text_per_group=4, speech_per_group=5, enforce=True)
     seq = build_answer_sequence(list(range(1, 11)), list(range(23)), vocab, cfg)
     # 4 text, 5 speech, 4 text, 5 speech, 2 text + <tts_pad>, speech + <tts_end>, <|EOT|>
     assert seq.ids[:4] == [1, 2, 3, 4]
@@ -90,7 +90,7 @@ def test_interleaving_groups_and_ends(vocab):
 
 
 def test_schedule_text_after_speech_end(vocab):
-    cfg = InterleaveConfig(2, 3)
+    cfg = InterleaveConfig(2, 3, enforce=True)
     seq = build_answer_sequence(list(range(1, 10)), [0, 1], vocab, cfg)
     assert seq.ids[-2:] == [vocab.tts_pad, vocab.eot]  # text continues after <tts_end>
     s = Schedule.from_config(cfg)

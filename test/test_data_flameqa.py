@@ -137,3 +137,22 @@ def test_wav_rate_mismatch_in_shard(tmp_path):
     assert reader.rejected[0][1].startswith("wrong_sample_rate")
     meta = json.loads(open(os.path.join(str(tmp_path), "dataset.json")).read())
     assert meta["format"] == "flame-qa"
+
+
+def test_train_prints_the_skipped_samples_per_reason(tmp_path, capsys):
+    """`a2llm train` names what the reader skipped, with a count per reason (NaN FLAME,
+    empty text, audio/FLAME length mismatch), before it starts (here: stops) training."""
+    from a2llm_ros.cli import main
+    data = str(tmp_path / "data")
+    bad = ("nonfinite_flame", "empty_text", "duration_mismatch")
+    with FlameQAWriter(data, validate=False, audio_subtype="FLOAT") as writer:
+        writer.add(make_sample("good0"))
+        for reason in bad:
+            writer.add(make_sample(f"bad_{reason}", **BAD_CASES[reason]))
+        writer.add(make_sample("good1", seed=1))
+    # `edge` without --init refuses to train after reading the data: no training runs
+    assert main(["train", "--preset", "edge", "--data", data, "--out",
+                 str(tmp_path / "out"), "--no-progress"]) == 2
+    out = capsys.readouterr().out
+    assert (f"training data: 2 samples from {data} (3 skipped: duration_mismatch 1, "
+            "empty_text 1, nonfinite_flame 1)") in out

@@ -28,14 +28,36 @@ The adaptor's first n outputs replace the embeddings of the n
 
 Answer (:func:`build_answer_sequence`)
 --------------------------------------
-Text ids and speech ids interleaved in groups of ``text_per_group`` :
-``speech_per_group`` (:class:`Schedule`); the text stream ends with
-``<tts_pad>``, the speech stream with ``<tts_end>``, the answer with
-``<|EOT|>``.  A checkpoint trained on that fixed schedule sets
-``InterleaveConfig.enforce`` and decoding masks the logits to the kind the
-schedule expects; otherwise (Step's own interleaving) the generator reads
-whatever comes, text and speech by id range, padding dropped, until
-``<|EOT|>``.
+The ids after ``<tts_start>``: groups of ``text_per_group`` text ids, then
+``speech_per_group`` speech ids (:class:`InterleaveConfig`), ``<|EOT|>`` last.
+Two layouts, chosen by ``InterleaveConfig.enforce``:
+
+* **Enforced schedule** (``tiny``): each stream ends with its own marker, the
+  text with one ``<tts_pad>``, the speech with ``<tts_end>``, and the other
+  stream goes on alone (:class:`Schedule`).  Decoding masks the logits to the
+  kind the schedule expects.
+* **Step-Audio-2's layout** (not enforced: ``edge``, ``paper``; StepFun calls
+  it "TA4"): the groups go on until both streams are used up; a used-up text
+  stream fills its slots with ``<tts_pad>``, a used-up speech stream with the
+  padding code ``<audio_{n_codes}>`` (so every group is whole), and a single
+  ``<tts_end>`` follows the last group.  Decoding reads whatever comes: text
+  and speech by id range, both paddings and ``<tts_end>`` dropped, until
+  ``<|EOT|>``.
+
+Step's groups are 1 text id : 4 speech ids (:data:`STEP_TEXT_PER_GROUP`,
+:data:`STEP_SPEECH_PER_GROUP`).  Source: StepFun's vLLM fork
+(github.com/stepfun-ai/vllm), which re-encodes an earlier spoken answer into
+the prompt in this layout: branch ``step-audio2-mini`` (2025-08-29),
+``vllm/transformers_utils/tokenizers/step_audio_2_tokenizer.py``,
+``build_tts_interleave_data(..., chunk=4)``; its output parser
+``vllm/audio_parser/step_audio_2_tts_ta4_parser.py`` splits the same section by
+id range and drops ``<tts_pad>`` and ``<audio_6561>``.  The speech padding of
+the last group follows the later version of that function (branch
+``feat/step-audio-support``, ``vllm/tokenizers/step_audio_2.py``: speech padded
+to whole groups; the 2025 version padded it only up to as many ids as groups,
+so its last group could be short).
+The Step-Audio 2 technical report (arXiv 2507.16632) says only that text and
+audio tokens are interleaved; none of these sources is the training code.
 
 Default groups: ``tiny`` (characters) 4 text : 5 speech.  Measured on the 50
 FLAME-QA answers spoken by espeak-ng: 30.4 characters in 1.97 s on average,
@@ -93,19 +115,28 @@ class LLMConfig(ConfigBase):
     }
 
 
+#: Step-Audio-2's answer groups ("TA4"): 1 text id, then 4 speech ids (module docstring;
+#: stepfun-ai/vllm, step_audio_2_tokenizer.py, build_tts_interleave_data chunk=4).
+STEP_TEXT_PER_GROUP, STEP_SPEECH_PER_GROUP = 1, 4
+
+
 @dataclass
 class InterleaveConfig(ConfigBase):
-    """Text/speech group sizes of the answer, and whether decoding enforces them."""
+    """Text/speech group sizes of the answer and its layout (see module docstring)."""
 
     text_per_group: int = 4
     speech_per_group: int = 5
     #: The checkpoint was trained on this fixed schedule: mask logits to it.
+    #: False: Step-Audio-2's padded layout ("TA4"), read by id range.
     enforce: bool = False
 
     PRESETS = {
         "tiny": dict(text_per_group=4, speech_per_group=5, enforce=True),
-        "edge": dict(text_per_group=2, speech_per_group=5),
-        "paper": dict(text_per_group=2, speech_per_group=5),
+        # Step-Audio-2-mini's own layout and group sizes (module docstring for the source)
+        "edge": dict(text_per_group=STEP_TEXT_PER_GROUP,
+                     speech_per_group=STEP_SPEECH_PER_GROUP),
+        "paper": dict(text_per_group=STEP_TEXT_PER_GROUP,
+                      speech_per_group=STEP_SPEECH_PER_GROUP),
     }
 
     def __post_init__(self):
@@ -301,7 +332,10 @@ class AnswerSequence:
 
 def build_answer_sequence(text_ids: Sequence[int], speech_codes: Sequence[int],
                           vocab: Vocab, cfg: InterleaveConfig) -> AnswerSequence:
-    """Interleave text ids and speech codes into the answer, ``<|EOT|>`` last."""
+    """Interleave text ids and speech codes into the answer, ``<|EOT|>`` last: the
+    enforced schedule's layout, or Step-Audio-2's (not enforced; module docstring)."""
+    if not cfg.enforce:
+        return build_step_answer(text_ids, speech_codes, vocab, cfg)
     text = list(text_ids) + [vocab.tts_pad]
     speech = [vocab.speech_id(int(c)) for c in speech_codes] + [vocab.tts_end]
     sched, out = Schedule.from_config(cfg), AnswerSequence()
@@ -320,6 +354,41 @@ def build_answer_sequence(text_ids: Sequence[int], speech_codes: Sequence[int],
     out.ids.append(vocab.eot)
     out.is_text.append(True)
     out.is_speech_token.append(False)
+    return out
+
+
+def step_group_count(n_text: int, n_speech: int, cfg: InterleaveConfig) -> int:
+    """Groups of Step-Audio-2's layout: enough for both streams (ceil of each)."""
+    return max(-(-n_text // cfg.text_per_group), -(-n_speech // cfg.speech_per_group))
+
+
+def build_step_answer(text_ids: Sequence[int], speech_codes: Sequence[int],
+                      vocab: Vocab, cfg: InterleaveConfig) -> AnswerSequence:
+    """Step-Audio-2's layout: whole groups of ``text_per_group`` text slots, then
+    ``speech_per_group`` speech slots, until both streams are used up; empty text
+    slots hold ``<tts_pad>``, empty speech slots the padding code; then
+    ``<tts_end>`` and ``<|EOT|>``.
+
+    Kinds: text slots and ``<|EOT|>`` are text targets; speech slots and
+    ``<tts_end>`` speech targets; only real speech ids are speech tokens (the
+    motion queries)."""
+    n_groups = step_group_count(len(text_ids), len(speech_codes), cfg)
+    t, s = cfg.text_per_group, cfg.speech_per_group
+    text = list(text_ids) + [vocab.tts_pad] * (n_groups * t - len(text_ids))  # [G * t]
+    speech = [vocab.speech_id(int(c)) for c in speech_codes]
+    speech += [vocab.speech_pad] * (n_groups * s - len(speech))  # [G * s]
+    out = AnswerSequence()
+    for g in range(n_groups):
+        out.ids += text[g * t:(g + 1) * t]
+        out.is_text += [True] * t
+        out.is_speech_token += [False] * t
+        group = speech[g * s:(g + 1) * s]
+        out.ids += group
+        out.is_text += [False] * s
+        out.is_speech_token += [tok != vocab.speech_pad for tok in group]
+    out.ids += [vocab.tts_end, vocab.eot]
+    out.is_text += [False, True]
+    out.is_speech_token += [False, False]
     return out
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import zipfile
 from fractions import Fraction
 from typing import Dict, List, Optional, Sequence
 
@@ -23,14 +24,18 @@ from a2llm_ros.constants import (FRAMES_PER_SEGMENT, SAMPLE_RATE, SPEECH_TOKEN_R
                                  SPEECH_TOKENS_PER_SEGMENT)
 from a2llm_ros.data.flameqa import FlameQAReader, FlameQASample
 from a2llm_ros.data.qa_text import HIGH
-from a2llm_ros.model.speech_codec import STEP_CODES
-from a2llm_ros.model.step_token2wav import S3SpeechTokenizer
+from a2llm_ros.data.speech_tokens import TOKENS_FILE as S3_TOKENS_FILE
+from a2llm_ros.data.speech_tokens import load_answer_tokens
+from a2llm_ros.model.speech_codec import STEP_CODES, STEP_KIND, SpeechTokenizer
+from a2llm_ros.model.step_token2wav import TOKEN2WAV_FILES, S3SpeechTokenizer
 from a2llm_ros.training.config import AugmentConfig
 
 log = logging.getLogger(__name__)
 
 #: Speech tokens a precomputed answer may differ from 25 per second of its audio.
 S3_LENGTH_TOLERANCE = 2
+#: Sample ids named in an error message (the rest are counted).
+MAX_NAMED_IDS = 5
 RUN_IDS = {"rvq": 1, "base": 2, "connector": 3, "joint": 4, "affective": 5}
 
 
@@ -68,14 +73,30 @@ class TrainData:
                 break
         return out
 
-    def compute_speech_codes(self, tokenizer) -> None:
+    def compute_speech_codes(self, tokenizer: Optional[SpeechTokenizer],
+                             kind: Optional[str] = None) -> None:
         """Answer waves -> speech codes [n] (identical waves are encoded once).
 
-        For Step's codec, the S3 tokens precomputed by ``a2llm data speech-tokens``
-        (``speech_tokens_s3.npz`` in the data directory) are used when present.
+        Step's codec (``kind``, default the tokenizer's ``cfg.kind``, is
+        ``step_token2wav``): the S3 tokens precomputed by ``a2llm data
+        speech-tokens`` (``speech_tokens_s3.npz`` in the data directory, validated
+        by :meth:`_load_s3_tokens`) when the file is there, else the S3 tokenizer's
+        (the ONNX model of the ``token2wav/`` folder); with neither a ValueError
+        names both.  Any other codec: its (fitted) tokenizer.
         """
-        if isinstance(tokenizer, S3SpeechTokenizer) and self._load_s3_tokens():
-            return
+        kind = kind or getattr(getattr(tokenizer, "cfg", None), "kind", None)
+        if kind == STEP_KIND or isinstance(tokenizer, S3SpeechTokenizer):
+            if self._load_s3_tokens():
+                return
+            if not isinstance(tokenizer, S3SpeechTokenizer):
+                raise ValueError(
+                    f"{self.root}: no S3 speech tokens for the answers: {S3_TOKENS_FILE} is "
+                    f"not in the data directory and no S3 tokenizer ({TOKEN2WAV_FILES[0]} of "
+                    f"a token2wav/ folder) is loaded to compute them; run `a2llm data "
+                    f"speech-tokens {self.root} --token2wav DIR`")
+        elif tokenizer is None:
+            raise ValueError("no speech tokenizer to encode the answers (fit or load the "
+                             "codec first)")
         cache: Dict[str, np.ndarray] = {}
         for i, s in enumerate(self.samples):
             key = hashlib.sha1(s.answer_audio.tobytes()).hexdigest()
@@ -84,26 +105,40 @@ class TrainData:
             self.speech_codes[i] = cache[key]
 
     def _load_s3_tokens(self) -> bool:
-        """Speech codes from the data directory's ``speech_tokens_s3.npz`` (validated:
-        every sample present, ids in range, 25 tokens per second of answer audio)."""
-        from a2llm_ros.data.speech_tokens import TOKENS_FILE, load_answer_tokens
-        path = os.path.join(self.root, TOKENS_FILE)
+        """Speech codes from the data directory's ``speech_tokens_s3.npz``; False when
+        the file is not there.  A file that cannot be used raises a ValueError naming
+        it and the problem: unreadable, samples missing, not one row of ids per
+        sample, ids outside ``[0, 6561)``, or a length off 25 tokens per second of
+        answer audio by more than :data:`S3_LENGTH_TOLERANCE`."""
+        path = os.path.join(self.root, S3_TOKENS_FILE)
         if not os.path.isfile(path):
             return False
-        tokens = load_answer_tokens(path)
-        for i, s in enumerate(self.samples):
-            codes = tokens.get(s.id)
-            if codes is None:
-                raise ValueError(f"{path}: no speech tokens for sample {s.id!r}; rerun "
-                                 f"`a2llm data speech-tokens {self.root} --token2wav DIR`")
-            if codes.size and (codes.min() < 0 or codes.max() >= STEP_CODES):
+        rerun = f"rerun `a2llm data speech-tokens {self.root} --token2wav DIR`"
+        try:
+            tokens = load_answer_tokens(path)
+        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{path}: unreadable speech-token file ({type(exc).__name__}: "
+                             f"{exc}); {rerun}") from exc
+        missing = [s.id for s in self.samples if s.id not in tokens]
+        if missing:
+            raise ValueError(f"{path}: no speech tokens for {len(missing)} sample(s) "
+                             f"({_named(missing)}); {rerun}")
+        codes = []
+        for s in self.samples:
+            ids = tokens[s.id]  # [n] int64
+            if ids.ndim != 1:
+                raise ValueError(f"{path}: sample {s.id!r} has speech tokens of shape "
+                                 f"{ids.shape}, expected one row; {rerun}")
+            if ids.size and (ids.min() < 0 or ids.max() >= STEP_CODES):
                 raise ValueError(f"{path}: sample {s.id!r} has speech ids outside "
-                                 f"[0, {STEP_CODES})")
+                                 f"[0, {STEP_CODES}); {rerun}")
             expected = len(s.answer_audio) * SPEECH_TOKEN_RATE / SAMPLE_RATE
-            if abs(len(codes) - expected) > S3_LENGTH_TOLERANCE:
-                raise ValueError(f"{path}: sample {s.id!r} has {len(codes)} speech tokens, its "
-                                 f"answer audio needs about {expected:.0f} at 25 Hz")
-            self.speech_codes[i] = codes
+            if abs(len(ids) - expected) > S3_LENGTH_TOLERANCE:
+                raise ValueError(f"{path}: sample {s.id!r} has {len(ids)} speech tokens, its "
+                                 f"answer audio needs about {expected:.0f} at "
+                                 f"{SPEECH_TOKEN_RATE} Hz; {rerun}")
+            codes.append(ids)
+        self.speech_codes = codes  # only a fully valid file replaces the targets
         return True
 
     @torch.no_grad()
@@ -192,6 +227,12 @@ class TrainData:
             out.append((wave, s.question_text, np.zeros(0, np.int64),
                         np.zeros((0, 1), np.int64)))
         return out
+
+
+def _named(ids: Sequence[str]) -> str:
+    """The first :data:`MAX_NAMED_IDS` ids quoted, and how many more."""
+    shown = ", ".join(repr(i) for i in ids[:MAX_NAMED_IDS])
+    return shown + (f" and {len(ids) - MAX_NAMED_IDS} more" if len(ids) > MAX_NAMED_IDS else "")
 
 
 def rejected_counts(rejected: Sequence) -> Dict[str, int]:
