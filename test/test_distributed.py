@@ -282,3 +282,76 @@ def test_clip_over_replicated_gradients_equals_torch():
     total = clip_grad_norm(a, 0.5, DistContext())
     assert torch.allclose(total, torch.nn.utils.clip_grad_norm_(b, 0.5))
     assert all(torch.allclose(p.grad, q.grad) for p, q in zip(a, b))
+
+
+def _shard_bytes(rank: int, world: int, store: str, run: str, out: str) -> None:
+    """One rank: the `tiny` model frozen and unfrozen as the trainer's ``run`` does, its
+    decoder layers sharded (FSDP2, the trainer's own function); writes the bytes this
+    rank holds (frozen parameters, trained parameters) to ``out``.rank."""
+    import torch.distributed as dist
+
+    from a2llm_ros.checkpoint import init_model
+    from a2llm_ros.config import A2LLMConfig
+    from a2llm_ros.model.audio_llm import base_causal_lm
+    from a2llm_ros.training.config import TrainConfig
+    from a2llm_ros.training.distributed import shard_layers
+    from a2llm_ros.training.stages import _freeze, _unfreeze, reset_lora
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
+                            world_size=world)
+    try:
+        model = init_model(A2LLMConfig.preset("tiny"), seed=0)
+        _freeze(model)
+        if run == "base":
+            params = _unfreeze(list(model.encoder.parameters())
+                               + list(model.adapter.parameters())
+                               + list(model.llm.parameters()))
+        else:
+            reset_lora(model, TrainConfig.preset("tiny"))
+            _freeze(model)
+            params = _unfreeze([p for n, p in model.llm.named_parameters() if "lora_" in n]
+                               + list(model.connector.parameters()))
+        trained = {id(p) for p in shard_layers(base_causal_lm(model.llm).model.layers,
+                                               params)}
+
+        def local_bytes(p) -> int:
+            t = p.to_local() if hasattr(p, "to_local") else p
+            return t.numel() * t.element_size()
+        held = {"frozen": 0, "trained": 0}
+        for p in model.parameters():
+            held["trained" if id(p) in trained else "frozen"] += local_bytes(p)
+        with open(f"{out}.{rank}", "w") as f:
+            json.dump(held, f)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("run", ["joint", "base"])
+def test_fsdp_memory_estimate_matches_the_shards_the_trainer_holds(tmp_path, run):
+    """The estimate `a2llm train --estimate` prints for ``distributed: fsdp`` counts the
+    parameter bytes each rank really holds after the trainer's sharding (2 gloo ranks):
+    frozen weights, and trained weights (float32, the optimizer's master copy)."""
+    import torch.multiprocessing as mp
+
+    from a2llm_ros.config import A2LLMConfig
+    from a2llm_ros.training import memory
+    from a2llm_ros.training.config import TrainConfig
+    world, out = 2, str(tmp_path / "held")
+    mp.spawn(_shard_bytes, args=(world, str(tmp_path / "store"), run, out), nprocs=world)
+    held = [json.load(open(f"{out}.{r}")) for r in range(world)]
+    tiny, tcfg = A2LLMConfig.preset("tiny"), TrainConfig.preset("tiny")
+    sharded = memory.estimate(tiny, tcfg, run, world, "cpu", parallelism="fsdp")
+    single = memory.estimate(tiny, tcfg, run, 1, "cpu")
+    assert sharded.parallelism == "fsdp" and memory.is_sharded(sharded)
+    for rank in range(world):  # FSDP2 pads dim 0 to a multiple of the world size
+        assert held[rank]["frozen"] == pytest.approx(sharded.bytes["frozen weights"],
+                                                     rel=0.01)
+        assert held[rank]["trained"] == pytest.approx(sharded.bytes["trained weights"],
+                                                      rel=0.01)
+    # sharding saves half of the decoder layers' parameters (LoRA included) on each rank
+    p = single.params
+    in_layers = 4 * (p["llm_layers"] + p["lora"])  # float32 on CPU
+    whole = single.bytes["frozen weights"] + single.bytes["trained weights"]
+    for rank in range(world):
+        saved = whole - held[rank]["frozen"] - held[rank]["trained"]
+        assert saved == pytest.approx(in_layers / world, rel=0.01)

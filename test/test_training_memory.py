@@ -287,15 +287,22 @@ def test_paper_estimate_is_sane():
     paper, tcfg = A2LLMConfig.preset("paper"), TrainConfig.preset("paper")
     assert tcfg.gradient_checkpointing and tcfg.hidden_cache == "disk"
     one = memory.estimate(paper, tcfg, "joint", 1, "cuda")
-    eight = memory.estimate(paper, tcfg, "joint", 8, "cuda", parallelism="fsdp")
-    ddp8 = memory.estimate(paper, tcfg, "joint", 8, "cuda")  # what the trainer does
+    eight = memory.estimate(paper, tcfg, "joint", 8, "cuda")  # distributed: auto = fsdp
+    ddp8 = memory.estimate(paper, tcfg, "joint", 8, "cuda", parallelism="ddp")
     gb = 1e9
     # bf16 backbone: 2 B x (7.66 G LLM + 0.64 G encoder + 0.015 G adaptor)
     assert 16.0 * gb < one.bytes["frozen weights"] < 17.0 * gb
     assert one.trained_params == one.params["lora"] + one.params["connector"]
     assert 0.1e9 < one.params["lora"] < 0.2e9  # r = 64 on all seven projections
-    assert one.total_bytes < ACCEL_80GB and eight.total_bytes < one.total_bytes / 4  # FSDP
+    assert eight.parallelism == "fsdp" and one.parallelism == memory.ONE_PROCESS
+    # FSDP: the decoder layers' bf16 weights split over 8; encoder, embeddings, head whole
+    layers = 2 * one.params["llm_layers"]
+    assert eight.bytes["frozen weights"] == pytest.approx(
+        one.bytes["frozen weights"] - layers * 7 / 8)
+    assert one.total_bytes < ACCEL_80GB and eight.total_bytes < one.total_bytes / 2
     assert one.bytes["frozen weights"] == ddp8.bytes["frozen weights"]  # DDP replicates
+    # the connector run shards nothing: DDP whatever the strategy
+    assert memory.estimate(paper, tcfg, "connector", 8, "cuda").parallelism == "ddp"
     assert ddp8.total_bytes < one.total_bytes < ACCEL_80GB
     # checkpointing: far fewer activations than without
     plain = memory.estimate(paper, dataclasses.replace(tcfg, gradient_checkpointing=False),
@@ -312,7 +319,14 @@ def test_paper_estimate_is_sane():
 def test_main_prints_reports_and_the_docs_table(capsys):
     assert memory.main(["--preset", "paper", "--run", "joint", "--gpus", "8"]) == 0
     out = capsys.readouterr().out
-    assert "paper joint: 8 device(s), ddp" in out and "A100" in out
+    assert "paper joint: 8 device(s), fsdp" in out and "A100" in out
     assert memory.main(["--table"]) == 0
     table = capsys.readouterr().out
-    assert "| paper | joint | 8 (ddp) |" in table and "| edge | connector | 1 (ddp) |" in table
+    assert "| paper | joint | 8 (fsdp) |" in table and "| edge | joint | 8 (ddp) |" in table
+    assert "| edge | connector | 1 (one process) |" in table
+    # the table in docs/training.md is this one (regenerate it with --table)
+    docs = os.path.join(os.path.dirname(__file__), "..", "docs", "training.md")
+    rows = [line for line in open(docs).read().splitlines()
+            if line.startswith(("| paper |", "| edge |"))]
+    assert rows == [line for line in table.splitlines()
+                    if line.startswith(("| paper |", "| edge |"))]

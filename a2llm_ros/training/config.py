@@ -37,6 +37,8 @@ PRECISIONS = ("auto", "bf16", "fp32")
 STRATEGIES = ("auto", "ddp", "fsdp")
 #: What ``distributed: auto`` means per preset (unlisted presets: DDP).
 AUTO_STRATEGY = {"tiny": "ddp", "edge": "ddp", "paper": "fsdp"}
+#: Runs whose LLM decoder layers ``fsdp`` shards (the runs whose step runs the LLM).
+SHARDED_RUNS = ("base", "joint", "affective")
 
 
 @dataclass
@@ -150,7 +152,7 @@ class TrainConfig(ConfigBase):
     precision: str = "auto"
     #: Under ``torchrun``: ``ddp`` (every rank holds the whole model; gradients
     #: all-reduced), ``fsdp`` (the LLM's decoder layers sharded over the ranks with
-    #: FSDP2 in the base, joint and affective runs; DDP for the rest) or ``auto``
+    #: FSDP2 in the :data:`SHARDED_RUNS`; DDP for the rest) or ``auto``
     #: (:data:`AUTO_STRATEGY`: DDP for tiny and edge, FSDP for paper).  One process: neither.
     distributed: str = "auto"
     #: Seconds a collective (all-reduce, barrier) waits for the other ranks before the

@@ -11,9 +11,14 @@ Bytes per device
 * trained weights float32 (they are the optimizer's master copy), gradients
   float32, AdamW's two moments float32: 4 + 4 + 8 = 16 bytes per trained
   parameter; DDP adds its gradient buckets (+4) when world > 1;
-* DDP replicates all of it on every GPU; FSDP (full shard) divides weights,
-  gradients and moments by the world size and adds two gathered decoder
-  layers (the one computing and the one prefetched);
+* DDP replicates all of it on every GPU.  FSDP as the trainer does it
+  (``distributed: fsdp``, :data:`~a2llm_ros.training.config.SHARDED_RUNS`)
+  divides the parameters inside the LLM's decoder layers (frozen weights, and
+  the trained ones with their gradients and moments) by the world size; the
+  rest (audio encoder, adaptor, embeddings, head, connector) stays replicated
+  under DDP, with buckets for its trained part.  It adds two gathered decoder
+  layers (the one computing and the one prefetched) and, when the layers are
+  trained (``base``), one layer's unsharded gradient before its reduce-scatter;
 * activations: the tensors autograd keeps for the backward pass, with
   a = 2 bytes (bfloat16 autocast on CUDA) or 4 (float32 on CPU), per decoder
   layer and sample of T positions attending to S keys (S = shared prompt
@@ -66,7 +71,7 @@ from torch import nn
 
 from a2llm_ros.config import A2LLMConfig
 from a2llm_ros.constants import MEL_HOP, SAMPLE_RATE, SPEECH_TOKEN_RATE, SPEECH_TOKENS_PER_SEGMENT
-from a2llm_ros.training.config import STAGES, TrainConfig
+from a2llm_ros.training.config import SHARDED_RUNS, STAGES, STRATEGIES, TrainConfig
 
 GIB = 2 ** 30
 #: Assumed model FLOPs utilisation for the step time.
@@ -87,9 +92,8 @@ ANSWER_END_TOKENS = 3
 WEIGHT_BYTES, GRAD_BYTES, ADAM_BYTES = 4, 4, 8
 #: Cross-entropies over the LM head's logits in forward_train (text, speech).
 N_LM_CE = 2
-#: Data parallelism the trainer uses (a2llm_ros.training.distributed): DDP, which
-#: replicates; "fsdp" (full shard) can be estimated for comparison (not implemented).
-PARALLELISM = {"tiny": "ddp", "edge": "ddp", "paper": "ddp"}
+#: :attr:`Estimate.parallelism` of a single process (no data parallelism).
+ONE_PROCESS = "one process"
 #: Linear layers of a Qwen2 decoder layer, grouped by the input they share.
 QKV, MLP_IN = ("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")
 BACKBONE = ("encoder", "adapter", "llm")
@@ -321,15 +325,21 @@ def estimate(mcfg: A2LLMConfig, tcfg: TrainConfig, run: str, world_size: int = 1
 
     ``device`` "cuda" means a bfloat16 backbone and activations, anything else
     float32; ``n_samples`` sizes stage 1's hidden cache; ``parallelism`` "ddp" or
-    "fsdp" (default: :data:`PARALLELISM` of the preset).
+    "fsdp" (default: the training config's ``distributed``, ``auto`` resolved as
+    the trainer resolves it: :attr:`TrainConfig.strategy`).
     """
     if run not in STAGES:
         raise KeyError(f"unknown training run {run!r}; known: {', '.join(STAGES)}")
+    parallelism = parallelism or tcfg.strategy
+    if parallelism not in STRATEGIES[1:]:
+        raise ValueError(f"parallelism {parallelism!r}: expected one of {STRATEGIES[1:]}")
+    if run not in SHARDED_RUNS:
+        parallelism = "ddp"  # what the trainer runs when no decoder layer is sharded
     lora = run in ("joint", "affective")
     params = param_counts(mcfg, tcfg.lora_rank if lora else 0, tcfg.lora_targets)
     trained = sum(params[p] for p in _trained_parts(run))
     est = Estimate(preset=tcfg.preset_name, run=run, world_size=world_size,
-                   parallelism=parallelism or PARALLELISM.get(tcfg.preset_name, "ddp"),
+                   parallelism=parallelism if world_size > 1 else ONE_PROCESS,
                    device=device, checkpointing=tcfg.gradient_checkpointing and run != "rvq",
                    rows_per_device=_rows(tcfg, run, world_size),
                    workload=workload or typical_workload(mcfg), params=params,
@@ -347,21 +357,48 @@ def _dtype_bytes(device: str) -> int:
     return 2 if str(device).startswith("cuda") else 4
 
 
+def _layer_params(est: Estimate) -> Dict[str, int]:
+    """Parameters inside the LLM's decoder layers that the run trains and keeps frozen
+    (the LoRA sits in the layers' projections)."""
+    p = est.params
+    if est.run == "base":
+        return {"trained": p["llm_layers"], "frozen": 0}
+    if est.run in ("joint", "affective"):
+        return {"trained": p["lora"], "frozen": p["llm_layers"]}
+    return {"trained": 0, "frozen": 0}
+
+
+def is_sharded(est: Estimate) -> bool:
+    """Whether the trainer shards this run's decoder layers (FSDP over several ranks)."""
+    return est.parallelism == "fsdp"
+
+
 def _weight_bytes(est: Estimate) -> None:
     p, w = est.params, _dtype_bytes(est.device)
     trained = _trained_parts(est.run)
     frozen = sum(p[x] * (w if x in BACKBONE else 4) for x in BACKBONE + (
         "connector", "motion_tokenizer") if x not in trained)
-    n = est.trained_params
-    shard = est.world_size if est.parallelism == "fsdp" else 1
-    est.bytes["frozen weights"] = frozen / shard
-    est.bytes["trained weights"] = n * WEIGHT_BYTES / shard
-    est.bytes["gradients"] = n * GRAD_BYTES / shard
-    est.bytes["AdamW moments"] = n * ADAM_BYTES / shard
-    if est.parallelism == "ddp" and est.world_size > 1:
-        est.bytes["DDP buckets"] = n * GRAD_BYTES
-    if est.parallelism == "fsdp" and est.world_size > 1:
-        est.bytes["FSDP gathered layers"] = 2 * p["llm_layer"] * w
+    n, world = est.trained_params, est.world_size
+    replicated = n  # trained parameters every rank holds whole
+    if is_sharded(est):
+        layers = _layer_params(est)
+        frozen -= layers["frozen"] * w * (1 - 1 / world)
+        replicated = n - layers["trained"]
+        n = replicated + layers["trained"] / world
+    est.bytes["frozen weights"] = frozen
+    est.bytes["trained weights"] = n * WEIGHT_BYTES
+    est.bytes["gradients"] = n * GRAD_BYTES
+    est.bytes["AdamW moments"] = n * ADAM_BYTES
+    if world > 1 and replicated:
+        est.bytes["DDP buckets"] = replicated * GRAD_BYTES
+    if is_sharded(est):
+        layers, n_layers = _layer_params(est), max(1, p["llm_layers"] // max(1, p["llm_layer"]))
+        frozen_one, trained_one = layers["frozen"] / n_layers, layers["trained"] / n_layers
+        # two layers gathered (frozen weights at w bytes, trained ones float32), and when
+        # the layers are trained one layer's whole gradient before its reduce-scatter
+        est.bytes["FSDP gathered layers"] = (2 * (frozen_one * w + trained_one * WEIGHT_BYTES)
+                                             + (trained_one * GRAD_BYTES
+                                                if est.run == "base" else 0))
 
 
 def _activation_bytes(est: Estimate, mcfg: A2LLMConfig, tcfg: TrainConfig) -> None:

@@ -39,7 +39,7 @@ from a2llm_ros.config import A2LLMConfig
 from a2llm_ros.model.a2llm import A2LLM, TASK_ANSWER, TASK_TRANSCRIBE, TrainBatch
 from a2llm_ros.model.audio_llm import base_causal_lm
 from a2llm_ros.model.step_audio import is_step_folder, step_config
-from a2llm_ros.training.config import STAGE_RUNS, TrainConfig, autocast_dtype
+from a2llm_ros.training.config import SHARDED_RUNS, STAGE_RUNS, TrainConfig, autocast_dtype
 from a2llm_ros.training.ctc import CTCHead, ctc_loss, greedy_decode
 from a2llm_ros.training.data import RUN_IDS, TrainData, sample_rng, segments_for
 from a2llm_ros.training.distributed import (DistContext, equal_shares, full_parameters,
@@ -286,7 +286,7 @@ class Trainer:
         if self.cfg.ctc_weight > 0:
             head = CTCHead(model.cfg.audio.d_model).to(self.device)
             params += list(head.parameters())
-        params = self._shard(model, params)
+        params = self._shard(model, params, "base")
         summary = run_loop("stage0/base", run_dir, self.cfg.base, params,
                            self._lm_step(model, "base", motion=False,
                                          n_asr=self.cfg.asr_samples, ctc_head=head),
@@ -385,11 +385,12 @@ class Trainer:
         return self._lora_run(model, run_dir, "affective", "stage3/affective", pool,
                               self.cfg.affective_replay)
 
-    def _shard(self, model: A2LLM, params: List[torch.nn.Parameter]
+    def _shard(self, model: A2LLM, params: List[torch.nn.Parameter], run: str
                ) -> List[torch.nn.Parameter]:
-        """FSDP (``distributed: fsdp`` under torchrun): the LLM's decoder layers sharded
-        over the ranks; ``params`` with the sharded ones replaced.  Else ``params``."""
-        if not self.ctx.distributed or self.cfg.strategy != "fsdp":
+        """FSDP (``distributed: fsdp`` under torchrun, ``run`` in :data:`SHARDED_RUNS`):
+        the LLM's decoder layers sharded over the ranks; ``params`` with the sharded
+        ones replaced.  Else ``params``."""
+        if not self.ctx.distributed or self.cfg.strategy != "fsdp" or run not in SHARDED_RUNS:
             return params
         return shard_layers(base_causal_lm(model.llm).model.layers, params)
 
@@ -398,7 +399,7 @@ class Trainer:
         model.train()
         _freeze(model)
         lora = [p for n, p in model.llm.named_parameters() if "lora_" in n]
-        params = self._shard(model, _unfreeze(lora + list(model.connector.parameters())))
+        params = self._shard(model, _unfreeze(lora + list(model.connector.parameters())), run)
         summary = run_loop(label, run_dir, self.cfg.stage(run), params,
                            self._lm_step(model, run, motion=True, pool=pool, replay=replay,
                                          n_asr=self.cfg.asr_samples_lora),
