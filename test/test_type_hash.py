@@ -1,9 +1,15 @@
-"""RIHS01 type hashes: the built fallback audio_common_msgs equals upstream's."""
+"""RIHS01 type hashes: the built fallback audio_common_msgs equals upstream's.
+
+The reference hasher is rosbags' typestore (``hash_rihs01``), a dependency the bag
+tools already use; ``interfaces.type_hash`` is the project's own and is checked
+against it (golden test) for as long as it exists.
+"""
 from pathlib import Path
 
 import pytest
+from rosbags.typesys import Stores, get_typestore, get_types_from_msg
 
-from a2llm_ros.interfaces import built_type_hash, definitions_from_dir, type_hash
+from a2llm_ros.interfaces import BUILTIN_DEFINITIONS, built_type_hash, type_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL = ROOT / ".a2llm_ws" / "install"
@@ -20,6 +26,20 @@ UPSTREAM_AUDIO_COMMON = {
 }
 
 
+def _own_definitions():
+    return {f"a2llm_ros/msg/{p.stem}": p.read_text() for p in sorted((ROOT / "msg").glob("*.msg"))}
+
+
+def rihs01(type_name: str, definitions) -> str:
+    """rosbags' RIHS01 hash of ``type_name`` given .msg texts (plus Time and Header)."""
+    store = get_typestore(Stores.EMPTY)
+    types = {}
+    for name, text in {**BUILTIN_DEFINITIONS, **definitions}.items():
+        types.update(get_types_from_msg(text, name))
+    store.register(types)
+    return store.hash_rihs01(type_name)
+
+
 def _built_json(package: str, name: str) -> Path:
     path = INSTALL / package / "share" / package / "msg" / f"{name}.json"
     if not path.exists():
@@ -29,7 +49,7 @@ def _built_json(package: str, name: str) -> Path:
 
 @pytest.mark.parametrize("name", ["AudioData", "AudioDataStamped", "AudioInfo"])
 def test_fallback_audio_common_msgs_hash_equals_upstream(name):
-    upstream = type_hash(f"audio_common_msgs/msg/{name}", UPSTREAM_AUDIO_COMMON)
+    upstream = rihs01(f"audio_common_msgs/msg/{name}", UPSTREAM_AUDIO_COMMON)
     built = built_type_hash(_built_json("audio_common_msgs", name))
     assert upstream.startswith("RIHS01_") and len(upstream) == 7 + 64
     assert built == upstream
@@ -38,9 +58,8 @@ def test_fallback_audio_common_msgs_hash_equals_upstream(name):
 @pytest.mark.parametrize("name", ["FlameFrame", "FlameChunk", "ConversationState",
                                   "ResponseText"])
 def test_own_message_hash_matches_rosidl(name):
-    """The hasher agrees with rosidl on the project's own messages too."""
-    defs = definitions_from_dir("a2llm_ros", ROOT / "msg")
-    assert type_hash(f"a2llm_ros/msg/{name}", defs) == \
+    """rosbags agrees with rosidl on the project's own messages too."""
+    assert rihs01(f"a2llm_ros/msg/{name}", _own_definitions()) == \
         built_type_hash(_built_json("a2llm_ros", name))
 
 
@@ -48,5 +67,13 @@ def test_changed_field_changes_hash():
     changed = dict(UPSTREAM_AUDIO_COMMON)
     changed["audio_common_msgs/msg/AudioInfo"] = changed[
         "audio_common_msgs/msg/AudioInfo"].replace("uint8 channels", "uint16 channels")
-    assert type_hash("audio_common_msgs/msg/AudioInfo", changed) != \
-        type_hash("audio_common_msgs/msg/AudioInfo", UPSTREAM_AUDIO_COMMON)
+    assert rihs01("audio_common_msgs/msg/AudioInfo", changed) != \
+        rihs01("audio_common_msgs/msg/AudioInfo", UPSTREAM_AUDIO_COMMON)
+
+
+@pytest.mark.parametrize("definitions", [UPSTREAM_AUDIO_COMMON, _own_definitions()],
+                         ids=["audio_common_msgs", "a2llm_ros"])
+def test_own_hasher_equals_rosbags(definitions):
+    """Golden test of ``interfaces.type_hash`` (test-only code) against rosbags."""
+    for name in definitions:
+        assert type_hash(name, definitions) == rihs01(name, definitions), name
