@@ -14,7 +14,7 @@ import functools
 import inspect
 import textwrap
 import typing
-from typing import Any, ClassVar, Dict, Mapping
+from typing import Any, ClassVar, Dict, Mapping, Optional
 
 PRESETS = ("tiny", "edge", "paper")
 
@@ -99,12 +99,72 @@ def _inline_comments(source: str) -> Dict[int, str]:
 
 
 @dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
+class Bound:
+    """The interval a numeric field must lie in: ``low``/``high`` (None: unbounded),
+    each end included unless ``low_open``/``high_open``.  Checked by
+    :meth:`ConfigBase.check_bounds` and shown as the ROS parameter's range."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def contains(self, value: float) -> bool:
+        """Whether ``value`` lies in the interval (NaN never does)."""
+        if value != value:  # NaN
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (self.high is not None
+                    and (value >= self.high if self.high_open else value > self.high))
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            return (f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                    f"{')' if self.high_open else ']'}")
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return "any value"
+
+
+def at_least(low: float) -> Bound:
+    """``>= low``."""
+    return Bound(low)
+
+
+def above(low: float) -> Bound:
+    """``> low``."""
+    return Bound(low, low_open=True)
+
+
+def between(low: float, high: float) -> Bound:
+    """``[low, high]``."""
+    return Bound(low, high)
+
+
 class ConfigBase:
-    """Mixin with dict round-trip, strict loading and presets."""
+    """Mixin with dict round-trip, strict loading, presets and field bounds."""
 
     #: Preset name -> field overrides, only for the presets (:data:`PRESETS`) that
     #: differ from the defaults; a class whose presets are all its defaults has none.
     PRESETS: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    #: Numeric field -> its :class:`Bound` (the one place a field's range is written:
+    #: checked on construction and shown by ``ros2 param describe``).
+    BOUNDS: ClassVar[Mapping[str, Bound]] = {}
+
+    def __post_init__(self):
+        self.check_bounds()
+
+    def check_bounds(self) -> None:
+        """Raise ValueError naming every field outside its :attr:`BOUNDS`."""
+        bad = [f"{name} must be {bound}, got {getattr(self, name)}"
+               for name, bound in self.BOUNDS.items()
+               if not bound.contains(getattr(self, name))]
+        if bad:
+            raise ValueError(f"{type(self).__name__}: " + "; ".join(bad))
 
     @classmethod
     def preset(cls, name: str, **overrides):

@@ -53,7 +53,7 @@ from typing import Any, Iterator, List, Optional, Union
 import numpy as np
 import torch
 
-from a2llm_ros.configbase import ConfigBase
+from a2llm_ros.configbase import ConfigBase, at_least
 from a2llm_ros.constants import (FLAME_FPS, MEL_WINDOW, MIN_QUESTION_SECONDS, SAMPLE_RATE,
                                  SPEECH_TOKEN_RATE, SPEECH_TOKENS_PER_SEGMENT)
 from a2llm_ros.events import AudioEvent, EndEvent, Event, FlameEvent, TextEvent
@@ -84,9 +84,10 @@ class GenerationConfig(ConfigBase):
     #: Connector sampling: keep the k most likely motion codes (0 = all).
     motion_top_k: int = 0
 
-    def __post_init__(self):
-        if self.max_speech_tokens < 1 or self.max_text_tokens < 0:
-            raise ValueError("GenerationConfig: max_speech_tokens >= 1, max_text_tokens >= 0")
+    BOUNDS = {"max_speech_tokens": at_least(1), "max_text_tokens": at_least(0),
+              "min_speech_tokens": at_least(0), "temperature": at_least(0.0),
+              "top_k": at_least(0), "motion_temperature": at_least(0.0),
+              "motion_top_k": at_least(0)}
 
 
 # events (TextEvent, AudioEvent, FlameEvent, EndEvent) live in a2llm_ros.events

@@ -38,7 +38,7 @@ from typing import Callable, Dict, Optional, Tuple, Union
 import numpy as np
 import scipy.signal
 
-from a2llm_ros.configbase import ConfigBase
+from a2llm_ros.configbase import ConfigBase, above, at_least
 from a2llm_ros.constants import NS_PER_S, SAMPLE_RATE
 
 __all__ = ["AudioFormatError", "AudioFormat", "decode_pcm", "split_whole_frames",
@@ -325,6 +325,9 @@ class FrontEndConfig(ConfigBase):
     #: (counted) and the next message starts aligned.  true: for byte-stream
     #: publishers that split frames across messages, carry it into the next message.
     carry_partial_frames: bool = False
+
+    BOUNDS = {"target_rate": at_least(1), "max_message_seconds": above(0.0),
+              "max_message_bytes": at_least(1)}
 
 
 @dataclasses.dataclass

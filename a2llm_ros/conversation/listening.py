@@ -27,7 +27,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from a2llm_ros.configbase import ConfigBase
+from a2llm_ros.configbase import ConfigBase, above, at_least
 from a2llm_ros.constants import FLAME_FPS
 from a2llm_ros.flame.layout import DEFAULT_LAYOUT, FlameLayout
 
@@ -69,7 +69,12 @@ class ListeningConfig(ConfigBase):
     #: Cross-fade between listening and speech motion (s).
     crossfade_s: float = 0.2
 
+    BOUNDS = {"nod_s": above(0.0), "pause_ms": at_least(0.0), "nod_cooldown_s": at_least(0.0),
+              "gaze_drift_rad": at_least(0.0), "gaze_tau_s": above(0.0),
+              "crossfade_s": at_least(0.0)}
+
     def __post_init__(self):
+        self.check_bounds()
         lo, hi = self.blink_interval_s
         if not 0 < lo <= hi:
             raise ValueError(f"blink_interval_s must be 0 < lo <= hi, got {(lo, hi)}")

@@ -54,7 +54,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Protocol, Tuple
 
 import numpy as np
 
-from a2llm_ros.configbase import ConfigBase
+from a2llm_ros.configbase import ConfigBase, above, at_least, between
 from a2llm_ros.constants import FLAME_FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from a2llm_ros.events import AudioEvent, EndEvent, Event, FlameEvent, TextEvent
 from a2llm_ros.conversation.listening import ListeningConfig, ListeningFace
@@ -95,14 +95,17 @@ class TurnConfig(ConfigBase):
     #: At most this many listening frames are emitted per tick (clock jumps skip).
     max_catchup_frames: int = 25
 
+    BOUNDS = {"barge_in_min_speech_ms": at_least(0.0), "duck_gain": between(0.0, 1.0),
+              "max_response_s": above(0.0), "audio_queue_max": at_least(1),
+              "max_catchup_frames": at_least(1)}
+
     def __post_init__(self):
+        self.check_bounds()
         if self.barge_in not in BARGE_IN_MODES:
             raise ValueError(f"TurnConfig.barge_in must be one of {BARGE_IN_MODES}, "
                              f"got {self.barge_in!r}")
         if self.queue_drop_policy not in ("oldest", "newest"):
             raise ValueError("TurnConfig.queue_drop_policy must be 'oldest' or 'newest'")
-        if self.audio_queue_max < 1 or self.max_response_s <= 0:
-            raise ValueError("TurnConfig: audio_queue_max >= 1 and max_response_s > 0")
 
 
 class SessionSink:

@@ -25,7 +25,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from a2llm_ros.configbase import ConfigBase
+from a2llm_ros.configbase import ConfigBase, Bound, above, at_least
 from a2llm_ros.constants import SAMPLE_RATE
 
 __all__ = ["VadConfig", "VadFrame", "silero_model_path", "SileroOnnxBackend", "EnergyBackend",
@@ -62,15 +62,17 @@ class VadConfig(ConfigBase):
     #: Energy backend: absolute level (dBFS) below which chunks are silence.
     energy_min_dbfs: float = -55.0
 
+    BOUNDS = {"threshold": Bound(0.0, 1.0, low_open=True, high_open=True),
+              "hysteresis": Bound(0.0, 1.0, high_open=True), "min_speech_ms": at_least(0.0),
+              "min_silence_ms": at_least(0.0), "speech_pad_ms": at_least(0.0),
+              "max_utterance_s": above(0.0), "energy_margin_db": at_least(0.0),
+              "energy_min_dbfs": Bound(high=0.0)}
+
     def __post_init__(self):
+        self.check_bounds()
         if self.backend not in BACKENDS:
             raise ValueError(f"VadConfig.backend must be one of {BACKENDS}, "
                              f"got {self.backend!r}")
-        if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"VadConfig.threshold must be in (0, 1), got {self.threshold}")
-        if min(self.min_speech_ms, self.min_silence_ms, self.speech_pad_ms) < 0 or \
-                self.max_utterance_s <= 0:
-            raise ValueError("VadConfig: times must be non-negative, max_utterance_s > 0")
 
 
 @dataclasses.dataclass

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
-from a2llm_ros.configbase import ConfigBase
+from a2llm_ros.configbase import ConfigBase, at_least, between
 from a2llm_ros.constants import MEL_FRAME_RATE, MEL_HOP, MIN_QUESTION_SECONDS, SAMPLE_RATE
 
 KINDS = ("auto", "torch", "onnxruntime", "tensorrt")
@@ -91,7 +91,14 @@ class BackendConfig(ConfigBase):
         "paper": dict(workspace_mb=4096, max_context=4096, opt_context=1024),
     }
 
+    BOUNDS = {"workspace_mb": at_least(16), "builder_optimization_level": between(0, 5),
+              "max_context": at_least(16), "opt_context": at_least(1),
+              "max_question_s": at_least(MIN_QUESTION_SECONDS),
+              "opt_question_s": at_least(MIN_QUESTION_SECONDS), "threads": at_least(1),
+              "calibration_turns": at_least(1)}
+
     def __post_init__(self):
+        self.check_bounds()
         bad = []
         if self.kind not in KINDS:
             bad.append(f"kind={self.kind!r} (one of {', '.join(KINDS)})")
@@ -103,12 +110,10 @@ class BackendConfig(ConfigBase):
             bad.append(f"kv_cache={self.kv_cache!r} (one of {', '.join(KV_MODES)})")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             bad.append(f"device={self.device!r} (auto, cpu, cuda or cuda:N)")
-        if self.max_context < 16 or not 1 <= self.opt_context <= self.max_context:
-            bad.append("max_context >= 16 and 1 <= opt_context <= max_context")
-        if not MIN_QUESTION_SECONDS <= self.opt_question_s <= self.max_question_s:
-            bad.append(f"{MIN_QUESTION_SECONDS} <= opt_question_s <= max_question_s")
-        if self.workspace_mb < 16 or self.threads < 1:
-            bad.append("workspace_mb >= 16 and threads >= 1")
+        if self.opt_context > self.max_context:
+            bad.append("opt_context <= max_context")
+        if self.opt_question_s > self.max_question_s:
+            bad.append("opt_question_s <= max_question_s")
         if bad:
             raise ValueError("BackendConfig: " + "; ".join(bad))
 

@@ -37,7 +37,7 @@ from typing import Deque, Optional, Tuple
 import numpy as np
 from rclpy.node import Node
 
-from a2llm_ros.configbase import ConfigBase
+from a2llm_ros.configbase import ConfigBase, Bound, above, at_least
 from a2llm_ros.flame.mesh import HEAD_JOINTS, FlameMesh
 from a2llm_ros.flame.preview_mesh import decimate_faces, set_blas_threads
 from a2llm_ros.ros import msgconv as mc
@@ -99,21 +99,19 @@ class PreviewNodeParams(ConfigBase):
     #: process of its own (``ros2 run`` / launch); 0 keeps the library default.
     blas_threads: int = 1
 
+    BOUNDS = {"rate_hz": Bound(0.0, MAX_RATE_HZ, low_open=True), "keepalive_s": above(0.0),
+              "scale": above(0.0), "max_faces": at_least(0), "blas_threads": at_least(0)}
+
     def __post_init__(self):
+        self.check_bounds()
         if self.mesh_backend not in MESH_BACKENDS:
             raise ValueError(f"mesh_backend must be one of {MESH_BACKENDS}, "
                              f"got {self.mesh_backend!r}")
         if self.head_joint not in HEAD_JOINTS:
             raise ValueError(f"head_joint must be one of {HEAD_JOINTS}, got {self.head_joint!r}")
-        if not 0.0 < self.rate_hz <= MAX_RATE_HZ:
-            raise ValueError(f"rate_hz must be in (0, {MAX_RATE_HZ:g}], got {self.rate_hz}")
         if self.max_faces != 0 and self.max_faces < MIN_FACES:
             raise ValueError(f"max_faces must be 0 (full mesh) or >= {MIN_FACES}, "
                              f"got {self.max_faces}")
-        if self.blas_threads < 0:
-            raise ValueError(f"blas_threads must be >= 0, got {self.blas_threads}")
-        if self.keepalive_s <= 0 or self.scale <= 0:
-            raise ValueError("keepalive_s and scale must be > 0")
         if len(self.color) != 4 or not all(0.0 <= c <= 1.0 for c in self.color):
             raise ValueError(f"color must be 4 values (r, g, b, a) in [0, 1], "
                              f"got {list(self.color)}")

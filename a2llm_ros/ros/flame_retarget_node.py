@@ -27,7 +27,7 @@ from typing import Optional
 import numpy as np
 from rclpy.node import Node
 
-from a2llm_ros.configbase import ConfigBase
+from a2llm_ros.configbase import ConfigBase, Bound, at_least
 from a2llm_ros.retarget import RetargetConfig, RetargetConfigError, Retargeter
 from a2llm_ros.ros import msgconv as mc
 from a2llm_ros.conversation.output import PacedPublisher
@@ -39,6 +39,8 @@ __all__ = ["RetargetNodeParams", "FlameRetargetNode", "main", "load_mapping"]
 
 NODE_NAME = "flame_retarget_node"
 PUBLISH_MODES = ("scheduled", "immediate")
+#: Largest overrides of the mapping file's smoothing time constant and latency lead (s).
+MAX_SMOOTHING_TAU_S, MAX_LATENCY_LEAD_S = 10.0, 5.0
 #: A stamp this far behind the last frame handled resets the filter (ns).
 RESET_JUMP_NS = 1_000_000_000
 #: Parameters that may change while running (the mapping is reloaded).
@@ -75,16 +77,16 @@ class RetargetNodeParams(ConfigBase):
     #: Depth of the subscriptions and the publisher.
     qos_depth: int = 50
 
+    BOUNDS = {"smoothing_tau_s": Bound(high=MAX_SMOOTHING_TAU_S),
+              "latency_lead_s": Bound(high=MAX_LATENCY_LEAD_S), "qos_depth": at_least(1)}
+
     def __post_init__(self):
+        self.check_bounds()
         if self.publish_mode not in PUBLISH_MODES:
             raise ValueError(f"publish_mode must be one of {PUBLISH_MODES}, "
                              f"got {self.publish_mode!r}")
         if not self.input_topic or not self.output_topic:
             raise ValueError("input_topic and output_topic must not be empty")
-        if self.qos_depth < 1:
-            raise ValueError("qos_depth must be >= 1")
-        if self.latency_lead_s > 5.0 or self.smoothing_tau_s > 10.0:
-            raise ValueError("latency_lead_s must be <= 5 s and smoothing_tau_s <= 10 s")
 
 
 def load_mapping(params: RetargetNodeParams) -> RetargetConfig:

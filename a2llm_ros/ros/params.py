@@ -22,12 +22,13 @@ non-integral float for an int or an out-of-range value is rejected.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 from a2llm_ros.audio.frontend import SAMPLE_FORMATS, FrontEndConfig
-from a2llm_ros.configbase import ConfigBase
+from a2llm_ros.configbase import Bound, ConfigBase, above, at_least, between
 from a2llm_ros.constants import FLAME_FPS, SAMPLE_RATE
 from a2llm_ros.conversation.listening import ListeningConfig
 from a2llm_ros.conversation.resample import (MAX_OUTPUT_RATE, MIN_OUTPUT_RATE,
@@ -70,11 +71,12 @@ class ModelParams(ConfigBase):
     #: Run one short dummy turn in on_configure so the first answer is not slow.
     warmup: bool = True
 
+    BOUNDS = {"threads": at_least(0)}
+
     def __post_init__(self):
+        self.check_bounds()
         if not self.checkpoint:
             raise ValueError("model.checkpoint must not be empty (use 'default')")
-        if self.threads < 0:
-            raise ValueError(f"model.threads must be >= 0, got {self.threads}")
 
 
 @dataclasses.dataclass
@@ -98,25 +100,22 @@ class AudioInputParams(ConfigBase):
     qos_depth: int = 50
     frontend: FrontEndConfig = dataclasses.field(default_factory=FrontEndConfig)
 
+    BOUNDS = {"fallback_sample_rate": at_least(1), "fallback_channels": between(1, 64),
+              "qos_depth": at_least(1)}
+
     def __post_init__(self):
+        self.check_bounds()
         if not self.topic:
             raise ValueError("audio.topic must not be empty")
         if self.message not in INPUT_MESSAGES:
             raise ValueError(f"audio.message must be one of {INPUT_MESSAGES}, "
                              f"got {self.message!r}")
-        if self.fallback_sample_rate <= 0 or not 1 <= self.fallback_channels <= 64:
-            raise ValueError("audio.fallback_sample_rate must be > 0 and "
-                             "audio.fallback_channels in 1..64")
         if self.fallback_sample_format.upper() not in SAMPLE_FORMATS:
             raise ValueError(f"audio.fallback_sample_format must be one of "
                              f"{sorted(SAMPLE_FORMATS)}, got {self.fallback_sample_format!r}")
-        if self.qos_depth < 1:
-            raise ValueError("audio.qos_depth must be >= 1")
         if self.frontend.target_rate != SAMPLE_RATE:
             raise ValueError(f"audio.frontend.target_rate must be {SAMPLE_RATE} (the model's "
                              f"rate), got {self.frontend.target_rate}")
-        if self.frontend.max_message_seconds <= 0 or self.frontend.max_message_bytes <= 0:
-            raise ValueError("audio.frontend limits must be > 0")
 
 
 @dataclasses.dataclass
@@ -144,18 +143,15 @@ class OutputParams(ConfigBase):
     #: Period of the diagnostics message (s).
     diagnostics_period_s: float = 1.0
 
+    BOUNDS = {"lead_s": between(0.0, 5.0), "audio_chunk_ms": between(10, 1000),
+              "sample_rate": between(0, MAX_OUTPUT_RATE), "qos_depth": at_least(1),
+              "diagnostics_period_s": above(0.0)}
+
     def __post_init__(self):
-        if not 0.0 <= self.lead_s <= 5.0:
-            raise ValueError(f"output.lead_s must be in [0, 5] s, got {self.lead_s}")
-        if not 10 <= self.audio_chunk_ms <= 1000:
-            raise ValueError(f"output.audio_chunk_ms must be in 10..1000, "
-                             f"got {self.audio_chunk_ms}")
+        self.check_bounds()
         if self.sample_format.upper() not in OUTPUT_SAMPLE_FORMATS:
             raise ValueError(f"output.sample_format must be one of {OUTPUT_SAMPLE_FORMATS}, "
                              f"got {self.sample_format!r}")
-        if self.qos_depth < 1 or self.diagnostics_period_s <= 0:
-            raise ValueError("output.qos_depth must be >= 1 and "
-                             "output.diagnostics_period_s > 0")
         if self.sample_rate != CODEC_SAMPLE_RATE:
             try:
                 check_output_rate(self.sample_rate)
@@ -331,6 +327,11 @@ def _build(cfg, values, kinds, prefix):
             kwargs[f.name] = coerce(name, kinds[name], values[name])
         else:
             kwargs[f.name] = current
+    bad = [f"{prefix}{n} must be {bound}, got {kwargs[n]}"
+           for n, bound in getattr(type(cfg), "BOUNDS", {}).items()
+           if n in kwargs and not bound.contains(kwargs[n])]
+    if bad:  # named as the ROS parameters (the config's own check names its fields)
+        raise ParamError("; ".join(bad))
     try:
         return type(cfg)(**kwargs)
     except (ValueError, TypeError, KeyError) as err:
@@ -350,6 +351,49 @@ def tree_docs(cfg, prefix: str = "") -> Dict[str, str]:
         elif f.name in docs:
             out[prefix + f.name] = docs[f.name]
     return out
+
+
+def tree_bounds(cfg, prefix: str = "") -> Dict[str, Bound]:
+    """Dotted parameter name -> the field's :class:`~a2llm_ros.configbase.Bound`."""
+    out: Dict[str, Bound] = {}
+    bounds = getattr(cfg, "BOUNDS", {})
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if _is_section(value):
+            out.update(tree_bounds(value, prefix + f.name + "."))
+        elif f.name in bounds:
+            out[prefix + f.name] = bounds[f.name]
+    return out
+
+
+def describe(kind: str, doc: str, bound: Optional[Bound], live: bool):
+    """The ``ParameterDescriptor`` of one field: its doc, its kind, its range and
+    when it applies (``ros2 param describe`` shows them)."""
+    from rcl_interfaces.msg import ParameterDescriptor
+    when = "live: applies at once" if live else "static: set while unconfigured"
+    allowed = f"; {bound}" if bound is not None else ""
+    return ParameterDescriptor(
+        dynamic_typing=True, description=doc,
+        additional_constraints=f"{kind}{allowed}; {when}; checked on every set "
+                               f"(an invalid value is refused with the reason)")
+
+
+def with_range(desc, kind: str, bound: Optional[Bound]):
+    """``desc`` with rcl's integer or floating-point range for a two-sided bound (what
+    rqt_reconfigure draws as a slider; rclpy then also refuses a value outside it),
+    else ``desc`` itself."""
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange
+    if bound is None or bound.low is None or bound.high is None or \
+            kind not in ("int", "float"):
+        return desc
+    ranged = copy.deepcopy(desc)
+    if kind == "int":
+        ranged.integer_range = [IntegerRange(from_value=int(bound.low),
+                                             to_value=int(bound.high), step=0)]
+    else:
+        ranged.floating_point_range = [FloatingPointRange(
+            from_value=float(bound.low), to_value=float(bound.high), step=0.0)]
+    return ranged
 
 
 # ----------------------------------------------------------------------------- rclpy side
@@ -375,20 +419,22 @@ class ParameterBinding:
                  descriptions: Optional[Mapping[str, str]] = None,
                  validate: Optional[Callable[[Any], None]] = None,
                  frozen_hint: str = "deactivate + cleanup the node, set, configure"):
-        from rcl_interfaces.msg import ParameterDescriptor
         self.node, self.default, self.frozen_hint = node, default, frozen_hint
         self.live, self.locked, self.on_live_change = tuple(live), locked, on_live_change
         self.validate = validate
         self.kinds = field_kinds(default)
         docs = {**tree_docs(default), **(descriptions or {})}
+        bounds = tree_bounds(default)
         for name, value in flatten(default).items():
-            when = "live: applies at once" if _is_live(name, self.live) else \
-                "static: set while unconfigured"
-            desc = ParameterDescriptor(
-                dynamic_typing=True, description=docs.get(name, ""),
-                additional_constraints=f"{self.kinds[name]}; {when}; checked on every set "
-                                       f"(an invalid value is refused with the reason)")
-            node.declare_parameter(name, value, desc)
+            kind, bound = self.kinds[name], bounds.get(name)
+            desc = describe(kind, docs.get(name, ""), bound, _is_live(name, self.live))
+            # declared without the rcl range, so a start-up value outside it (from a
+            # parameter file) is kept and refused at configure with the reason instead
+            # of killing the node; the range is added once the value lies inside
+            value = node.declare_parameter(name, value, desc).value
+            ranged = with_range(desc, kind, bound)
+            if ranged is not desc and bound.contains(value):
+                node.set_descriptor(name, ranged)
         node.add_on_set_parameters_callback(self._on_set)
 
     @property
