@@ -19,18 +19,29 @@ launch argument)::
     preview_model     --preview-model      face_preview_node model
 
 Nodes spin in a ``MultiThreadedExecutor``; the a2llm node's timing-critical
-work runs in its own threads anyway.
+work runs in its own threads anyway.  ``face_preview_node`` (``--preview``)
+runs in a child process of its own by default (``--preview-process own``), as
+the launch file runs it: in the model's process its mesh work and its large
+marker messages made speech and FLAME reach another process up to 4 s late
+(2-core machine, 2026-12-05; README, "One process vs one process per node").
+``--preview-process shared`` keeps every node in this process.
 """
 from __future__ import annotations
 
 import argparse
+import signal
+import subprocess
 import sys
 from typing import Dict, List, Optional
 
 __all__ = ["add_arguments", "ros_arguments", "node_overrides", "create_nodes", "run", "main",
-           "LAUNCH_TO_OPTION"]
+           "LAUNCH_TO_OPTION", "preview_command"]
 
 DEFAULT_CONFIG = "a2llm.yaml"
+#: Where ``--preview`` runs face_preview_node: a child process, or this process.
+PREVIEW_PROCESSES = ("own", "shared")
+#: Seconds the preview child has to exit after SIGINT before it is killed.
+CHILD_EXIT_S = 1.5
 #: launch argument -> bringup option (dest names); a test keeps both in sync.
 LAUNCH_TO_OPTION = {
     "namespace": "namespace", "mic_topic": "mic_topic", "backend": "backend",
@@ -65,6 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preview", action="store_true", help="start face_preview_node")
     parser.add_argument("--preview-model", dest="preview_model", default=None,
                         help="FLAME model of the preview ('generated', .npz, FLAME dir)")
+    parser.add_argument("--preview-process", dest="preview_process", default="own",
+                        choices=PREVIEW_PROCESSES,
+                        help="own (default): face_preview_node in a child process, as the "
+                             "launch file runs it; shared: in this process")
     parser.add_argument("--ros-args", dest="ros_args", nargs=argparse.REMAINDER, default=[],
                         help="extra ROS arguments (remaps, log level...)")
 
@@ -112,11 +127,38 @@ def create_nodes(args, context=None) -> list:
         from a2llm_ros.ros.flame_retarget_node import FlameRetargetNode
         nodes.append(FlameRetargetNode(context=context,
                                        parameter_overrides=params("flame_retarget_node")))
-    if args.preview:
+    if args.preview and getattr(args, "preview_process", "own") == "shared":
         from a2llm_ros.ros.face_preview_node import FacePreviewNode
         nodes.append(FacePreviewNode(context=context,
                                      parameter_overrides=params("face_preview_node")))
     return nodes
+
+
+def preview_command(args, ros_args: List[str]) -> List[str]:
+    """argv of the preview's child process: its executable's module with the same ROS
+    arguments, and its overrides as ``-p`` arguments."""
+    over = node_overrides(args)["face_preview_node"]
+    return ([sys.executable, "-m", "a2llm_ros.ros.face_preview_node"] + ros_args
+            + [a for k, v in over.items() for a in ("-p", f"{k}:={v}")])
+
+
+def start_preview(args, ros_args: List[str]) -> Optional[subprocess.Popen]:
+    """The preview's child process (``--preview``, ``--preview-process own``), else None."""
+    if not args.preview or getattr(args, "preview_process", "own") != "own":
+        return None
+    return subprocess.Popen(preview_command(args, ros_args), stdin=subprocess.DEVNULL)
+
+
+def stop_child(child: Optional[subprocess.Popen]) -> None:
+    """SIGINT the child, then kill it after :data:`CHILD_EXIT_S`."""
+    if child is None or child.poll() is not None:
+        return
+    child.send_signal(signal.SIGINT)
+    try:
+        child.wait(timeout=CHILD_EXIT_S)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
 
 
 def destroy_nodes(nodes) -> None:
@@ -142,13 +184,16 @@ def run(args) -> int:
     set_blas_threads(1)
     rclpy.init(args=ros_args)
     nodes: list = []
+    child: Optional[subprocess.Popen] = None
     executor = MultiThreadedExecutor()
     try:
         nodes = create_nodes(args)
         for node in nodes:
             executor.add_node(node)
-        print(f"a2llm bringup: {', '.join(n.get_fully_qualified_name() for n in nodes)} "
-              f"with {ros_args[2]}")
+        child = start_preview(args, ros_args)
+        names = [n.get_fully_qualified_name() for n in nodes]
+        names += [f"face_preview_node (process {child.pid})"] if child else []
+        print(f"a2llm bringup: {', '.join(names)} with {ros_args[2]}")
         while rclpy.ok():  # a lost shutdown wake-up cannot hang the loop (see ros/spin.py)
             executor.spin_once(timeout_sec=SPIN_POLL_S)
     except (KeyboardInterrupt, ExternalShutdownException):
@@ -157,6 +202,7 @@ def run(args) -> int:
         if rclpy.ok():  # the context shut down under the executor: a shutdown
             raise
     finally:
+        stop_child(child)
         executor.shutdown()
         destroy_nodes(nodes)
         rclpy.try_shutdown()

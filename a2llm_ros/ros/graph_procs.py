@@ -253,6 +253,7 @@ class NodeProcess:
         self.record = ProcessRecord(name=spec.name, nodes=spec.nodes, argv=list(spec.argv),
                                     log=str(path), pid=self.proc.pid, t_start=time.monotonic())
         self._ps = psutil.Process(self.proc.pid)
+        self._child_cpu: Dict[int, float] = {}  # pid -> CPU s at its last sample
         self._log = open(path, "rb")
         self._raw = b""
 
@@ -272,14 +273,24 @@ class NodeProcess:
         return self.proc.poll() is None
 
     def sample(self) -> None:
-        """Append (t, CPU s, RSS MB) to the record (nothing once the process is gone)."""
+        """Append (t, CPU s, RSS MB) to the record (nothing once the process is gone),
+        its child processes included (``a2llm bringup`` runs the preview in one)."""
         import psutil
         try:
             times = self._ps.cpu_times()
             rss = self._ps.memory_info().rss / MB
+            children = self._ps.children(recursive=True)
         except psutil.Error:
             return
-        self.record.samples.append((time.monotonic(), times.user + times.system, rss))
+        for child in children:
+            try:
+                t = child.cpu_times()
+                self._child_cpu[child.pid] = t.user + t.system  # last value kept at exit
+                rss += child.memory_info().rss / MB
+            except psutil.Error:
+                pass
+        cpu = times.user + times.system + sum(self._child_cpu.values())
+        self.record.samples.append((time.monotonic(), cpu, rss))
 
     def interrupt(self, t_signal: float) -> None:
         """SIGINT, if it still runs (an exited process keeps ``shutdown_s`` None)."""
