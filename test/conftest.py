@@ -11,12 +11,71 @@ both cases. ``ros``-marked tests therefore run with a ``nice 19`` spinner
 process that keeps the vCPUs awake; it yields to every other process. This is
 a property of the test VM, not a requirement of the nodes, and is not used
 outside the test suite. Set ``A2LLM_TEST_NO_SPINNER=1`` to run without it.
+
+Helpers the test modules import (``from conftest import ...``):
+
+* :func:`require_ros` -- the ROS preamble: skip the module unless rclpy, the
+  built interfaces and (if asked) the ros-drivers ``audio_common_msgs`` import.
+* :func:`wait_for` / :func:`never` -- wait on a condition with a deadline
+  instead of sleeping; the failure names what did not (or did) happen.
 """
 import os
 import subprocess
 import sys
+import time
 
 import pytest
+
+RUN_MAKE_TEST = "run through `make test`"
+
+
+def require_ros(interfaces: bool = True, audio: str = ""):
+    """Skip the calling test module (or test) unless the ROS environment is there.
+
+    ``interfaces``: the built ``a2llm_ros.msg`` too; ``audio``: ``"any"`` needs
+    ``audio_common_msgs``, ``"ros_drivers"`` its ros-drivers flavour (AudioDataStamped),
+    which the bag fixtures use.  Returns the ``rclpy`` module.
+    """
+    rclpy = pytest.importorskip("rclpy", reason=f"rclpy missing: {RUN_MAKE_TEST}")
+    if interfaces:
+        pytest.importorskip("a2llm_ros.msg",
+                            reason=f"interfaces not built/sourced: {RUN_MAKE_TEST}")
+    if audio:
+        msgs = pytest.importorskip("audio_common_msgs.msg", reason=RUN_MAKE_TEST)
+        if audio == "ros_drivers" and not hasattr(msgs, "AudioDataStamped"):
+            pytest.skip("installed audio_common_msgs is not the ros-drivers flavour",
+                        allow_module_level=True)
+    return rclpy
+
+
+def wait_for(predicate, timeout: float, what: str = "", poll: float = 0.01):
+    """Poll ``predicate`` until it is truthy; return its value.
+
+    Past ``timeout`` seconds raise ``AssertionError`` naming ``what`` did not happen
+    (with ``what=""`` return the falsy value instead, for callers that assert).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            break
+        time.sleep(poll)  # sleep-ok: poll interval of a deadline wait
+    if not value and what:
+        raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+    return value
+
+
+def never(predicate, within: float, what: str, poll: float = 0.01) -> None:
+    """Assert ``predicate`` stays false for ``within`` seconds (fails as soon as it is true).
+
+    For negative checks ("nothing more is published"): the window is what is tested.
+    """
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        assert not predicate(), f"{what} within {within:g} s"
+        time.sleep(poll)  # sleep-ok: poll interval
+    assert not predicate(), f"{what} within {within:g} s"
+
 
 _SPINNER = {}
 

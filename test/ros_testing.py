@@ -22,6 +22,7 @@ import numpy as np
 import rclpy
 from rclpy.context import Context
 from rclpy.executors import MultiThreadedExecutor
+from conftest import wait_for
 from scipy.signal import resample_poly
 
 from a2llm_ros.constants import SAMPLE_RATE
@@ -74,13 +75,10 @@ class Recorder:
         with self.lock:
             return list(self.msgs[name])
 
-    def wait_for(self, predicate, timeout: float, poll: float = 0.02) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(poll)
-        return predicate()
+    def wait_for(self, predicate, timeout: float, what: str = "", poll: float = 0.02) -> bool:
+        """:func:`conftest.wait_for`: raises naming ``what`` past the deadline, or
+        (``what=""``) returns whether ``predicate`` came true."""
+        return bool(wait_for(predicate, timeout, what, poll))
 
 
 def to_device_audio(wave16k: np.ndarray, rate: int, channels: int) -> np.ndarray:
@@ -164,7 +162,7 @@ class MicFeeder:
             due = t0 + (k + 1) * period
             delay = due - time.monotonic()
             if delay > 0:
-                time.sleep(delay)
+                time.sleep(delay)  # sleep-ok: real-time pacing of the simulated microphone
             chunk = self._next_chunk()
             raw = np.round(np.clip(chunk, -1, 1) * 32767).astype("<i2").tobytes()
             msg = AudioDataStamped(audio=AudioData(data=raw))

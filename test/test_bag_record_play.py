@@ -11,20 +11,19 @@ import time
 
 import numpy as np
 import pytest
+from conftest import never, require_ros, wait_for
 
-rclpy = pytest.importorskip("rclpy", reason="rclpy missing: run through `make test`")
-msgs = pytest.importorskip("a2llm_ros.msg", reason="a2llm_ros interfaces not built")
-audio_msgs = pytest.importorskip("audio_common_msgs.msg")
-if not hasattr(audio_msgs, "AudioDataStamped"):
-    pytest.skip("installed audio_common_msgs is not the ros-drivers flavour",
-                allow_module_level=True)
+rclpy = require_ros(audio="ros_drivers")
 
+import audio_common_msgs.msg as audio_msgs  # noqa: E402
+from rclpy.duration import Duration  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile  # noqa: E402
 from rosbags.rosbag2 import Reader  # noqa: E402
 from rosgraph_msgs.msg import Clock  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
+import a2llm_ros.msg as msgs  # noqa: E402
 from a2llm_ros.bags import types as T  # noqa: E402
 from a2llm_ros.bags.io import bag_summary, read_bag, read_metadata  # noqa: E402
 from a2llm_ros.ros.bag_play import (BagPlayer, no_pub_events, no_sub_events,  # noqa: E402
@@ -51,12 +50,8 @@ def _publisher(node, cls, topic, qos=10):
 
 
 def _wait(cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
+    """Whether ``cond()`` came true within ``timeout`` s (:func:`conftest.wait_for`)."""
+    return bool(wait_for(cond, timeout))
 
 
 class Graph:
@@ -135,6 +130,7 @@ def recorded(graph, tmp_path_factory):
               for t in TOPICS}
     start = time.monotonic()
     for i in range(N_MSGS):
+        # sleep-ok: real-time pacing of the recorded stream (its timing is checked)
         time.sleep(max(0.0, start + i * PERIOD_S - time.monotonic()))
         pubs[CHATTER].publish(String(data=f"msg {i}"))
         pubs[AUDIO].publish(_audio(i))
@@ -214,6 +210,10 @@ class Sink:
             self.node.destroy_subscription(sub)
 
 
+def _clock_ns(msg):
+    return msg.clock.sec * NS + msg.clock.nanosec
+
+
 def _bag_stamps(path, topic):
     return np.array([s for t, _, s, _ in read_bag(path, [topic])], dtype=np.int64)
 
@@ -261,12 +261,14 @@ def test_play_publishes_clock_for_sim_time_nodes(graph, recorded):
     assert _wait(lambda: player._clock_pub.get_subscription_count() >= 2)
     assert _wait(sink.matched)
     stats = player.play()
-    time.sleep(0.2)
+    stamps = _bag_stamps(recorded["path"], CHATTER)
+    wait_for(lambda: sink.clock and _clock_ns(sink.clock[-1]) == stamps[-1]
+             and sim.get_clock().now().nanoseconds == stamps[-1], 5.0,
+             "the last /clock tick (the last message's stamp) at the sink and the sim node")
     player.destroy()
     sink.close()
-    stamps = _bag_stamps(recorded["path"], CHATTER)
     span_s = (stamps[-1] - stamps[0]) / NS
-    ticks = np.array([c.clock.sec * NS + c.clock.nanosec for c in sink.clock], dtype=np.int64)
+    ticks = np.array([_clock_ns(c) for c in sink.clock], dtype=np.int64)
     assert stats.published == {CHATTER: N_MSGS}
     assert len(ticks) >= 0.5 * span_s / 2.0 * 100, len(ticks)
     assert np.all(np.diff(ticks) >= 0)
@@ -282,7 +284,7 @@ def test_play_loop_and_topic_filter(graph, recorded):
     assert _wait(lambda: sink.subs[0].get_publisher_count() > 0)
     stats = player.play()
     assert _wait(lambda: len(sink.log) >= 2 * N_MSGS, 5.0)
-    time.sleep(0.1)
+    never(lambda: len(sink.log) > 2 * N_MSGS, 0.1, "more than two loops of CHATTER arrived")
     player.destroy()
     sink.close()
     assert stats.loops == 2 and stats.published == {CHATTER: 2 * N_MSGS}
@@ -351,8 +353,11 @@ def test_cli_record_stops_on_sigint_and_plays_back(graph, tmp_path):
     assert _wait(lambda: pub.get_subscription_count() > 0, 20.0), proc.poll()
     for i in range(10):
         pub.publish(String(data=f"cli {i}"))
-        time.sleep(0.02)
-    time.sleep(0.3)
+    # reliable QoS: every message is in the recorder's reader once acknowledged
+    assert pub.wait_for_all_acked(Duration(seconds=10)), "the recorder did not ack"
+    # sleep-ok: the recorder process shows no progress of its own; its spin loop takes
+    # the acked messages within milliseconds (a cross-process grace, nothing to wait on)
+    time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0, out

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_ros
 
 from a2llm_ros.bags import types as T
 from a2llm_ros.bags.fixtures import make_fixture
@@ -28,11 +29,9 @@ def test_rosbags_hash_equals_rosidl(msgtype):
 
 
 def test_fixture_cdr_decodes_with_rclpy(tmp_path):
-    pytest.importorskip("rclpy", reason="rclpy missing: run through `make test`")
+    require_ros(interfaces=False, audio="ros_drivers")
+    import audio_common_msgs.msg as audio_msgs
     from rclpy.serialization import deserialize_message
-    audio_msgs = pytest.importorskip("audio_common_msgs.msg")
-    if not hasattr(audio_msgs, "AudioDataStamped"):
-        pytest.skip("installed audio_common_msgs is not the ros-drivers flavour")
     make_fixture("conversation", tmp_path, seed=0)
     ours = list(read_bag(tmp_path / "conversation"))
     raws = list(read_bag_raw(tmp_path / "conversation"))
@@ -47,9 +46,9 @@ def test_fixture_cdr_decodes_with_rclpy(tmp_path):
 
 
 def test_rclpy_serialised_flame_chunk_reads_back(tmp_path):
-    pytest.importorskip("rclpy", reason="rclpy missing: run through `make test`")
+    require_ros()
+    import a2llm_ros.msg as msg_mod
     from rclpy.serialization import serialize_message
-    msg_mod = pytest.importorskip("a2llm_ros.msg")
     frames = []
     for i in range(5):
         frame = msg_mod.FlameFrame(flame_version=2020, turn_id=2,

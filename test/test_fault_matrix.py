@@ -12,12 +12,9 @@
 """
 import numpy as np
 import pytest
+from conftest import require_ros
 
-rclpy = pytest.importorskip("rclpy", reason="rclpy missing: run through `make test`")
-pytest.importorskip("a2llm_ros.msg", reason="interfaces not built/sourced: run `make test`")
-am = pytest.importorskip("audio_common_msgs.msg", reason="run through `make test`")
-if not hasattr(am, "AudioDataStamped"):
-    pytest.skip("the fixtures are ros-drivers bags", allow_module_level=True)
+rclpy = require_ros(audio="ros_drivers")  # the fixtures are ros-drivers bags
 
 from ros_testing import unique_namespace  # noqa: E402
 

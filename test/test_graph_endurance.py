@@ -7,12 +7,9 @@ the node must stay healthy, and the process RSS must not grow with the turns.
 """
 import numpy as np
 import pytest
+from conftest import require_ros
 
-rclpy = pytest.importorskip("rclpy", reason="rclpy missing: run through `make test`")
-pytest.importorskip("a2llm_ros.msg", reason="interfaces not built/sourced: run `make test`")
-am = pytest.importorskip("audio_common_msgs.msg", reason="run through `make test`")
-if not hasattr(am, "AudioDataStamped"):
-    pytest.skip("the question bag is a ros-drivers bag", allow_module_level=True)
+rclpy = require_ros(audio="ros_drivers")  # the question bag is a ros-drivers bag
 
 from ros_testing import unique_namespace  # noqa: E402
 

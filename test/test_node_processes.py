@@ -9,9 +9,9 @@ import threading
 import time
 
 import pytest
+from conftest import require_ros
 
-pytest.importorskip("rclpy", reason="rclpy missing: run through `make test`")
-pytest.importorskip("a2llm_ros.msg", reason="interfaces not built/sourced: run `make test`")
+require_ros()
 
 from ros_testing import domain_id, unique_namespace  # noqa: E402
 
@@ -38,7 +38,8 @@ class NodeProcess:
                                      text=True, env=env)
         self.lines: "queue.Queue[str]" = queue.Queue()
         self.log = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self) -> None:
         for line in self.proc.stdout:
@@ -75,7 +76,7 @@ class NodeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-            time.sleep(0.5)  # let the reader thread drain the traceback  # noqa: sleep-ok
+            self.reader.join(timeout=5.0)  # until it has read the traceback to the end
             return float("inf")
         return time.monotonic() - t0
 

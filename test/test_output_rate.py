@@ -4,6 +4,7 @@ join clicks), the output timeline at rates that do not divide 1e9, and the
 import numpy as np
 import pytest
 import scipy.signal
+from conftest import require_ros
 
 from a2llm_ros.conversation.output import (NS_PER_FRAME, NS_PER_S, OutputScheduler,
                                            frame_first_sample, sample_time_ns)
@@ -191,7 +192,7 @@ def test_output_sample_rate_parameter():
 
 @pytest.mark.ros
 def test_output_rate_resolved_from_the_codec():
-    pytest.importorskip("rclpy", reason="rclpy missing: run through `make test`")
+    require_ros(interfaces=False)
     import types
 
     from a2llm_ros.ros.a2llm_node import codec_sample_rate, output_rate_for

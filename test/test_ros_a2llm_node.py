@@ -4,10 +4,9 @@ import time
 
 import numpy as np
 import pytest
+from conftest import require_ros, wait_for
 
-rclpy = pytest.importorskip("rclpy", reason="rclpy missing: run through `make test`")
-pytest.importorskip("a2llm_ros.msg", reason="interfaces not built/sourced: run `make test`")
-pytest.importorskip("audio_common_msgs.msg", reason="run through `make test`")
+rclpy = require_ros(audio="any")
 
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
@@ -84,6 +83,17 @@ class Graph:
         assert ok, f"no state {state} for turn {turn} within {timeout} s: {self.states()}"
         return next(t for t, s, k, _ in self.states() if s == state and k == turn)
 
+    def wait_hearing(self, seconds=0.3, timeout=10.0):
+        """Until the node has taken ``seconds`` of the microphone's (silent) stream in."""
+        wait_for(lambda: self.node.runtime.frontend.sample_count >= seconds * 16000, timeout,
+                 f"the node to hear {seconds} s of microphone audio")
+
+    def wait_frames(self, turn, n, after=0.0, timeout=30.0):
+        """Until ``n`` FLAME frames of ``turn`` were received after monotonic time ``after``."""
+        self.rec.wait_for(lambda: sum(t > after and m.turn_id == turn
+                                      for t, m in self.rec.get("flame/frames")) >= n,
+                          timeout, f"{n} FLAME frames of turn {turn}")
+
     def close(self):
         if self.mic is not None:
             self.mic.close()
@@ -106,12 +116,16 @@ def test_spoken_question_gets_speech_and_flame_on_one_timeline(checkpoint, quest
         g = Graph(ctx, executor, checkpoint, "answer")
         try:
             g.start(rate=44100, channels=2)
-            time.sleep(0.4)
+            g.wait_hearing()
             g.mic.say(questions[0])
             for state in (LISTENING, THINKING, SPEAKING):
                 g.wait_state(state, 1)
             t_idle = g.wait_state(IDLE, 1)
-            time.sleep(0.5)  # let the last listening frames and diagnostics arrive
+            # listening frames again, and the node's diagnostics after the turn
+            g.wait_frames(0, 3, after=t_idle)
+            g.rec.wait_for(lambda: any(t > t_idle and any(g.ns in s.name for s in m.status)
+                                       for t, m in g.rec.get("/diagnostics")),
+                           10.0, "the node's diagnostics after the turn")
             diag = g.node.diagnostics_values()
         finally:
             g.close()
@@ -241,16 +255,16 @@ def test_barge_in_stops_output_within_200ms_and_answers_new_question(
                   **{"turn.barge_in_min_speech_ms": 64.0})
         try:
             g.start(rate=44100, channels=2)
-            time.sleep(0.4)
+            g.wait_hearing()
             g.mic.say(questions[0])
             g.wait_state(SPEAKING, 1)
-            time.sleep(0.8)
+            g.wait_frames(1, 20)  # the answer has been speaking for 0.8 s
             onset_sample = g.mic.say(questions[1])
             t_int = g.wait_state(INTERRUPTED, 1, timeout=10.0)
             g.wait_state(LISTENING, 2)
             t_think2 = g.wait_state(THINKING, 2)
             t_speak2 = g.wait_state(SPEAKING, 2)
-            time.sleep(0.3)
+            g.wait_frames(2, 1)
             onset = g.mic.wall_time_of(onset_sample)
         finally:
             g.close()
@@ -296,12 +310,17 @@ def test_generator_failure_mid_answer_is_recovered(checkpoint, questions, monkey
         g = Graph(ctx, executor, checkpoint, "crash", tokens=100)
         try:
             g.start(rate=16000, channels=1)
-            time.sleep(0.4)
+            g.wait_hearing()
             g.mic.say(questions[0])
             g.wait_state(SPEAKING, 1)
             assert g.rec.wait_for(lambda: any(r == "generator_error" for *_, r in g.states()),
                                   20.0), g.states()
-            time.sleep(0.3)
+            # 0.3 s of listening frames after the failure: the window in which a leaked
+            # frame of the failed answer would have shown (checked below)
+            g.wait_frames(0, 8, after=next(t for t, *_, r in g.states()
+                                           if r == "generator_error"))
+            wait_for(lambda: g.node.diagnostics_values()["conversation_state"] == "idle", 10.0,
+                     "the session to be idle after the failure")
             assert g.node.lifecycle_state == "active"
             diag = g.node.diagnostics_values()
         finally:
@@ -359,12 +378,11 @@ def test_parameters_rejected_with_reason_and_lifecycle(checkpoint, tmp_path):
             audio = tester.create_publisher(AudioDataStamped, ns + "/audio/audio_stamped", 10)
             info.publish(AudioInfo(channels=2, sample_rate=44100, sample_format="S16LE",
                                    bitrate=128000, coding_format="mp3"))
-            deadline = time.monotonic() + 10.0
-            while (rt.frontend.counters.get("unsupported_coding", 0) < 3
-                   and time.monotonic() < deadline):
+
+            def publish_and_count():  # publishes until three were counted as dropped
                 audio.publish(AudioDataStamped(audio=AudioData(data=bytes(400))))
-                time.sleep(0.05)
-            assert rt.frontend.counters.get("unsupported_coding", 0) >= 3
+                return rt.frontend.counters.get("unsupported_coding", 0) >= 3
+            wait_for(publish_and_count, 10.0, "three mp3 messages dropped", poll=0.05)
             assert node.lifecycle_state == "active" and rt.session.state == "idle"
             assert node.diagnostics_values()["input_dropped.unsupported_coding"] != "0"
 

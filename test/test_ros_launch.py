@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import require_ros
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch"
@@ -78,7 +79,7 @@ def _setup_entry_points():
 
 
 def _node_parameters():
-    pytest.importorskip("rclpy", reason="rclpy missing: run through `make test`")
+    require_ros(interfaces=False)
     from a2llm_ros.ros.face_preview_node import PreviewNodeParams
     from a2llm_ros.ros.flame_retarget_node import RetargetNodeParams
     from a2llm_ros.ros.params import A2llmNodeConfig, flatten
@@ -219,8 +220,7 @@ def test_bringup_options_mirror_launch_arguments():
 
 @pytest.mark.ros
 def test_bringup_graph_runs_from_parameter_file(tmp_path):
-    rclpy = pytest.importorskip("rclpy", reason="rclpy missing: run through `make test`")
-    pytest.importorskip("a2llm_ros.msg", reason="interfaces not built/sourced: run `make test`")
+    rclpy = require_ros()
     import torch
     from rclpy.context import Context
     from rclpy.executors import MultiThreadedExecutor

@@ -1,12 +1,9 @@
 """flame_retarget_node and face_preview_node on recorded FLAME (a rosbag2 of FlameChunks)."""
-import time
-
 import numpy as np
 import pytest
+from conftest import require_ros, wait_for
 
-rclpy = pytest.importorskip("rclpy", reason="rclpy missing: run through `make test`")
-pytest.importorskip("a2llm_ros.msg", reason="interfaces not built/sourced: run `make test`")
-pytest.importorskip("audio_common_msgs.msg", reason="run through `make test`")
+rclpy = require_ros(audio="any")
 
 from rclpy.parameter import Parameter  # noqa: E402
 from ros_testing import Recorder, ros_context, unique_namespace  # noqa: E402
@@ -67,10 +64,7 @@ def _publisher(node, topic):
 
 
 def _wait_subscribed(pub, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert pub.get_subscription_count() > 0
+    wait_for(lambda: pub.get_subscription_count() > 0, timeout, f"a subscriber on {pub.topic}")
 
 
 @pytest.mark.parametrize("preset", ["arkit52", "servo_head"])
@@ -141,13 +135,23 @@ def test_retarget_schedules_commands_and_flushes_on_barge_in(recorded_bag):
         pub = _publisher(tester, "flame/chunks")
         state = tester.create_publisher(ConversationState, "conversation_state", output_qos(10))
         _wait_subscribed(pub)
+        _wait_subscribed(state)
+        published = []  # (node clock ns, command) of every command the node's pacer publishes
+        pacer_publish = node.pacer.publish
+        node.pacer.publish = lambda msg: (
+            published.append((node.get_clock().now().nanoseconds, msg)), pacer_publish(msg))
         now = node.get_clock().now().nanoseconds
         chunks = _replay(bag, shift_ns=now + 300_000_000 - 1_700_000_000 * NS_PER_S)
         for msg in chunks[:10]:  # 50 frames = 2 s, starting 0.3 s from now
             pub.publish(msg)
-        time.sleep(1.0)
+        commands = lambda: len(rec.get("face_commands"))  # noqa: E731
+        rec.wait_for(lambda: commands() >= 12, 10.0, "12 face commands before the barge-in")
         state.publish(ConversationState(state=ConversationState.INTERRUPTED, turn_id=1))
-        time.sleep(0.6)
+        # the barge-in empties the pacer's queue (without it the last of the 50 commands
+        # would leave it 2.3 s from the start), then every published command arrives
+        wait_for(lambda: len(node.pacer.queue) == 0, 5.0, "the queued commands dropped")
+        rec.wait_for(lambda: commands() == len(published), 5.0,
+                     "every published face command received")
         node.destroy_node()
         tester.destroy_node()
     got = rec.get("face_commands")
@@ -157,8 +161,13 @@ def test_retarget_schedules_commands_and_flushes_on_barge_in(recorded_bag):
         stamp = msg.header.stamp.sec * NS_PER_S + msg.header.stamp.nanosec
         assert stamp == pytest.approx(
             now + 300_000_000 + got.index((wall, msg)) * FRAME_NS - lead * NS_PER_S, abs=1e3)
-    # Published when the clock reached the command stamp (not all at once on arrival).
-    walls = np.array([w for w, _ in got])
+    # Published when the clock reached the command stamp (not all at once on arrival),
+    # timed where the node publishes (receive times add the test machine's load).
+    assert [m for _, m in published] == [m for _, m in got]
+    late_ns = [t - (m.header.stamp.sec * NS_PER_S + m.header.stamp.nanosec)
+               for t, m in published]
+    assert min(late_ns) >= 0, late_ns
+    walls = np.array([t for t, _ in published]) / NS_PER_S
     assert walls[-1] - walls[0] >= 0.04 * (len(got) - 1) - 0.1
 
 

@@ -4,6 +4,7 @@ import types
 
 import numpy as np
 import pytest
+from conftest import require_ros
 
 from a2llm_ros.conversation.output import NS_PER_FRAME, OutputScheduler, sample_time_ns
 from a2llm_ros.ros.params import (A2llmNodeConfig, ParamError, build_config, coerce,
@@ -142,7 +143,7 @@ def test_duck_gain_applies_to_queued_audio_and_is_restored():
 
 @pytest.mark.ros
 def test_flame_messages_round_trip():
-    pytest.importorskip("a2llm_ros.msg", reason="interfaces not built: run `make test`")
+    require_ros()
     from a2llm_ros.ros import msgconv as mc
     frames = np.random.default_rng(0).standard_normal((5, 58)).astype(np.float32)
     msg = mc.flame_chunk_msg(frames, 7 * 10**9, turn_id=3, first_index=10, source="speech",
@@ -156,7 +157,7 @@ def test_flame_messages_round_trip():
 
 @pytest.mark.ros
 def test_speech_audio_messages_and_input_formats():
-    pytest.importorskip("audio_common_msgs.msg", reason="run `make test`")
+    require_ros(interfaces=False, audio="any")
     from a2llm_ros.audio.frontend import AudioFormat, AudioFormatError, AudioFrontEnd
     from a2llm_ros.interfaces import detect_audio_flavour
     from a2llm_ros.ros import msgconv as mc

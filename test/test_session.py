@@ -1,9 +1,11 @@
 """Tests for the ROS-free conversation session (fake generator, scripted VAD)."""
+import itertools
 import threading
 import time
 
 import numpy as np
 import pytest
+from conftest import wait_for
 
 from a2llm_ros.constants import SAMPLE_RATE
 from a2llm_ros.conversation.session import (SAMPLES_PER_FRAME, ConversationSession,
@@ -304,16 +306,15 @@ def test_worker_thread_and_tick_from_another_thread():
         for i in range(0, len(audio), CHUNK):
             session.submit_audio(audio[i:i + CHUNK], i)
             session.tick((i + CHUNK) // SAMPLES_PER_FRAME)
-            time.sleep(0.001)
-        deadline = time.time() + 5.0
-        frame = len(audio) // SAMPLES_PER_FRAME
-        # until the answer is over and the worker has drained the submitted audio
-        while session.state != "idle" or "speaking" not in [s for s, _ in rec.states()] \
-                or session.queue_depth:
-            frame += 1
-            session.tick(frame)
-            time.sleep(0.005)
-            assert time.time() < deadline, rec.states()
+            time.sleep(0.001)  # sleep-ok: interleaves with the worker (what is tested)
+        frames = itertools.count(len(audio) // SAMPLES_PER_FRAME + 1)
+
+        def answered():  # the clock advances one frame per poll (simulated time)
+            session.tick(next(frames))
+            return (session.state == "idle" and "speaking" in [s for s, _ in rec.states()]
+                    and not session.queue_depth)
+        wait_for(answered, 5.0, "the answer to end and the worker to drain the audio",
+                 poll=0.005)
     finally:
         stop.set()
         worker.join(2.0)
