@@ -144,8 +144,15 @@ class _Runtime:
 class A2llmNode(LifecycleNode):
     """Lifecycle node running the conversation (see module docstring)."""
 
-    def __init__(self, node_name: str = NODE_NAME, **kwargs):
+    def __init__(self, node_name: str = NODE_NAME,
+                 wrap_generator: Optional[Callable[[Any], Any]] = None, **kwargs):
+        """``wrap_generator``: applied to every turn's ``StreamingGenerator`` (an object
+        with the same ``start``/``step``/``cancel``, e.g. a benchmark's timing probe);
+        the other arguments are ``rclpy`` ``Node``'s."""
         super().__init__(node_name, **kwargs)
+        self._wrap_generator = wrap_generator
+        #: Why the last configure failed (None after a successful one).
+        self.configure_error: Optional[str] = None
         self._rt: Optional[_Runtime] = None
         self._subs: List[Any] = []
         self._active = False
@@ -186,14 +193,17 @@ class A2llmNode(LifecycleNode):
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state) -> TransitionCallbackReturn:
+        self.configure_error = None
         try:
             cfg = self.params.config()
         except ParamError as err:
+            self.configure_error = f"parameters refused: {err}"
             self.get_logger().error(f"configure refused: {err}")
             return TransitionCallbackReturn.FAILURE
         try:
             self._rt = self._build_runtime(cfg)
         except Exception as err:  # noqa: BLE001 (report, stay unconfigured)
+            self.configure_error = f"{type(err).__name__}: {err}"
             self.get_logger().error(f"configure failed: {err}")
             self._teardown()
             return TransitionCallbackReturn.FAILURE
@@ -286,10 +296,10 @@ class A2llmNode(LifecycleNode):
                                            self._publish_diagnostics))
         return rt
 
-    @staticmethod
-    def _generator_factory(backend, gen_cfg) -> Callable[[], Any]:
+    def _generator_factory(self, backend, gen_cfg) -> Callable[[], Any]:
         from a2llm_ros.generation import StreamingGenerator
-        return lambda: StreamingGenerator(backend, gen_cfg)
+        wrap = self._wrap_generator or (lambda generator: generator)
+        return lambda: wrap(StreamingGenerator(backend, gen_cfg))
 
     def _make_publishers(self, rt: _Runtime) -> None:
         import audio_common_msgs.msg as am

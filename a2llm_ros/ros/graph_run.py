@@ -49,7 +49,6 @@ import numpy as np
 import rclpy
 from rclpy.context import Context
 from rclpy.executors import MultiThreadedExecutor
-from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 
 from a2llm_ros.bags.io import bag_topics
@@ -204,38 +203,6 @@ class ProbeGenerator:
         if rec is not None and rec["t_end"] is None:
             rec.update(end_reason="cancelled", t_end=time.monotonic())
         return self.inner.cancel()
-
-
-class _GraphNode(A2llmNode):
-    """a2llm_node with its generator wrapped in :class:`ProbeGenerator` and the
-    configure outcome recorded (``configure_result``, ``configure_error``)."""
-
-    def __init__(self, *args, probe_log=None, fault=None, keep_questions=False, **kwargs):
-        self.probe_log: List[dict] = probe_log if probe_log is not None else []
-        self.probe_lock = threading.Lock()
-        self._fault, self._keep_questions = fault, keep_questions
-        self.configure_result = None
-        self.configure_error: Optional[str] = None
-        super().__init__(*args, **kwargs)
-
-    def _generator_factory(self, backend, gen_cfg):  # an instance method here (base: static)
-        from a2llm_ros.generation import StreamingGenerator
-        return lambda: ProbeGenerator(StreamingGenerator(backend, gen_cfg), self.probe_log,
-                                      self.probe_lock, self._fault, self._keep_questions)
-
-    def _build_runtime(self, cfg):
-        try:
-            return super()._build_runtime(cfg)
-        except Exception as err:
-            self.configure_error = f"{type(err).__name__}: {err}"
-            raise
-
-    def on_configure(self, state):
-        result = super().on_configure(state)
-        self.configure_result = result
-        if result != TransitionCallbackReturn.SUCCESS and self.configure_error is None:
-            self.configure_error = "parameters refused (see the node's log)"
-        return result
 
 
 # ----------------------------------------------------------------------------- collector
@@ -685,13 +652,20 @@ class _Graph:
         self.spin_thread = threading.Thread(target=self.executor.spin, daemon=True,
                                             name="graph_executor")
         self.nodes: list = []
-        self.node: Optional[_GraphNode] = None
+        self.node: Optional[A2llmNode] = None
+        self.probe_log: List[dict] = []  # one record per turn (ProbeGenerator)
+        self.probe_lock = threading.Lock()
         self.tester = None
         self.collector: Optional[Collector] = None
         self.recorder = None
         self.player: Optional[TimedPlayer] = None
         self.sampler = ResourceSampler(cfg.resource_period_s)
         self.recorded: Dict[str, int] = {}
+
+    def _probe(self, generator) -> ProbeGenerator:
+        """The node's turn generator wrapped in the timing/fault probe."""
+        return ProbeGenerator(generator, self.probe_log, self.probe_lock, self.cfg.fault,
+                              self.cfg.keep_questions)
 
     # -- start
     def start(self) -> None:
@@ -704,10 +678,10 @@ class _Graph:
         audio_params, self.remap = audio_topics(sorted(bag_topics(cfg.bag)), ns)
         self.player = TimedPlayer(self.tester, cfg.bag, rate=cfg.rate, remap=self.remap,
                                   wait_for_subscribers=cfg.wait_for_subscribers_s)
-        self.node = _GraphNode(namespace=ns or "/", context=self.ctx,
-                               cli_args=_cli_args(cfg.params_file),
-                               parameter_overrides=_node_parameters(cfg, ns, audio_params),
-                               fault=cfg.fault, keep_questions=cfg.keep_questions)
+        self.node = A2llmNode(namespace=ns or "/", context=self.ctx,
+                              cli_args=_cli_args(cfg.params_file),
+                              parameter_overrides=_node_parameters(cfg, ns, audio_params),
+                              wrap_generator=self._probe)
         self.nodes.append(self.node)
         self.collector = self._make_collector(ns)
         self.executor.add_node(self.node)
@@ -744,7 +718,7 @@ class _Graph:
         while time.monotonic() < deadline:
             if node.lifecycle_state == "active":
                 return
-            if node.configure_result not in (None, TransitionCallbackReturn.SUCCESS):
+            if node.configure_error is not None:
                 time.sleep(0.1)  # let the transition finish
                 raise GraphStartError(f"a2llm_node failed to configure: "
                                       f"{node.configure_error}", node.lifecycle_state)
@@ -940,7 +914,7 @@ def _result(graph: _Graph, cfg: GraphConfig, timed_out: bool, t_end: float,
         logs=list(col.logs), face_commands=col.face_commands, markers=list(col.markers),
         resources=list(graph.sampler.samples), node_values=values, lifecycle_state=lifecycle,
         threads_alive=alive, recorded=dict(graph.recorded), backend_kind=kind,
-        node_config=node_cfg, probe=list(graph.node.probe_log),
+        node_config=node_cfg, probe=list(graph.probe_log),
         ros_offset_s=time.time() - time.monotonic(), warmup_s=warmup)
     res.turns = build_turns(res, node_cfg.vad.min_silence_ms / 1000.0)
     return res
