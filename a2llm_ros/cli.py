@@ -13,7 +13,7 @@ import sys
 
 #: verb -> module under a2llm_ros.commands
 VERBS = ("doctor", "init", "generate", "backbone-check", "data", "train", "eval", "export",
-         "bench", "bag", "bringup", "demo", "flame")
+         "bench", "bag", "bringup", "demo", "flame", "render")
 
 
 def _load(verb: str):

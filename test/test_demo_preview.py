@@ -71,3 +71,30 @@ def test_pick_frames_modes():
     assert list(pick_frames(gap, 3, "even")) == [0, 4, 9]
     with pytest.raises(ValueError):
         pick_frames(gap, 2, "random")
+
+
+def test_strip_shows_open_and_closed_mouths_inside_speech(preview):
+    info, _, _ = preview
+    labels = np.array(info.strip_labels)
+    assert list(labels).count("listening") == 1  # one listening face, labelled
+    talking = info.strip_frames[labels == "speech"]
+    assert len(talking) == 5 and info.speech[talking].all()  # every other face is in speech
+    assert not info.speech[info.strip_frames[labels == "listening"]].any()
+    gaps = info.lip_gap_mm[talking]
+    assert gaps.max() - gaps.min() > 5.0  # open and closed mouths while speaking
+    assert gaps.max() > np.percentile(info.lip_gap_mm[info.speech], 75)
+
+
+def test_pick_speech_frames_alternates_inside_speech_and_adds_listening():
+    from a2llm_ros.demo.preview import pick_speech_frames
+    gap = np.array([0, 0, 0, 5, 1, 7, 2, 0, 0, 0, 0, 0, 6, 1, 9, 3, 0, 0], float)
+    speech = gap > 0
+    listening = ~speech
+    chosen, labels = pick_speech_frames(gap, speech, 5, listening)
+    assert labels.count("listening") == 1
+    assert chosen[labels.index("listening")] == 9  # the middle of the longest pause
+    talking = [c for c, lab in zip(chosen, labels) if lab == "speech"]
+    assert len(talking) == 4 and speech[talking].all()
+    assert list(gap[talking]) == [5, 2, 6, 3]  # open, closed, open, closed per quarter
+    quiet, quiet_labels = pick_speech_frames(np.zeros(10), np.zeros(10, bool), 3)
+    assert len(quiet) == 3 and set(quiet_labels) == {"listening"}

@@ -13,7 +13,7 @@ from a2llm_ros.flame.convert import (FlameModelArrays, RestrictedUnpickler, conv
                                      safe_load_pickle, write_pickle)
 from a2llm_ros.flame.head_model import EXPRESSION_NAMES, build_head
 from a2llm_ros.flame.layout import FlameLayout
-from a2llm_ros.flame.mesh import FlameMesh, render_frames
+from a2llm_ros.flame.mesh import FlameMesh
 
 LAYOUT = FlameLayout()
 
@@ -162,15 +162,19 @@ def test_convert_requires_embedding_and_rejects_code(tmp_path):
     assert issubclass(RestrictedUnpickler, pickle.Unpickler)
 
 
-def test_render_frames(mesh):
+def test_render_images_and_vertex_colors(mesh):
+    from a2llm_ros.flame.appearance import LIP_RGB, SKIN_RGB
+    from a2llm_ros.render.raster import render_images
     frames = np.zeros((2, LAYOUT.dim))
     frames[1, LAYOUT.jaw.start] = 0.3
-    verts = mesh.vertices(frames)
-    images = render_frames(verts, mesh.faces, size=96)
+    images = render_images(mesh, frames, size=96, supersample=1)
     assert images.shape == (2, 96, 96, 3) and images.dtype == np.uint8
-    assert (images[0] != 255).any(axis=-1).mean() > 0.2
+    assert np.abs(np.diff(images[0].astype(int), axis=0)).mean() > 0.5  # not a flat panel
     assert not np.array_equal(images[0], images[1])
-    tinted = render_frames(verts[0], mesh.faces, size=64, face_colors=mesh.face_colors())
-    assert tinted.shape == (64, 64, 3)
-    plain = render_frames(verts[0], mesh.faces, size=64)
-    assert (np.abs(tinted.astype(int) - plain).sum(-1) > 30).any()  # lips tinted
+    colors = mesh.vertex_colors()  # [V, 3], the RViz preview's palette
+    assert colors.shape == (mesh.n_verts, 3)
+    upper_lip = build_head().landmarks["upper_lip_inner"]
+    np.testing.assert_allclose(colors[upper_lip], LIP_RGB, atol=0.05)  # lips tinted
+    assert np.isclose(colors, SKIN_RGB).all(1).mean() > 0.8  # mostly skin
+    tinted = mesh.vertex_colors(skin=(0.5, 0.5, 0.5))
+    assert np.isclose(tinted, 0.5).all(1).mean() > 0.8

@@ -14,7 +14,12 @@ one process (:mod:`a2llm_ros.ros.graph_run`), and ``<out>/`` receives:
 * ``graph_bag/`` -- an MCAP rosbag2 of every topic of the graph (microphone
   in, speech / FLAME / text / state / face commands / diagnostics out);
 * ``preview.png`` -- rendered faces over the answer waveform and the jaw
-  opening curve (:func:`a2llm_ros.demo.preview.render_preview`);
+  opening curve (:func:`a2llm_ros.demo.preview.render_preview`): frames inside
+  the answers' speech, open and closed mouths, and one of the listening face;
+* ``answers.mp4`` -- the video of the whole replay from the first answer to the
+  end of the last (answers and the listening face between them) with the
+  answers' sound: H.264 + AAC, 25 fps, frame k showing the FLAME frame stamped
+  at audio sample k x 16000 / 25 (:func:`a2llm_ros.render.video.render_video`);
 * ``latency.md`` -- per-turn latencies after the end of the user's speech
   (first text, audio, FLAME), real-time factor and audio/FLAME skew;
 * ``summary.json`` -- the same figures as JSON.
@@ -24,7 +29,7 @@ the default checkpoint (``make default-checkpoint``); without it the demo stops
 with that advice instead of answering with a random model.
 """
 HELP = "main job: replay a conversation bag through the ROS graph; answers, FLAME, MCAP, " \
-       "preview.png and latency.md into --out"
+       "preview.png, answers.mp4 and latency.md into --out"
 
 #: Speech tokens per second of answer.
 TOKENS_PER_S = 25
@@ -61,6 +66,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="fixture and sampling seed")
     parser.add_argument("--timeout", type=float, default=300.0,
                         help="give up waiting for the answers after this many seconds")
+    parser.add_argument("--no-video", dest="video", action="store_false",
+                        help="do not render answers.mp4")
 
 
 def run(args) -> int:
@@ -172,6 +179,8 @@ def _write_outputs(res, out, args, gr) -> int:
     files.append(_write_wav(out / "answers.wav", wave))
     files.append(_write_flame(out / "flame.npz", res, t0_ns))
     files.append(_write_preview(out / "preview.png", res, wave, t0_ns))
+    if getattr(args, "video", True):
+        files.append(_write_video(out / "answers.mp4", res, wave, t0_ns))
     rows = gr.turn_rows(res)
     files.append(_write_latency(out / "latency.md", res, rows, args))
     files.append(_write_summary(out / "summary.json", res, rows, args))
@@ -229,14 +238,27 @@ def _write_preview(path, res, wave, t0_ns):
     """preview.png over the answers' time span (listening frames in between included)."""
     from a2llm_ros.constants import FLAME_FPS, SAMPLE_RATE
     from a2llm_ros.demo.preview import render_preview
-    frames, stamps, _ = _flame_stream(res)
+    frames, stamps, turns_of = _flame_stream(res)
     end_ns = t0_ns + int(len(wave) * 1e9 / SAMPLE_RATE)
     keep = (stamps >= t0_ns) & (stamps < end_ns)
     turns = ", ".join(str(t.turn_id) for t in res.answered)
-    render_preview(wave, frames[keep], path, n_faces=8,
+    render_preview(wave, frames[keep], path, n_faces=8, listening=turns_of[keep] == 0,
                    title=f"A\u00b2-LLM demo: answers of turn(s) {turns} as published "
                          f"({len(wave) / SAMPLE_RATE:.2f} s, {int(keep.sum())} FLAME frames at "
                          f"{FLAME_FPS} fps)")
+    return path
+
+
+def _write_video(path, res, wave, t0_ns):
+    """answers.mp4: the FLAME stream over answers.wav's span, with that audio."""
+    import sys
+
+    from a2llm_ros.constants import FLAME_FPS, SAMPLE_RATE
+    from a2llm_ros.render.timeline import Clip
+    from a2llm_ros.render.video import render_video
+    frames, stamps, _ = _flame_stream(res)
+    clip = Clip(wave, SAMPLE_RATE, frames, stamps, int(t0_ns), FLAME_FPS)
+    render_video(clip, path, progress=sys.stderr.isatty())
     return path
 
 

@@ -10,12 +10,18 @@
    mesh's inner-lip gap (mm, right axis, head pose removed).
 
 Numbered vertical markers in rows 2 and 3 show where the strip's frames are.
-Frames for the strip (``pick``): ``"extremes"`` (default: the timeline in
-``n_faces`` equal parts, alternately the most open and the most closed mouth
-of each part, so open and closed faces both appear), ``"peaks"`` (the
-``n_faces`` highest lip-gap peaks) or ``"even"`` (evenly spaced).
+Frames for the strip (``pick``): ``"speech"`` (default, :func:`pick_speech_frames`:
+``n_faces - 1`` frames inside the speech -- its frames in equal parts,
+alternately the most open and the most closed mouth of each part -- plus one
+frame of the listening face, labelled "listening"), ``"extremes"`` (the same
+over the whole timeline), ``"peaks"`` (the ``n_faces`` highest lip-gap peaks)
+or ``"even"`` (evenly spaced).  Speech is where the frame's RMS exceeds
+:data:`SPEECH_REL_RMS` of its maximum (and the caller's ``listening`` mask,
+e.g. the demo's turn id 0, is false).
 
-Pure numpy + matplotlib (Agg canvas, no pyplot state); no ROS.
+Faces are drawn by the project's renderer (:mod:`a2llm_ros.render.raster`:
+smooth shading, dark mouth interior, eyes and lids).  Pure numpy +
+matplotlib (Agg canvas, no pyplot state); no ROS.
 """
 from __future__ import annotations
 
@@ -28,12 +34,15 @@ import numpy as np
 from a2llm_ros.constants import FLAME_FPS, SAMPLE_RATE
 from a2llm_ros.flame.layout import DEFAULT_LAYOUT, FlameLayout
 
-PICKS = ("extremes", "peaks", "even")
+PICKS = ("speech", "extremes", "peaks", "even")
+#: Speech: frames whose RMS exceeds this fraction of the loudest frame's (and an absolute floor).
+SPEECH_REL_RMS = 0.1
+SPEECH_MIN_RMS = 1e-4
+LISTENING_LABEL = "listening"
+FACE_SUPERSAMPLE = 2
 DEFAULT_SIZE = (1600, 900)  # pixels (width, height)
 DPI = 100
 WAVE_BINS = 2000  # min/max envelope columns of the waveform plot
-FACE_ZOOM = 0.7  # half-width of the face view / landmark extent
-FACE_DROP = 0.25  # view centre below the landmark centre (x landmark extent), shows the chin
 MIN_RENDER_PX = 64
 # Layout in pixels: margins, gaps between faces / strip and plots / the two plots.
 TOP_PX, BOTTOM_PX, LEFT_PX, RIGHT_PX = 70, 60, 90, 90
@@ -51,6 +60,8 @@ class PreviewInfo:
     size: Tuple[int, int]  # PNG (width, height) in pixels
     strip_frames: np.ndarray  # [n] frame indices shown in the strip
     strip_times_s: np.ndarray  # [n]
+    strip_labels: Tuple[str, ...]  # [n] "speech" or "listening"
+    speech: np.ndarray  # [T] bool, frames counted as speech
     strip_box: Tuple[int, int, int, int]  # face strip in the PNG: (top, bottom, left, right) px
     jaw_pitch: np.ndarray  # [T] rad
     lip_gap_mm: np.ndarray  # [T]
@@ -59,8 +70,9 @@ class PreviewInfo:
 
 def pick_frames(lip_gap: np.ndarray, n: int, how: str = "extremes") -> np.ndarray:
     """Indices [n'] (sorted, unique, n' <= n) of the frames to show, from the lip-gap curve [T]."""
-    if how not in PICKS:
-        raise ValueError(f"pick must be one of {PICKS}, got {how!r}")
+    if how not in PICKS or how == "speech":
+        raise ValueError(f"pick must be one of {PICKS[1:]} (speech: pick_speech_frames), "
+                         f"got {how!r}")
     total = len(lip_gap)
     n = max(1, min(n, total))
     if how == "even":
@@ -83,6 +95,49 @@ def pick_frames(lip_gap: np.ndarray, n: int, how: str = "extremes") -> np.ndarra
     return np.unique(out)
 
 
+def speech_frames(rms: np.ndarray, listening: Optional[np.ndarray] = None) -> np.ndarray:
+    """Speech mask [T] from the per-frame RMS [T] (and a listening mask [T] to exclude)."""
+    rms = np.asarray(rms, np.float64)
+    peak = float(rms.max()) if len(rms) else 0.0
+    speech = rms > max(SPEECH_REL_RMS * peak, SPEECH_MIN_RMS)
+    if listening is not None:
+        speech &= ~np.asarray(listening, bool)
+    return speech
+
+
+def pick_speech_frames(lip_gap: np.ndarray, speech: np.ndarray, n: int,
+                       listening: Optional[np.ndarray] = None) -> Tuple[np.ndarray, tuple]:
+    """(indices [n'] sorted, labels [n']): ``n - 1`` frames in speech plus one listening frame.
+
+    Speech frames (mask ``speech`` [T]) are split into ``n - 1`` equal parts (in
+    time order), alternately the most open and the most closed mouth of each
+    part (lip gap [T]); the listening frame is the middle of the longest run of
+    ``listening`` [T] (default: not speech).  Without speech: ``"extremes"`` over
+    the whole timeline.
+    """
+    speech = np.asarray(speech, bool)
+    quiet = ~speech if listening is None else np.asarray(listening, bool)
+    inside = np.nonzero(speech)[0]  # [S]
+    if not len(inside):
+        chosen = pick_frames(lip_gap, n, "extremes")
+        return chosen, tuple(LISTENING_LABEL if quiet[i] else "speech" for i in chosen)
+    n_speech = max(1, min(n - 1 if quiet.any() else n, len(inside)))
+    part = pick_frames(lip_gap[inside], n_speech, "extremes")
+    chosen = {int(i): "speech" for i in inside[part]}
+    if quiet.any() and n > 1:
+        chosen[_middle_of_longest_run(quiet)] = LISTENING_LABEL
+    order = sorted(chosen)
+    return np.array(order, int), tuple(chosen[i] for i in order)
+
+
+def _middle_of_longest_run(mask: np.ndarray) -> int:
+    """Index of the middle of the longest run of True in mask [T] (one exists)."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    starts, ends = np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]
+    k = int(np.argmax(ends - starts))
+    return int((starts[k] + ends[k] - 1) // 2)
+
+
 def frame_rms(wave: np.ndarray, n_frames: int, sample_rate: int = SAMPLE_RATE,
               fps: float = FLAME_FPS) -> np.ndarray:
     """RMS of ``wave`` [N] per FLAME frame -> [n_frames] (zeros past the end of the audio)."""
@@ -92,17 +147,6 @@ def frame_rms(wave: np.ndarray, n_frames: int, sample_rate: int = SAMPLE_RATE,
         seg = wave[int(round(i * hop)):int(round((i + 1) * hop))]
         out[i] = float(np.sqrt(np.mean(seg ** 2))) if len(seg) else 0.0
     return out
-
-
-def _face_bounds(mesh, verts: np.ndarray) -> tuple:
-    """Square view (xmin, xmax, ymin, ymax) around the face landmarks of verts [T, V, 3]."""
-    pts = mesh.regions.points(verts, range(len(mesh.regions.lmk_face_idx)))  # [T, L, 3]
-    lo, hi = pts[..., :2].reshape(-1, 2).min(0), pts[..., :2].reshape(-1, 2).max(0)
-    extent = float((hi - lo).max())
-    cx, cy = (lo + hi) / 2
-    cy -= FACE_DROP * extent
-    half = FACE_ZOOM * extent
-    return cx - half, cx + half, cy - half, cy + half
 
 
 def _wave_envelope(wave: np.ndarray, sample_rate: int) -> tuple:
@@ -117,19 +161,22 @@ def _wave_envelope(wave: np.ndarray, sample_rate: int) -> tuple:
 
 def render_preview(wave: np.ndarray, frames: np.ndarray, out_png, mesh=None, n_faces: int = 8,
                    title: Optional[str] = None, *, sample_rate: int = SAMPLE_RATE,
-                   fps: float = FLAME_FPS, pick: str = "extremes",
+                   fps: float = FLAME_FPS, pick: str = "speech",
                    size: Tuple[int, int] = DEFAULT_SIZE,
-                   layout: FlameLayout = DEFAULT_LAYOUT) -> PreviewInfo:
+                   layout: FlameLayout = DEFAULT_LAYOUT,
+                   listening: Optional[np.ndarray] = None) -> PreviewInfo:
     """Write the preview PNG for audio ``wave`` [N] and FLAME ``frames`` [T, layout.dim].
 
     ``mesh``: a :class:`~a2llm_ros.flame.mesh.FlameMesh` (default: the generated
-    head).  ``size`` is the exact PNG size in pixels.  Returns a
-    :class:`PreviewInfo`.
+    head).  ``size`` is the exact PNG size in pixels.  ``listening`` [T]: frames
+    of the listening face (never counted as speech; default: the silent ones).
+    Returns a :class:`PreviewInfo`.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from a2llm_ros.flame.mesh import FlameMesh, render_frames
+    from a2llm_ros.flame.mesh import FlameMesh
+    from a2llm_ros.render.raster import FaceRenderer, view_bounds
 
     wave = np.asarray(wave, np.float64).reshape(-1)  # [N]
     frames = np.asarray(frames, np.float64)  # [T, D]
@@ -139,7 +186,12 @@ def render_preview(wave: np.ndarray, frames: np.ndarray, out_png, mesh=None, n_f
     jaw_pitch = frames[:, layout.jaw][:, 0]  # [T]
     lip_gap = mesh.mouth_opening(mesh.vertices(frames, with_head=False)) * MM  # [T]
     rms = frame_rms(wave, len(frames), sample_rate, fps)  # [T]
-    chosen = pick_frames(lip_gap, n_faces, pick)
+    speech = speech_frames(rms, listening)  # [T]
+    if pick == "speech":
+        chosen, labels = pick_speech_frames(lip_gap, speech, n_faces, listening)
+    else:
+        chosen = pick_frames(lip_gap, n_faces, pick)
+        labels = tuple("speech" if speech[i] else LISTENING_LABEL for i in chosen)
     times = chosen / fps
 
     width, height = size
@@ -152,13 +204,15 @@ def render_preview(wave: np.ndarray, frames: np.ndarray, out_png, mesh=None, n_f
 
     verts = mesh.vertices(frames[chosen], with_head=True)  # [n, V, 3]
     cell_px = strip_rect[0][3] * height
-    images = render_frames(verts, mesh.faces, size=max(MIN_RENDER_PX, int(cell_px)),
-                           bounds=_face_bounds(mesh, verts), face_colors=mesh.face_colors())
+    renderer = FaceRenderer(mesh, max(MIN_RENDER_PX, int(cell_px)), view_bounds(mesh, verts),
+                            supersample=FACE_SUPERSAMPLE)
+    eyes = renderer.eye_open(verts)  # [n, 2]
     for k, ax in enumerate(face_axes):
-        ax.imshow(images[k], interpolation="antialiased")
+        ax.imshow(renderer.render(verts[k], eyes[k]), interpolation="antialiased")
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_title(f"#{k + 1}  {times[k]:.2f} s", fontsize=9)
+        note = f"  ({labels[k]})" if labels[k] == LISTENING_LABEL else ""
+        ax.set_title(f"#{k + 1}  {times[k]:.2f} s{note}", fontsize=9)
 
     _draw_wave(ax_wave, wave, rms, sample_rate, fps)
     _draw_jaw(ax_jaw, jaw_pitch, lip_gap, fps)
@@ -178,7 +232,8 @@ def render_preview(wave: np.ndarray, frames: np.ndarray, out_png, mesh=None, n_f
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=DPI, facecolor="white")
-    return PreviewInfo(out_png, (width, height), chosen, times, box, jaw_pitch, lip_gap, rms)
+    return PreviewInfo(out_png, (width, height), chosen, times, labels, speech, box, jaw_pitch,
+                       lip_gap, rms)
 
 
 def _layout(width: int, height: int, n: int) -> tuple:

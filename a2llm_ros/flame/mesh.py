@@ -1,4 +1,4 @@
-"""FLAME meshes from 58-D animation frames, face-region helpers and a preview renderer.
+"""FLAME meshes from 58-D animation frames and face-region helpers.
 
 :class:`FlameMesh` turns frames [T, D] (see :class:`FlameLayout`) into vertices
 [T, V, 3] in metres.  Frame blocks map onto FLAME parameters as follows:
@@ -20,6 +20,9 @@ eyelid ``.npy``).  Backends: ``"numpy"`` (pure-numpy linear blend skinning that
 follows smplx 0.1.28's ``lbs`` exactly; default) or ``"smplx"`` (builds
 ``smplx.FLAME`` from a directory; needs ``chumpy`` installed for original
 FLAME 2020 pickles, since smplx unpickles them unrestricted).
+
+Images and videos of the mesh are drawn by :mod:`a2llm_ros.render` (a tool,
+not imported here) with the colours of :mod:`a2llm_ros.flame.appearance`.
 
 Face regions come from the 51-point static landmark embedding (iBUG-68 order
 without the contour): inner-lip midpoints 45/49, mouth corners 31/37, eyes
@@ -316,85 +319,8 @@ class FlameMesh:
         """Upper-face vertices [T, U, 3]."""
         return upper_face(verts, self.regions)
 
-    def face_colors(self) -> np.ndarray:
-        """Base colours [F, 3] for :func:`render_frames`: skin with tinted lips."""
-        return lip_tinted_colors(self.arrays.v_template, self.faces, self.regions)
-
-
-LIP_RGB = (0.75, 0.38, 0.38)
-LMK_OUTER_LIPS = slice(31, 43)
-LIP_DEPTH = 0.012
-
-
-def lip_tinted_colors(v_template: np.ndarray, faces: np.ndarray,
-                      regions: FaceRegions) -> np.ndarray:
-    """Skin colour [F, 3] with faces inside the outer-lip landmark ellipse tinted."""
-    lips = regions.points(v_template, range(LMK_OUTER_LIPS.start, LMK_OUTER_LIPS.stop))
-    centre = lips.mean(0)
-    half = np.abs(lips - centre).max(0)  # [3]
-    cent = v_template[faces].mean(1)  # [F, 3]
-    inside = ((cent[:, 0] - centre[0]) / half[0]) ** 2 + \
-        ((cent[:, 1] - centre[1]) / half[1]) ** 2 < 1.0
-    inside &= cent[:, 2] > centre[2] - LIP_DEPTH
-    colors = np.tile(np.asarray(SKIN_RGB, np.float64), (len(faces), 1))
-    colors[inside] = LIP_RGB
-    return colors
-
-
-SKIN_RGB = (0.86, 0.70, 0.60)
-INSIDE_RGB = (0.35, 0.10, 0.10)
-LIGHT_DIR = (0.3, 0.4, 1.0)
-AMBIENT = 0.25
-
-
-def _face_colors(tri: np.ndarray, base: Optional[np.ndarray] = None) -> np.ndarray:
-    """Lambert colours [F, 3] of triangles [F, 3, 3]; back faces get the mouth colour."""
-    normal = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    normal /= np.maximum(np.linalg.norm(normal, axis=-1, keepdims=True), 1e-12)
-    light = np.asarray(LIGHT_DIR) / np.linalg.norm(LIGHT_DIR)
-    lam = np.clip(normal @ light, 0.0, 1.0)[:, None]
-    base = np.asarray(SKIN_RGB)[None] if base is None else np.asarray(base)
-    skin = base * (AMBIENT + (1 - AMBIENT) * lam)
-    return np.where(normal[:, 2:3] >= 0, skin, np.asarray(INSIDE_RGB))
-
-
-def _bounds(verts: np.ndarray, margin: float = 0.05) -> tuple:
-    lo, hi = verts[..., :2].reshape(-1, 2).min(0), verts[..., :2].reshape(-1, 2).max(0)
-    centre, half = (lo + hi) / 2, (hi - lo).max() / 2 * (1 + margin)
-    return centre[0] - half, centre[0] + half, centre[1] - half, centre[1] + half
-
-
-def render_frames(verts: np.ndarray, faces: np.ndarray, size: int = 256,
-                  bounds: Optional[tuple] = None, background=(1.0, 1.0, 1.0),
-                  face_colors: Optional[np.ndarray] = None) -> np.ndarray:
-    """Shaded frontal orthographic render with matplotlib (Agg).
-
-    verts [V, 3] -> image [size, size, 3] uint8; verts [T, V, 3] -> [T, size, size, 3].
-    ``bounds`` (xmin, xmax, ymin, ymax) defaults to a square around all frames;
-    ``face_colors`` [F, 3] (0..1) are base colours (``FlameMesh.face_colors()``
-    tints the lips), default skin.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.collections import PolyCollection
-    from matplotlib.figure import Figure
-    verts = np.asarray(verts, np.float64)
-    single = verts.ndim == 2
-    seq = verts[None] if single else verts
-    bounds = bounds or _bounds(seq)
-    images = []
-    for frame in seq:
-        fig = Figure(figsize=(1, 1), dpi=size, facecolor=background)
-        canvas = FigureCanvasAgg(fig)
-        ax = fig.add_axes((0, 0, 1, 1))
-        ax.set_axis_off()
-        ax.set_xlim(bounds[0], bounds[1])
-        ax.set_ylim(bounds[2], bounds[3])
-        tri = frame[faces]  # [F, 3, 3]
-        order = np.argsort(tri[:, :, 2].mean(1))  # far to near
-        colors = _face_colors(tri, face_colors)[order]
-        ax.add_collection(PolyCollection(tri[order, :, :2], facecolors=colors,
-                                         edgecolors="none", antialiased=False))
-        canvas.draw()
-        images.append(np.asarray(canvas.buffer_rgba())[..., :3].copy())
-    out = np.stack(images)
-    return out[0] if single else out
+    def vertex_colors(self, skin=None) -> np.ndarray:
+        """Per-vertex base colours [V, 3] (0..1) of :mod:`a2llm_ros.flame.appearance`
+        (skin, lips, open eyes, brows); ``skin`` (RGB) replaces the skin tone."""
+        from a2llm_ros.flame.appearance import Appearance
+        return Appearance.from_arrays(self.arrays).vertex_colors(self.arrays.v_template, skin)

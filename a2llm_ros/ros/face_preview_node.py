@@ -87,7 +87,8 @@ class PreviewNodeParams(ConfigBase):
     keepalive_s: float = 1.0
     #: Scale applied to the mesh (1 = metres).
     scale: float = 1.0
-    #: Marker colour, RGBA in [0, 1].
+    #: Skin colour and alpha, RGBA in [0, 1] (lips, eyes and brows keep the colours of
+    #: a2llm_ros.flame.appearance, the offline renderer's palette).
     color: Tuple[float, ...] = (0.85, 0.7, 0.6, 1.0)
     #: Apply the FLAME head rotation to the mesh (else the head stays upright).
     with_head_rotation: bool = True
@@ -189,7 +190,8 @@ class FacePreviewNode(Node):
 
     def _make_marker(self, cfg: PreviewNodeParams) -> MeshMarker:
         return MeshMarker(self._faces(cfg.max_faces), cfg.frame_id, color=cfg.color,
-                          scale=cfg.scale)
+                          scale=cfg.scale,
+                          vertex_colors=self.mesh.vertex_colors(skin=cfg.color[:3]))
 
     def _on_live(self, cfg: PreviewNodeParams, names: Tuple[str, ...]) -> None:
         marker = (self._make_marker(cfg) if set(names) & set(MARKER_PARAMS)

@@ -8,6 +8,11 @@ publisher sends the bytes (``Publisher.publish(bytes)``) -- no ``Point``
 objects, no Python loop, no Python -> C conversion.  Subscribers receive an
 ordinary Marker, identical to the one :meth:`MeshMarker.message` builds.
 
+Colours: one marker colour (``color``), or with ``vertex_colors`` [V, 3] (e.g.
+:meth:`a2llm_ros.flame.mesh.FlameMesh.vertex_colors`, the palette the offline
+renderer uses) one ``ColorRGBA`` per point, alpha from ``color``.  They are
+static, written once into the template, so a frame costs the same.
+
 Where the serialized layout cannot be located (an RMW serializing in another
 byte order), :attr:`MeshMarker.serialized` is False and :meth:`MeshMarker.update`
 returns the Marker message instead (slow path, same content).
@@ -32,9 +37,12 @@ class MeshMarker:
     """Marker TRIANGLE_LIST of one topology ``faces [F, 3]`` (3 points per face)."""
 
     def __init__(self, faces: np.ndarray, frame_id: str, color: Sequence[float] = DEFAULT_COLOR,
-                 scale: float = 1.0, ns: str = MARKER_NS, marker_id: int = 0):
+                 scale: float = 1.0, ns: str = MARKER_NS, marker_id: int = 0,
+                 vertex_colors: Optional[np.ndarray] = None):
         self.faces = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
         self.faces_flat = self.faces.reshape(-1)
+        self._corner_rgb = (None if vertex_colors is None else
+                            np.asarray(vertex_colors, np.float64)[self.faces_flat, :3])  # [3F, 3]
         self.scale = float(scale)
         self._frame_id, self._color = frame_id, tuple(float(c) for c in color)
         self._ns, self._id = ns, int(marker_id)
@@ -64,6 +72,9 @@ class MeshMarker:
         marker.scale.x = marker.scale.y = marker.scale.z = 1.0
         r, g, b, a = self._color
         marker.color = ColorRGBA(r=r, g=g, b=b, a=a)
+        if self._corner_rgb is not None:
+            marker.colors = [ColorRGBA(r=cr, g=cg, b=cb, a=a)
+                             for cr, cg, cb in self._corner_rgb.tolist()]
         return marker
 
     def _make_template(self) -> SerializedMeshTemplate:
