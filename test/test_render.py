@@ -169,3 +169,27 @@ def test_open_mouth_is_dark_inside_and_blinks_hide_the_eyes(mesh):
     # smooth shading: the skin holds many tones (flat shading has about one per face)
     face = images[0][40:120, 40:120].reshape(-1, 3)
     assert len(np.unique(face, axis=0)) > 500
+
+
+def test_a_model_file_without_eyelid_blendshapes_renders_and_blinks(tmp_path, capsys):
+    """A FLAME-2020-like model file (no l_eyelid/r_eyelid): lids close through expressions."""
+    import dataclasses
+
+    from a2llm_ros.flame.head_model import EXPRESSION_NAMES, build_head
+    model = tmp_path / "model.npz"
+    dataclasses.replace(build_head().arrays, eyelids=None).save_npz(str(model))
+    other = FlameMesh(str(model))
+    frames = np.zeros((3, LAYOUT.dim))
+    blink = EXPRESSION_NAMES.index("eyelid_close")
+    frames[1:, blink] = (1.0, 3.0)
+    verts = other.vertices(frames)
+    eyes = FaceRenderer(other, 64, view_bounds(other, verts), 1).eye_open(verts)  # [3, 2]
+    assert not other.has_eyelids and (np.diff(eyes, axis=0) < -0.1).all() and eyes[0, 0] == 1
+    frames_v, wave = _frames_and_wave()
+    np.savez(tmp_path / "flame.npz", frames=frames_v[:6])
+    soundfile.write(tmp_path / "a.wav", wave[:SAMPLE_RATE * 2 // 5], SAMPLE_RATE)
+    out = tmp_path / "model.mp4"
+    assert main(["render", "--flame", str(tmp_path / "flame.npz"), "--audio",
+                 str(tmp_path / "a.wav"), "--out", str(out), "--model", str(model),
+                 "--size", "64", "--no-progress"]) == 0
+    assert probe(out).video_frames == 10  # 0.4 s of audio; the last of 6 frames held
