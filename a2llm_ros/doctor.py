@@ -41,7 +41,17 @@ def python_checks() -> List[Check]:
                  "rosbags", "pocketsphinx", "soundfile"):
         mod, err = _import(name)
         out.append((name, mod is not None, getattr(mod, "__version__", "present") if mod else err))
+    out.append(_ffmpeg_check())
     return out
+
+
+def _ffmpeg_check() -> Check:
+    """The ffmpeg binary of ``a2llm render`` and the demo's answers.mp4 (imageio-ffmpeg)."""
+    from a2llm_ros.render.video import FfmpegError, ffmpeg_exe
+    try:
+        return ("ffmpeg", True, f"{ffmpeg_exe()} (a2llm render, answers.mp4)")
+    except FfmpegError as exc:
+        return ("ffmpeg", False, str(exc))
 
 
 def ros_checks() -> List[Check]:
