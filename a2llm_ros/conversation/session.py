@@ -37,6 +37,16 @@ cancel or barge-in.  ``start_sample`` is the turn's cumulative output count,
 so the timeline stays exact over the whole answer; ``max_response_s`` and the
 end of playback are counted at the output rate.
 
+Speculation (``VadConfig.speculate_after_ms`` > 0): at a :class:`~.turns.PauseStart`
+while listening, the answer to the utterance so far starts as a *private* turn:
+the generator runs, its events are held and nothing reaches the sink (the state
+stays ``listening``).  If the pause reaches ``min_silence_ms`` the utterance end
+carries the same samples and the turn is committed: the state goes to
+``thinking`` and the held events are emitted as a non-speculative turn would emit
+them.  A :class:`~.turns.SpeechResumed` drops the private turn (cancelled); the
+utterance goes on.  Counted in ``counters``: ``speculations_started``,
+``speculations_committed``, ``speculations_dropped``.
+
 Barge-in (``TurnConfig.barge_in``): ``off`` ignores the user while the avatar
 thinks or speaks (the end-pointer is reset afterwards, so the avatar's own
 voice is not taken as a question); ``stop`` interrupts once the user has been
@@ -59,7 +69,8 @@ from a2llm_ros.constants import FLAME_FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from a2llm_ros.events import AudioEvent, EndEvent, Event, FlameEvent, TextEvent
 from a2llm_ros.conversation.listening import ListeningConfig, ListeningFace
 from a2llm_ros.conversation.resample import Piece, TurnAudio, check_output_rate
-from a2llm_ros.conversation.turns import Activity, SpeechStart, TurnDetector, UtteranceEnd
+from a2llm_ros.conversation.turns import (Activity, PauseStart, SpeechResumed, SpeechStart,
+                                          TurnDetector, UtteranceEnd)
 from a2llm_ros.conversation.vad import CHUNK_MS, StreamingVad, VadConfig
 
 __all__ = ["TurnConfig", "SessionSink", "NullSink", "TurnGenerator",
@@ -148,6 +159,11 @@ class TurnGenerator(Protocol):
     def reset(self) -> None: ...
 
 
+#: Counters of speculative answers (module docstring, "Speculation").
+SPECULATION_COUNTERS = ("speculations_started", "speculations_committed",
+                        "speculations_dropped")
+
+
 @dataclasses.dataclass
 class _Turn:
     """Book-keeping of the response being generated/played."""
@@ -164,6 +180,13 @@ class _Turn:
     end_reason: str = "end"
     #: Utterance waiting to be passed to ``generator.start`` (worker, no lock).
     question: Optional[np.ndarray] = None
+    #: Private (speculative) turn: its events are held, not emitted, until commit.
+    speculative: bool = False
+    #: (start_sample, end_sample) of the utterance a speculative turn answers.
+    span: Optional[Tuple[int, int]] = None
+    held: List[Event] = dataclasses.field(default_factory=list)
+    #: The held events include the generator's end (a speculative turn steps no more).
+    held_end: bool = False
 
 
 class ConversationSession:
@@ -191,6 +214,9 @@ class ConversationSession:
         self._queue: Deque[Tuple[np.ndarray, Optional[int]]] = collections.deque()
         self._qlock = threading.Lock()
         self.counters: Dict[str, int] = collections.defaultdict(int)
+        if vad_config.speculate_after_ms > 0:  # shown in diagnostics from the start
+            for name in SPECULATION_COUNTERS:
+                self.counters[name] = 0
         self.state = "idle"
         self.turn_id = 0
         self._turn: Optional[_Turn] = None
@@ -274,7 +300,8 @@ class ConversationSession:
     def step(self) -> bool:
         """One unit of worker work: drain audio, advance the generator."""
         worked = self.process_audio() > 0
-        if self._turn is not None and not self._turn.gen_done:
+        turn = self._turn
+        if turn is not None and not turn.gen_done and not turn.held_end:
             self._step_generator()
             worked = True
         self._check_playback_done()
@@ -321,8 +348,44 @@ class ConversationSession:
         elif isinstance(event, SpeechStart) and self.state == "idle":
             self.turn_id += 1
             self._set_state("listening", "speech_start")
+        elif isinstance(event, PauseStart) and self.state == "listening" and self._turn is None:
+            self._turn = _Turn(self.turn_id, question=event.segment, speculative=True,
+                               span=(event.start_sample, event.end_sample))
+            self.counters["speculations_started"] += 1
+        elif isinstance(event, SpeechResumed) and self._speculating():
+            self.counters["speculations_dropped"] += 1
+            self._drop_speculation()
         elif isinstance(event, UtteranceEnd) and self.state == "listening":
+            if self._speculating():
+                if self._turn.span == (event.start_sample, event.end_sample):
+                    self._commit(event)
+                    return
+                self.counters["speculations_dropped"] += 1
+                self._drop_speculation()
             self._start_turn(event)
+
+    def _speculating(self) -> bool:
+        return self._turn is not None and self._turn.speculative
+
+    def _drop_speculation(self) -> None:
+        """Cancel the private turn (nothing of it was emitted)."""
+        self._turn = None
+        if self._gen is not None:
+            try:
+                self._gen.cancel()
+            except Exception as err:  # noqa: BLE001
+                self.sink.on_error(self.turn_id, f"generator cancel failed: {err!r}")
+                self._gen = None
+
+    def _commit(self, utterance: UtteranceEnd) -> None:
+        """The pause became the utterance end: the private turn goes public."""
+        turn = self._turn
+        self.counters["speculations_committed"] += 1
+        self._set_state("thinking", "forced_end" if utterance.forced else "utterance_end")
+        self._voiced_ms, self._gain = 0.0, 1.0
+        turn.speculative, turn.held_end = False, False
+        held, turn.held = turn.held, []
+        self._emit_events(turn, held)
 
     def _barge_in_check(self, voiced: bool) -> None:
         cfg = self.config
@@ -418,14 +481,22 @@ class ConversationSession:
                     self._fail(err)
             return
         with self._lock:
-            for event in events or ():
-                if self._turn is not turn:  # interrupted meanwhile: drop
-                    self.counters["dropped_events"] += 1
-                    continue
-                try:
-                    self._on_generator_event(turn, event)
-                except Exception as err:  # noqa: BLE001 (a malformed event fails the turn)
-                    self._fail(err)
+            if self._turn is turn and turn.speculative:
+                turn.held.extend(events or ())  # private until committed
+                turn.held_end = any(isinstance(e, EndEvent) for e in turn.held)
+                return
+            self._emit_events(turn, events or ())
+
+    def _emit_events(self, turn: _Turn, events) -> None:
+        """Generator events of ``turn`` to the sink (under the lock)."""
+        for event in events:
+            if self._turn is not turn:  # interrupted meanwhile: drop
+                self.counters["dropped_events"] += 1
+                continue
+            try:
+                self._on_generator_event(turn, event)
+            except Exception as err:  # noqa: BLE001 (a malformed event fails the turn)
+                self._fail(err)
 
     def _on_generator_event(self, turn: _Turn, event: Event) -> None:
         if isinstance(event, FlameEvent):
@@ -503,7 +574,7 @@ class ConversationSession:
     def _check_playback_done(self) -> None:
         with self._lock:
             turn = self._turn
-            if turn is None or not turn.gen_done:
+            if turn is None or turn.speculative or not turn.gen_done:
                 return
             if turn.anchor is None:  # ended without any output
                 self._close_turn(cancel=False)

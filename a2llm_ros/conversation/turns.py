@@ -7,6 +7,13 @@ machine over its 32 ms decisions:
 -> ``speech`` [emit :class:`SpeechStart`] -> (unvoiced for ``min_silence_ms``)
 -> ``silence`` [emit :class:`UtteranceEnd`].
 
+With ``speculate_after_ms`` > 0, a pause inside speech that lasts
+``max(speculate_after_ms, speech_pad_ms)`` emits :class:`PauseStart` with the
+segment an :class:`UtteranceEnd` would carry if the pause went on to
+``min_silence_ms`` (the same samples: the padding after the last voiced chunk
+is already there); a voiced chunk after it emits :class:`SpeechResumed`.  The
+session may start the answer on the first and must drop it on the second.
+
 A candidate interrupted by an unvoiced chunk is a blip and is forgotten.  Once
 in speech, chunks count as voiced down to ``threshold - hysteresis``.  An
 utterance reaching ``max_utterance_s`` is force-ended (``forced=True``).  The
@@ -24,7 +31,8 @@ import numpy as np
 from a2llm_ros.constants import SAMPLE_RATE
 from a2llm_ros.conversation.vad import CHUNK_MS, StreamingVad, VadConfig, VadFrame
 
-__all__ = ["SpeechStart", "UtteranceEnd", "Activity", "TurnEvent", "TurnDetector"]
+__all__ = ["SpeechStart", "UtteranceEnd", "PauseStart", "SpeechResumed", "Activity",
+           "TurnEvent", "TurnDetector"]
 
 
 @dataclasses.dataclass
@@ -45,6 +53,23 @@ class UtteranceEnd:
 
 
 @dataclasses.dataclass
+class PauseStart:
+    """A pause long enough to speculate on: ``segment`` is the utterance as it ends if
+    the pause lasts (the :class:`UtteranceEnd` it would become, same samples)."""
+
+    segment: np.ndarray
+    start_sample: int
+    end_sample: int
+
+
+@dataclasses.dataclass
+class SpeechResumed:
+    """Voiced audio after a :class:`PauseStart`: the utterance goes on."""
+
+    sample: int
+
+
+@dataclasses.dataclass
 class Activity:
     """One VAD decision (every 32 ms)."""
 
@@ -53,7 +78,7 @@ class Activity:
     voiced: bool
 
 
-TurnEvent = Union[SpeechStart, UtteranceEnd, Activity]
+TurnEvent = Union[SpeechStart, UtteranceEnd, PauseStart, SpeechResumed, Activity]
 
 
 def _ms_to_samples(ms: float) -> int:
@@ -67,6 +92,9 @@ class TurnDetector:
         self.config = config or VadConfig()
         self.vad = vad if vad is not None else StreamingVad(self.config)
         self._pad = _ms_to_samples(self.config.speech_pad_ms)
+        #: Silence (ms) after which a pause is speculated on (0: never).
+        self._speculate_ms = (max(self.config.speculate_after_ms, self.config.speech_pad_ms)
+                              if self.config.speculate_after_ms > 0 else 0.0)
         self.reset()
 
     def reset(self, start_sample: int = 0) -> None:
@@ -79,6 +107,7 @@ class TurnDetector:
         self._voiced_ms = 0.0    # voiced time of the candidate
         self._silence_ms = 0.0   # unvoiced run inside speech
         self._last_voiced_end = 0
+        self._paused = False     # a PauseStart was emitted for the current pause
 
     @property
     def in_speech(self) -> bool:
@@ -122,18 +151,29 @@ class TurnDetector:
         cfg = self.config
         if voiced:
             self._silence_ms, self._last_voiced_end = 0.0, frame.end_sample
+            if self._paused:
+                self._paused = False
+                events.append(SpeechResumed(frame.start_sample))
         else:
             self._silence_ms += CHUNK_MS
         if self._silence_ms >= cfg.min_silence_ms:
             events.append(self._cut(self._last_voiced_end + self._pad, forced=False))
+        elif self._speculate_ms and not self._paused and self._silence_ms >= self._speculate_ms:
+            self._paused = True
+            segment, start, end = self._segment(self._last_voiced_end + self._pad)
+            events.append(PauseStart(segment, start, end))
         elif frame.end_sample - self._onset >= cfg.max_utterance_s * SAMPLE_RATE:
             events.append(self._cut(frame.end_sample, forced=True))
 
-    def _cut(self, end: int, forced: bool) -> UtteranceEnd:
+    def _segment(self, end: int):
+        """(samples [n], start, end) of the utterance from its pre-roll up to ``end``."""
         start = max(self._onset - self._pad, self._buf_start)
         end = min(end, self._buf_start + len(self._buf))
-        segment = self._buf[start - self._buf_start:end - self._buf_start].copy()
-        self.state = "silence"
+        return self._buf[start - self._buf_start:end - self._buf_start].copy(), start, end
+
+    def _cut(self, end: int, forced: bool) -> UtteranceEnd:
+        segment, start, end = self._segment(end)
+        self.state, self._paused = "silence", False
         return UtteranceEnd(segment, start, end, forced)
 
     def _trim(self) -> None:

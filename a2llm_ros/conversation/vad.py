@@ -55,6 +55,10 @@ class VadConfig(ConfigBase):
     min_silence_ms: float = 600.0
     #: Audio kept before the detected onset and after the last speech chunk.
     speech_pad_ms: float = 200.0
+    #: Speculation: after this much silence inside speech (at least ``speech_pad_ms``)
+    #: the answer starts privately, published only if the pause reaches
+    #: ``min_silence_ms`` and dropped if the user goes on; 0: off (answer at the end).
+    speculate_after_ms: float = 0.0
     #: Utterances are force-ended at this length.
     max_utterance_s: float = 30.0
     #: Energy backend: margin above the noise floor (dB) for prob 0.5.
@@ -65,6 +69,7 @@ class VadConfig(ConfigBase):
     BOUNDS = {"threshold": Bound(0.0, 1.0, low_open=True, high_open=True),
               "hysteresis": Bound(0.0, 1.0, high_open=True), "min_speech_ms": at_least(0.0),
               "min_silence_ms": at_least(0.0), "speech_pad_ms": at_least(0.0),
+              "speculate_after_ms": at_least(0.0),
               "max_utterance_s": above(0.0), "energy_margin_db": at_least(0.0),
               "energy_min_dbfs": Bound(high=0.0)}
 
@@ -73,6 +78,10 @@ class VadConfig(ConfigBase):
         if self.backend not in BACKENDS:
             raise ValueError(f"VadConfig.backend must be one of {BACKENDS}, "
                              f"got {self.backend!r}")
+        if self.speculate_after_ms and \
+                max(self.speculate_after_ms, self.speech_pad_ms) >= self.min_silence_ms:
+            raise ValueError("VadConfig.speculate_after_ms (and speech_pad_ms) must be "
+                             "below min_silence_ms to leave time for speculation")
 
 
 @dataclasses.dataclass

@@ -1,0 +1,184 @@
+"""Speculative answers at pauses (``VadConfig.speculate_after_ms``): started privately at
+a pause, dropped when the user goes on, committed at the utterance end with output
+identical to a run without speculation (fake generator, scripted VAD; and the default
+model on an espeak-ng question with a pause inside it, silero VAD)."""
+import hashlib
+import os
+
+import numpy as np
+import pytest
+from test_session import CHUNK, AmplitudeBackend, Driver, Recorder, _audio
+
+from a2llm_ros.constants import FLAME_FPS, SAMPLE_RATE
+from a2llm_ros.conversation.listening import ListeningConfig
+from a2llm_ros.conversation.session import ConversationSession, TurnConfig
+from a2llm_ros.conversation.turns import PauseStart, SpeechResumed, TurnDetector, UtteranceEnd
+from a2llm_ros.conversation.vad import StreamingVad, VadConfig
+from a2llm_ros.events import AudioEvent, EndEvent, FlameEvent, TextEvent
+from a2llm_ros.flame.layout import FRAME_DIM
+
+SPEC = dict(min_speech_ms=150, min_silence_ms=400, speech_pad_ms=100)
+
+
+class WaveGenerator:
+    """Answers depend on the question's samples (a hash), three segments per answer."""
+
+    def __init__(self):
+        self.starts, self.cancels, self.k, self.active = [], 0, 0, False
+
+    def start(self, wave, turn_id):
+        self.starts.append(np.asarray(wave).copy())
+        self.seed = int(hashlib.sha1(np.asarray(wave).tobytes()).hexdigest()[:8], 16)
+        self.k, self.active = 0, True
+
+    def step(self):
+        if not self.active:
+            return []
+        k, v = self.k, (self.seed % 1000) / 1000.0
+        events = [TextEvent(0, f"{self.seed}-{k} ", k),
+                  AudioEvent(0, np.full(3200, v, np.float32), SAMPLE_RATE, k * 0.2, k * 3200),
+                  FlameEvent(0, np.full((5, FRAME_DIM), v, np.float32), 25, k * 0.2, k * 5)]
+        self.k += 1
+        if self.k == 3:
+            self.active = False
+            events.append(EndEvent(0, "eos", 15, 15))
+        return events
+
+    def cancel(self):
+        self.cancels += 1
+        self.active = False
+
+    def reset(self):
+        self.active = False
+
+
+def _session(speculate_ms: float):
+    gen, rec = WaveGenerator(), Recorder()
+    vad = VadConfig(**SPEC, speculate_after_ms=speculate_ms)
+    return ConversationSession(lambda: gen, rec, TurnConfig(), vad,
+                               vad_backend=AmplitudeBackend()), gen, rec
+
+
+def _run(audio, speculate_ms):
+    session, gen, rec = _session(speculate_ms)
+    Driver(session, rec).feed(audio)
+    return session, gen, rec
+
+
+#: Speech frames blended from the live listening face (ListeningConfig.crossfade_s at
+#: 25 fps): they start from wherever the face is when the answer begins.
+FADE_FRAMES = round(ListeningConfig().crossfade_s * FLAME_FPS)
+
+
+def _answer(rec):
+    """What the user got: states, text, speech audio and motion (turn-relative; the
+    motion from the end of the cross-fade out of the listening face on)."""
+    speech = np.concatenate([e[3] for e in rec.kinds("flame") if e[5] == "speech"])
+    return (rec.states(), [e[2:] for e in rec.kinds("text")],
+            [(e[2], e[4], e[3].tolist()) for e in rec.kinds("audio")],
+            speech[FADE_FRAMES:].tolist())
+
+
+def test_detector_pause_carries_the_segment_its_utterance_end_will_carry():
+    cfg = VadConfig(**SPEC, speculate_after_ms=150)
+    det = TurnDetector(cfg, StreamingVad(cfg, AmplitudeBackend()))
+    audio = _audio((0.3, False), (1.0, True), (0.25, False), (0.5, True), (0.8, False))
+    events = [e for i in range(0, len(audio), CHUNK) for e in det.process(audio[i:i + CHUNK])]
+    kinds = [type(e) for e in events if not type(e).__name__ == "Activity"]
+    assert kinds[1:] == [PauseStart, SpeechResumed, PauseStart, UtteranceEnd]
+    pause, end = [e for e in events if isinstance(e, (PauseStart, UtteranceEnd))][1:]
+    assert (pause.start_sample, pause.end_sample) == (end.start_sample, end.end_sample)
+    assert np.array_equal(pause.segment, end.segment)
+
+
+def test_speculation_committed_at_the_end_equals_the_plain_answer_and_comes_sooner():
+    audio = _audio((0.5, False), (1.0, True), (1.5, False))
+    plain_session, plain_gen, plain = _run(audio, 0.0)
+    spec_session, spec_gen, spec = _run(audio, 150.0)
+    assert _answer(spec) == _answer(plain)
+    assert np.array_equal(spec_gen.starts[0], plain_gen.starts[0])
+    counters = spec_session.counters
+    assert (counters["speculations_started"], counters["speculations_committed"],
+            counters["speculations_dropped"]) == (1, 1, 0)
+    # the held answer is emitted at the utterance end, in the same chunk as `thinking`
+    t_think = next(e[1] for e in spec.kinds("state") if e[2] == "thinking")
+    assert spec.kinds("audio")[0][1] == t_think
+    assert plain.kinds("audio")[0][1] > t_think  # one generator step later at least
+    assert "speculations_started" not in plain_session.counters
+
+
+def test_speculation_dropped_when_the_user_goes_on_and_nothing_leaks():
+    # a 250 ms pause inside the question: speculated on (150 ms), then speech resumes
+    audio = _audio((0.5, False), (1.0, True), (0.25, False), (0.6, True), (1.5, False))
+    plain_session, plain_gen, plain = _run(audio, 0.0)
+    spec_session, spec_gen, spec = _run(audio, 150.0)
+    counters = spec_session.counters
+    assert (counters["speculations_started"], counters["speculations_dropped"],
+            counters["speculations_committed"]) == (2, 1, 1)
+    assert spec_gen.cancels == 1 and len(spec_gen.starts) == 2
+    assert len(spec_gen.starts[0]) < len(spec_gen.starts[1])  # the first guess was cut
+    assert np.array_equal(spec_gen.starts[1], plain_gen.starts[0])  # the whole question
+    assert _answer(spec) == _answer(plain)  # nothing of the dropped guess was emitted
+    t_think = next(e[1] for e in spec.kinds("state") if e[2] == "thinking")
+    assert all(e[1] >= t_think for e in spec.log if e[0] in ("audio", "text"))
+
+
+def test_speculation_must_leave_time_before_the_utterance_end():
+    with pytest.raises(ValueError, match="speculate_after_ms"):
+        VadConfig(min_silence_ms=400, speculate_after_ms=400)
+    with pytest.raises(ValueError, match="speculate_after_ms must be >= 0"):
+        VadConfig(speculate_after_ms=-1)
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    import torch
+
+    from a2llm_ros import checkpoint
+    if not os.path.isfile(os.path.join(checkpoint.DEFAULT_CHECKPOINT, "config.json")):
+        pytest.skip("the default checkpoint is not built (make default-checkpoint)")
+    torch.set_num_threads(1)
+    return checkpoint.load_checkpoint("default")
+
+
+def test_real_model_speculative_answer_equals_the_plain_one(default_model):
+    """The default model, silero VAD, an espeak-ng question with a 300 ms pause before its
+    last word: with speculation the pause is guessed on and dropped, the end committed,
+    and the published answer equals the one without speculation, sample for sample."""
+    from a2llm_ros.data.pause_fixture import paused_question
+    from a2llm_ros.generation import GenerationConfig, StreamingGenerator
+    question = paused_question("What is your name?", 300.0)
+    answers, counters = [], []
+    for speculate_ms in (0.0, 200.0):
+        rec = Recorder()
+        cfg = GenerationConfig(greedy=True, max_speech_tokens=50)
+        session = ConversationSession(lambda: StreamingGenerator(default_model, cfg), rec,
+                                      TurnConfig(), VadConfig(speculate_after_ms=speculate_ms))
+        driver = Driver(session, rec)
+        driver.feed(question.audio)
+        driver.silence(4.0)  # one generator step per 32 ms chunk: let the answer finish
+        answers.append(_answer(rec))
+        counters.append(dict(session.counters))
+    plain, spec = answers
+    assert plain[1] and plain[1][-1][2], "no answer text"  # (turn, text, final)
+    assert spec == plain
+    # the 300 ms pause was guessed on and dropped, the end committed
+    assert (counters[1]["speculations_started"], counters[1]["speculations_dropped"],
+            counters[1]["speculations_committed"]) == (2, 1, 1)
+
+
+def test_turn_bench_counts_false_cuts_and_endpointing_in_audio_time():
+    """`python -m a2llm_ros.bench_turns` figures on one question with a 300 ms pause
+    (silero VAD): 600 ms of silence waits for the true end, 250 ms cuts the question."""
+    from a2llm_ros.bench_turns import measure
+    from a2llm_ros.data.pause_fixture import paused_question
+    questions = [paused_question("What is your name?", 300.0)]
+    plain = measure(questions, {}, WaveGenerator)
+    assert plain["false_cut_pct"] == 0.0 and 600.0 <= plain["endpoint_ms_p50"] <= 700.0
+    assert plain["speculations_started"] == 0
+    spec = measure(questions, {"speculate_after_ms": 200.0}, WaveGenerator)
+    assert spec["false_cut_pct"] == 0.0 and spec["endpoint_ms_p50"] == plain["endpoint_ms_p50"]
+    assert (spec["speculations_committed"], spec["speculations_dropped"]) == (1, 1)
+    eager = measure(questions, {"min_silence_ms": 250.0, "speculate_after_ms": 200.0},
+                    WaveGenerator)
+    assert eager["false_cut_pct"] == 100.0
