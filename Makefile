@@ -29,7 +29,8 @@ TRAIN_DIR ?= .a2llm_data/train_tiny
 default-checkpoint: env
 	@$(ENV) a2llm data synth --out $(DATA_DIR) --seed 0 --n-pairs 50 --n-voices 8 && \
 	  a2llm train --config config/train_tiny.yaml --data $(DATA_DIR) --out $(TRAIN_DIR) \
-	    --install-default
+	    --install-default && \
+	  python -m a2llm_ros.training.end_of_turn --checkpoint default
 
 eval: env
 	@$(ENV) a2llm eval --checkpoint default --data $(DATA_DIR) --split test \

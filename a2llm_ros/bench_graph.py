@@ -98,6 +98,10 @@ def add_graph_arguments(parser) -> None:
     parser.add_argument("--graph-compare", action="store_true",
                         help="--graph: measure every layout of --graph-layouts with the "
                              "preview off and on and report them side by side")
+    parser.add_argument("--graph-param", dest="graph_params", action="append", default=[],
+                        metavar="NAME=VALUE",
+                        help="--graph: an a2llm_node parameter (YAML value), e.g. "
+                             "vad.speculate_after_ms=200; repeatable")
     parser.add_argument("--graph-layouts", default=",".join(LAYOUTS),
                         help=f"--graph-compare: comma-separated layouts out of "
                              f"{', '.join(LAYOUTS)} (default all)")
@@ -167,7 +171,20 @@ def graph_config(args, bag, sidecar, tokens: int, preview: bool, namespace: str 
         timeout_s=float(_opt(args, "graph_timeout", 600.0)),
         params={"generation.max_speech_tokens": tokens, "generation.min_speech_tokens": tokens,
                 "model.threads": int(_opt(args, "threads", 1)),
-                "backend.kind": str(_opt(args, "graph_backend", "auto"))})
+                "backend.kind": str(_opt(args, "graph_backend", "auto")),
+                **graph_params(_opt(args, "graph_params", []))})
+
+
+def graph_params(items: List[str]) -> dict:
+    """``NAME=VALUE`` options -> {name: value} (values parsed as YAML scalars)."""
+    import yaml
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--graph-param {item!r}: expected NAME=VALUE")
+        out[name.strip()] = yaml.safe_load(value)
+    return out
 
 
 def _node_names(cfg) -> List[str]:

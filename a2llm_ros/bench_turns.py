@@ -14,7 +14,8 @@ end-pointing setting of :data:`SETTINGS`.  Reported per setting:
 * ``compute_to_first_audio_ms`` p50: wall-clock time the worker spent from the
   utterance end to the first answer audio (prefill and first steps; with
   speculation, what was not done during the pause);
-* speculations started, committed and dropped.
+* speculations started, committed and dropped; commits by the end-of-turn head
+  (:mod:`a2llm_ros.conversation.end_of_turn`) when the setting uses it.
 
 End of speech -> first FLAME in the graph is about ``endpoint_ms`` + the compute
 + the output pipeline; ``a2llm bench --graph`` measures that end to end.
@@ -45,6 +46,11 @@ SETTINGS: Dict[str, Dict[str, float]] = {
     "600 ms + speculation at 200 ms": {"speculate_after_ms": 200.0},
     "400 ms + speculation at 200 ms": {"min_silence_ms": 400.0, "speculate_after_ms": 200.0},
     "250 ms + speculation at 200 ms": {"min_silence_ms": 250.0, "speculate_after_ms": 200.0},
+    "end-of-turn head at 200 ms, else 600 ms": {"speculate_after_ms": 200.0,
+                                                "end_of_turn": True},
+    "end-of-turn head at 200 ms, else 800 ms": {"min_silence_ms": 800.0,
+                                                "speculate_after_ms": 200.0,
+                                                "end_of_turn": True},
 }
 
 
@@ -67,11 +73,13 @@ class _Timeline(SessionSink):
             self.t_audio = self.now
 
 
-def run_question(audio: np.ndarray, vad: VadConfig, generator_factory) -> _Timeline:
+def run_question(audio: np.ndarray, vad: VadConfig, generator_factory,
+                 end_of_turn=None) -> _Timeline:
     """Feed ``audio`` (then :data:`DRAIN_S` of silence) chunk by chunk; one session step
     per chunk, as the node's worker does; worker time is summed after ``thinking``."""
     sink = _Timeline()
-    session = ConversationSession(generator_factory, sink, TurnConfig(), vad)
+    session = ConversationSession(generator_factory, sink, TurnConfig(), vad,
+                                  end_of_turn=end_of_turn)
     wave = np.concatenate([audio, np.zeros(int(DRAIN_S * SAMPLE_RATE), np.float32)])
     for i in range(0, len(wave), CHUNK):
         sink.now = i
@@ -86,13 +94,15 @@ def run_question(audio: np.ndarray, vad: VadConfig, generator_factory) -> _Timel
     return sink
 
 
-def measure(questions, overrides: Dict[str, float], generator_factory) -> Dict[str, float]:
+def measure(questions, overrides: Dict[str, float], generator_factory,
+            end_of_turn=None) -> Dict[str, float]:
     """The figures of one setting over the fixture (module docstring)."""
     vad = VadConfig(**overrides)
     cuts, endpoint, compute = 0, [], []
-    spec = {"speculations_started": 0, "speculations_committed": 0, "speculations_dropped": 0}
+    spec = {"speculations_started": 0, "speculations_committed": 0, "speculations_dropped": 0,
+            "end_of_turn_commits": 0}
     for q in questions:
-        run = run_question(q.audio, vad, generator_factory)
+        run = run_question(q.audio, vad, generator_factory, end_of_turn)
         for key in spec:
             spec[key] += run.counters.get(key, 0)
         if run.t_think is None:
@@ -111,13 +121,14 @@ def measure(questions, overrides: Dict[str, float], generator_factory) -> Dict[s
 
 def markdown(results: Dict[str, Dict[str, float]]) -> str:
     lines = ["| setting | false cuts | end-pointing p50 / p95 | compute to first audio p50 "
-             "| speculations started / committed / dropped |", "|---|---:|---|---:|---|"]
+             "| speculations started / committed / dropped | end-of-turn commits |",
+             "|---|---:|---|---:|---|---:|"]
     for name, r in results.items():
         lines.append(f"| {name} | {r['false_cut_pct']:.0f} % of {r['turns']} "
                      f"| {r['endpoint_ms_p50']:.0f} / {r['endpoint_ms_p95']:.0f} ms "
                      f"| {r['compute_to_first_audio_ms_p50']:.0f} ms "
                      f"| {r['speculations_started']} / {r['speculations_committed']} / "
-                     f"{r['speculations_dropped']} |")
+                     f"{r['speculations_dropped']} | {r['end_of_turn_commits']} |")
     return "\n".join(lines)
 
 
@@ -134,12 +145,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from a2llm_ros.data.qa_text import QA_PAIRS
     from a2llm_ros.generation import GenerationConfig, StreamingGenerator
     torch.set_num_threads(1)
+    from a2llm_ros.conversation.end_of_turn import load_end_of_turn
     model = load_checkpoint(args.checkpoint)
+    head = load_end_of_turn(model.base_dir)
     cfg = GenerationConfig(greedy=True)
     questions = pause_fixture([p.question for p in QA_PAIRS[:args.questions]])
     results: Dict[str, Dict[str, float]] = {}
     for name, overrides in SETTINGS.items():
-        results[name] = measure(questions, overrides, lambda: StreamingGenerator(model, cfg))
+        if overrides.get("end_of_turn") and head is None:
+            print(f"{name}: skipped, the checkpoint has no end-of-turn head", file=sys.stderr)
+            continue
+        results[name] = measure(questions, overrides, lambda: StreamingGenerator(model, cfg),
+                                head)
         print(f"{name}: {results[name]}", file=sys.stderr)
     stamp = (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
              f"{platform.machine()}, checkpoint {args.checkpoint!r}, one torch thread")

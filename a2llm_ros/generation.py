@@ -362,6 +362,15 @@ class GeneratorState:
     llm_generator: Optional[torch.Generator] = None
     motion_generator: Optional[torch.Generator] = None
     end_reason: Optional[str] = None
+    #: The LLM's hidden state at the last prompt position [H] (end-of-turn head input).
+    prompt_hidden: Optional[np.ndarray] = None
+
+
+def _host_vector(x) -> np.ndarray:
+    """A hidden state (torch tensor or array) as a float32 host vector [H]."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x, np.float32).reshape(-1)
 
 
 class StreamingGenerator:
@@ -387,7 +396,7 @@ class StreamingGenerator:
         if self.state.active:
             raise RuntimeError(f"turn {self.state.turn_id} is still running; cancel() it first")
         embeds = prompt_embeds(self.backend, question_wave)  # [1, P, H]
-        logits, _, cache = self.backend.prefill(embeds)
+        logits, hidden, cache = self.backend.prefill(embeds)
         turn = self._next_turn if turn_id is None else int(turn_id)
         self._next_turn = turn + 1
         llm_gen, motion_gen = _generators(self.cfg, self.model.device)
@@ -396,8 +405,14 @@ class StreamingGenerator:
             turn_id=turn, active=True, reader=AnswerReader(self.model, self.cfg),
             cache=cache, logits=logits, t2w_state=b.init_token2wav_state(),
             connector_state=b.init_connector_state(), motion_state=b.init_motion_state(),
-            llm_generator=llm_gen, motion_generator=motion_gen)
+            llm_generator=llm_gen, motion_generator=motion_gen,
+            prompt_hidden=_host_vector(hidden))
         return turn
+
+    @property
+    def prompt_hidden(self) -> Optional[np.ndarray]:
+        """The current turn's last prompt hidden state [H] (None before a start)."""
+        return self.state.prompt_hidden
 
     def step(self) -> List[Event]:
         """Generate one token; returns the events it caused (empty when idle)."""

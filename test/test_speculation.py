@@ -182,3 +182,86 @@ def test_turn_bench_counts_false_cuts_and_endpointing_in_audio_time():
     eager = measure(questions, {"min_silence_ms": 250.0, "speculate_after_ms": 200.0},
                     WaveGenerator)
     assert eager["false_cut_pct"] == 100.0
+
+
+class ConstantHead:
+    """An end-of-turn head that always says ``p``."""
+
+    threshold = 0.5
+
+    def __init__(self, p):
+        self.p, self.calls = p, 0
+
+    def probability(self, hidden):
+        self.calls += 1
+        return self.p
+
+
+class HiddenWaveGenerator(WaveGenerator):
+    prompt_hidden = np.zeros(4, np.float32)
+
+
+def test_end_of_turn_head_commits_at_the_pause_or_leaves_it_to_the_silence():
+    audio = _audio((0.5, False), (1.0, True), (1.5, False))
+    results = {}
+    for p in (0.9, 0.1):
+        gen, rec, head = HiddenWaveGenerator(), Recorder(), ConstantHead(p)
+        vad = VadConfig(**SPEC, speculate_after_ms=150, end_of_turn=True)
+        session = ConversationSession(lambda: gen, rec, TurnConfig(), vad,
+                                      vad_backend=AmplitudeBackend(), end_of_turn=head)
+        Driver(session, rec).feed(audio)
+        think = next(e for e in rec.kinds("state") if e[2] == "thinking")
+        results[p] = (think[1], think[4], dict(session.counters), _answer(rec)[1:], head.calls)
+    early, late = results[0.9], results[0.1]
+    assert early[1] == "end_of_turn" and late[1] == "utterance_end"
+    # committed at the speculation point (150 ms of silence), not after min_silence (400 ms)
+    assert late[0] - early[0] >= (400 - 150 - 32) * SAMPLE_RATE / 1000
+    assert early[2]["end_of_turn_commits"] == 1 and late[2]["end_of_turn_commits"] == 0
+    assert early[3] == late[3]  # the same answer (text, audio, motion)
+    assert early[4] == late[4] == 1
+    with pytest.raises(ValueError, match="end_of_turn needs speculate_after_ms"):
+        VadConfig(end_of_turn=True)
+
+
+def test_end_of_turn_head_file_is_validated_and_the_shipped_one_loads(tmp_path):
+    import json
+
+    from a2llm_ros.checkpoint import DEFAULT_CHECKPOINT
+    from a2llm_ros.conversation.end_of_turn import HEAD_FILE, EndOfTurnHead, load_end_of_turn
+    head = load_end_of_turn(DEFAULT_CHECKPOINT)
+    assert head is not None and 0.5 <= head.threshold < 1.0
+    assert load_end_of_turn(str(tmp_path)) is None  # no file: no head
+    good = EndOfTurnHead(np.zeros(3), np.ones(3), np.array([1.0, 0, 0]), 0.0, 0.6)
+    assert good.probability([0, 0, 0]) == pytest.approx(0.5)
+    assert good.probability([10, 0, 0]) > 0.99
+    with pytest.raises(ValueError, match="3 values, got 2"):
+        good.probability([1, 2])
+    bad = dict(good.to_dict(), std=[1.0, 0.0, 1.0])
+    (tmp_path / HEAD_FILE).write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="non-positive"):
+        load_end_of_turn(str(tmp_path))
+    (tmp_path / HEAD_FILE).write_text(json.dumps({"mean": [0.0]}))
+    with pytest.raises(ValueError, match="not an end-of-turn head"):
+        load_end_of_turn(str(tmp_path))
+
+
+def test_shipped_head_answers_early_without_cutting_a_paused_question(default_model):
+    """The default checkpoint's head on the held-out voice, six fixture questions (pauses
+    of 300-600 ms inside): no pause taken for the end, most ends taken ~200 ms after the
+    speech, not 800 (the fallback)."""
+    from a2llm_ros.bench_turns import measure
+    from a2llm_ros.conversation.end_of_turn import load_end_of_turn
+    from a2llm_ros.data.pause_fixture import paused_question
+    from a2llm_ros.generation import GenerationConfig, StreamingGenerator
+    head = load_end_of_turn(default_model.base_dir)
+    cfg = GenerationConfig(greedy=True, max_speech_tokens=25)
+    from a2llm_ros.data.pause_fixture import PAUSES_MS
+    from a2llm_ros.data.qa_text import QA_PAIRS
+    questions = [paused_question(p.question, PAUSES_MS[i % len(PAUSES_MS)])
+                 for i, p in enumerate(QA_PAIRS[:6])]
+    figures = measure(questions,
+                      {"speculate_after_ms": 200.0, "end_of_turn": True, "min_silence_ms": 800.0},
+                      lambda: StreamingGenerator(default_model, cfg), head)
+    print(figures)
+    assert figures["false_cut_pct"] == 0.0 and figures["end_of_turn_commits"] >= 3
+    assert figures["endpoint_ms_p50"] < 300.0

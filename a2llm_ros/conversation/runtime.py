@@ -113,7 +113,8 @@ class ConversationRuntime:
                  clock_ns: Callable[[], int],
                  warn: Callable[[str, str], None] = lambda key, message: None,
                  error: Callable[[str], None] = lambda message: None):
-        """``session_args``: ``turn``, ``vad``, ``listening`` configs of the session;
+        """``session_args``: ``turn``, ``vad``, ``listening`` configs of the session and
+        optionally its ``end_of_turn`` head;
         ``warn(key, message)`` throttled warnings, ``error(message)`` generator errors."""
         self.out, self.output_rate = out, int(output_rate)
         self.publish, self.clock_ns, self.warn, self.error = publish, clock_ns, warn, error
@@ -129,7 +130,8 @@ class ConversationRuntime:
         self.session = ConversationSession(generator_factory, _Sink(self),
                                            session_args.get("turn"), session_args.get("vad"),
                                            session_args.get("listening"),
-                                           output_rate=self.output_rate)
+                                           output_rate=self.output_rate,
+                                           end_of_turn=session_args.get("end_of_turn"))
         self.out.gain = lambda: self.session.gain
 
     # -- threads ---------------------------------------------------------------------

@@ -44,8 +44,12 @@ stays ``listening``).  If the pause reaches ``min_silence_ms`` the utterance end
 carries the same samples and the turn is committed: the state goes to
 ``thinking`` and the held events are emitted as a non-speculative turn would emit
 them.  A :class:`~.turns.SpeechResumed` drops the private turn (cancelled); the
-utterance goes on.  Counted in ``counters``: ``speculations_started``,
-``speculations_committed``, ``speculations_dropped``.
+utterance goes on.  With ``VadConfig.end_of_turn`` and an
+:class:`~.end_of_turn.EndOfTurnHead`, the head reads the private turn's prompt
+hidden state right after its prefill and commits at once (reason
+``end_of_turn``) when it takes the pause for the end; ``min_silence_ms`` stays
+the fallback.  Counted in ``counters``: ``speculations_started``,
+``speculations_committed``, ``speculations_dropped``, ``end_of_turn_commits``.
 
 Barge-in (``TurnConfig.barge_in``): ``off`` ignores the user while the avatar
 thinks or speaks (the end-pointer is reset afterwards, so the avatar's own
@@ -69,6 +73,7 @@ from a2llm_ros.constants import FLAME_FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from a2llm_ros.events import AudioEvent, EndEvent, Event, FlameEvent, TextEvent
 from a2llm_ros.conversation.listening import ListeningConfig, ListeningFace
 from a2llm_ros.conversation.resample import Piece, TurnAudio, check_output_rate
+from a2llm_ros.conversation.end_of_turn import EndOfTurnHead
 from a2llm_ros.conversation.turns import (Activity, PauseStart, SpeechResumed, SpeechStart,
                                           TurnDetector, UtteranceEnd)
 from a2llm_ros.conversation.vad import CHUNK_MS, StreamingVad, VadConfig
@@ -161,7 +166,7 @@ class TurnGenerator(Protocol):
 
 #: Counters of speculative answers (module docstring, "Speculation").
 SPECULATION_COUNTERS = ("speculations_started", "speculations_committed",
-                        "speculations_dropped")
+                        "speculations_dropped", "end_of_turn_commits")
 
 
 @dataclasses.dataclass
@@ -201,13 +206,16 @@ class ConversationSession:
                  turn_config: Optional[TurnConfig] = None,
                  vad_config: Optional[VadConfig] = None,
                  listening_config: Optional[ListeningConfig] = None,
-                 vad_backend=None, output_rate: int = SAMPLE_RATE):
+                 vad_backend=None, output_rate: int = SAMPLE_RATE,
+                 end_of_turn: Optional[EndOfTurnHead] = None):
         self.output_rate = check_output_rate(output_rate, "ConversationSession output_rate")
         self.config = turn_config or TurnConfig()
         self.sink = sink or SessionSink()
         self._factory = generator_factory
         self._gen: Optional[TurnGenerator] = None
         vad_config = vad_config or VadConfig()
+        #: Commits a speculated pause at once when it says "end" (``vad.end_of_turn``).
+        self.end_of_turn = end_of_turn if vad_config.end_of_turn else None
         self.detector = TurnDetector(vad_config, StreamingVad(vad_config, vad_backend))
         self.listening = ListeningFace(listening_config)
         self._lock = threading.RLock()
@@ -215,7 +223,7 @@ class ConversationSession:
         self._qlock = threading.Lock()
         self.counters: Dict[str, int] = collections.defaultdict(int)
         if vad_config.speculate_after_ms > 0:  # shown in diagnostics from the start
-            for name in SPECULATION_COUNTERS:
+            for name in SPECULATION_COUNTERS[:3 + (self.end_of_turn is not None)]:
                 self.counters[name] = 0
         self.state = "idle"
         self.turn_id = 0
@@ -377,11 +385,17 @@ class ConversationSession:
                 self.sink.on_error(self.turn_id, f"generator cancel failed: {err!r}")
                 self._gen = None
 
-    def _commit(self, utterance: UtteranceEnd) -> None:
-        """The pause became the utterance end: the private turn goes public."""
+    def _commit(self, utterance: Optional[UtteranceEnd]) -> None:
+        """The pause became the utterance end (``None``: the end-of-turn head said so):
+        the private turn goes public."""
         turn = self._turn
         self.counters["speculations_committed"] += 1
-        self._set_state("thinking", "forced_end" if utterance.forced else "utterance_end")
+        if utterance is None:
+            self.counters["end_of_turn_commits"] += 1
+            self.detector.end_utterance()
+        reason = ("end_of_turn" if utterance is None
+                  else "forced_end" if utterance.forced else "utterance_end")
+        self._set_state("thinking", reason)
         self._voiced_ms, self._gain = 0.0, 1.0
         turn.speculative, turn.held_end = False, False
         held, turn.held = turn.held, []
@@ -473,6 +487,13 @@ class ConversationSession:
                 question, turn.question = turn.question, None
                 self._gen.start(question, turn.turn_id)
                 events = []
+                if turn.speculative and self.end_of_turn is not None:
+                    hidden = getattr(self._gen, "prompt_hidden", None)
+                    if hidden is not None and \
+                            self.end_of_turn.probability(hidden) >= self.end_of_turn.threshold:
+                        with self._lock:
+                            if self._turn is turn and turn.speculative:
+                                self._commit(None)
             else:
                 events = self._gen.step()
         except Exception as err:  # noqa: BLE001 (generator failures are recovered)

@@ -165,6 +165,12 @@ class TurnDetector:
         elif frame.end_sample - self._onset >= cfg.max_utterance_s * SAMPLE_RATE:
             events.append(self._cut(frame.end_sample, forced=True))
 
+    def end_utterance(self) -> None:
+        """The session took the current pause for the end (no :class:`UtteranceEnd`
+        follows); voiced audio after it starts a new utterance."""
+        if self.state == "speech":
+            self.state, self._paused = "silence", False
+
     def _segment(self, end: int):
         """(samples [n], start, end) of the utterance from its pre-roll up to ``end``."""
         start = max(self._onset - self._pad, self._buf_start)

@@ -59,6 +59,10 @@ class VadConfig(ConfigBase):
     #: the answer starts privately, published only if the pause reaches
     #: ``min_silence_ms`` and dropped if the user goes on; 0: off (answer at the end).
     speculate_after_ms: float = 0.0
+    #: With speculation: commit the speculated answer at once when the checkpoint's
+    #: end-of-turn head (``end_of_turn.json``) takes the pause for the end of the
+    #: question; ``min_silence_ms`` stays the fallback.
+    end_of_turn: bool = False
     #: Utterances are force-ended at this length.
     max_utterance_s: float = 30.0
     #: Energy backend: margin above the noise floor (dB) for prob 0.5.
@@ -82,6 +86,9 @@ class VadConfig(ConfigBase):
                 max(self.speculate_after_ms, self.speech_pad_ms) >= self.min_silence_ms:
             raise ValueError("VadConfig.speculate_after_ms (and speech_pad_ms) must be "
                              "below min_silence_ms to leave time for speculation")
+        if self.end_of_turn and not self.speculate_after_ms:
+            raise ValueError("VadConfig.end_of_turn needs speculate_after_ms > 0 (the head "
+                             "reads the speculated answer's prompt)")
 
 
 @dataclasses.dataclass

@@ -281,7 +281,8 @@ class A2llmNode(LifecycleNode):
         rt.warmup_s = warm_up(backend, cfg.generation) if cfg.model.warmup else 0.0
         rt.conv = ConversationRuntime(
             self._generator_factory(backend, cfg.generation), out,
-            {"turn": cfg.turn, "vad": cfg.vad, "listening": cfg.listening}, rate,
+            {"turn": cfg.turn, "vad": cfg.vad, "listening": cfg.listening,
+             "end_of_turn": self._end_of_turn_head(cfg, backend)}, rate,
             publish=lambda item, stamp_ns, now_ns: self._publish(rt, item, stamp_ns, now_ns),
             clock_ns=lambda: self.get_clock().now().nanoseconds, warn=self._warn,
             error=lambda message: self.get_logger().error(message))
@@ -295,6 +296,20 @@ class A2llmNode(LifecycleNode):
         rt.timers.append(self.create_timer(cfg.output.diagnostics_period_s,
                                            self._publish_diagnostics))
         return rt
+
+    def _end_of_turn_head(self, cfg: A2llmNodeConfig, backend):
+        """The checkpoint's end-of-turn head when ``vad.end_of_turn`` asks for it; a
+        missing file refuses configure with the reason."""
+        if not cfg.vad.end_of_turn:
+            return None
+        from a2llm_ros.conversation.end_of_turn import HEAD_FILE, load_end_of_turn
+        model = backend.model  # an A2LLM (base_dir) or an engine's ModelInfo (checkpoint_dir)
+        base = getattr(model, "base_dir", None) or getattr(model, "checkpoint_dir", None)
+        head = load_end_of_turn(base)
+        if head is None:
+            raise FileNotFoundError(f"vad.end_of_turn is on but the checkpoint ({base}) has no "
+                                    f"{HEAD_FILE} (python -m a2llm_ros.training.end_of_turn)")
+        return head
 
     def _generator_factory(self, backend, gen_cfg) -> Callable[[], Any]:
         from a2llm_ros.generation import StreamingGenerator
