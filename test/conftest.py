@@ -18,6 +18,7 @@ other sessions loading both cores, one of 3 runs without it stopped output at 26
 and failed, against 65-68 ms with it: contention, not the idle stall.)  So it was
 removed.
 """
+import os
 import time
 
 import pytest
@@ -71,6 +72,18 @@ def never(predicate, within: float, what: str, poll: float = 0.01) -> None:
         assert not predicate(), f"{what} within {within:g} s"
         time.sleep(poll)  # sleep-ok: poll interval
     assert not predicate(), f"{what} within {within:g} s"
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """The shipped default checkpoint (one torch thread); skipped when it is not built."""
+    import torch
+
+    from a2llm_ros import checkpoint
+    if not os.path.isfile(os.path.join(checkpoint.DEFAULT_CHECKPOINT, "config.json")):
+        pytest.skip("the default checkpoint is not built (make default-checkpoint)")
+    torch.set_num_threads(1)
+    return checkpoint.load_checkpoint("default")
 
 
 @pytest.fixture(scope="session")

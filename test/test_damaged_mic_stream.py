@@ -14,7 +14,6 @@ other than the partial frames is lost), both streams go through
   dropped frames (no shift),
 * the default checkpoint answers both 16 kHz question waves with the same text.
 """
-import os
 import shutil
 from typing import List, Tuple
 
@@ -206,17 +205,6 @@ def test_comparison_catches_the_byte_shift(streams):
     corr, max_diff = compare_windows(shifted, clean_audio, [])
     print(f"carried: correlation median {np.median(corr):.3f}, max abs difference {max_diff:.3f}")
     assert np.median(corr) < 0.5 and max_diff > 10 * MAX_DIFFERENCE
-
-
-@pytest.fixture(scope="module")
-def default_model():
-    import torch
-
-    from a2llm_ros import checkpoint
-    if not os.path.isfile(os.path.join(checkpoint.DEFAULT_CHECKPOINT, "config.json")):
-        pytest.skip("the default checkpoint is not built (make default-checkpoint)")
-    torch.set_num_threads(1)
-    return checkpoint.load_checkpoint("default")
 
 
 def test_clean_and_damaged_stream_give_the_same_answers(streams, default_model):

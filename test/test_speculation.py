@@ -3,7 +3,6 @@ a pause, dropped when the user goes on, committed at the utterance end with outp
 identical to a run without speculation (fake generator, scripted VAD; and the default
 model on an espeak-ng question with a pause inside it, silero VAD)."""
 import hashlib
-import os
 
 import numpy as np
 import pytest
@@ -128,17 +127,6 @@ def test_speculation_must_leave_time_before_the_utterance_end():
         VadConfig(min_silence_ms=400, speculate_after_ms=400)
     with pytest.raises(ValueError, match="speculate_after_ms must be >= 0"):
         VadConfig(speculate_after_ms=-1)
-
-
-@pytest.fixture(scope="module")
-def default_model():
-    import torch
-
-    from a2llm_ros import checkpoint
-    if not os.path.isfile(os.path.join(checkpoint.DEFAULT_CHECKPOINT, "config.json")):
-        pytest.skip("the default checkpoint is not built (make default-checkpoint)")
-    torch.set_num_threads(1)
-    return checkpoint.load_checkpoint("default")
 
 
 def test_real_model_speculative_answer_equals_the_plain_one(default_model):

@@ -339,31 +339,28 @@ def _build(cfg, values, kinds, prefix):
         raise ParamError(f"invalid {section}: {err}") from err
 
 
-def tree_docs(cfg, prefix: str = "") -> Dict[str, str]:
-    """Dotted parameter name -> the field's doc comment, for a whole config tree."""
-    from a2llm_ros.configbase import field_docs
-    out: Dict[str, str] = {}
-    docs = field_docs(type(cfg))
+def _tree(cfg, table: Callable[[type], Mapping[str, Any]], prefix: str = "") -> Dict[str, Any]:
+    """Dotted parameter name -> ``table(config class)[field]`` over a config tree."""
+    out: Dict[str, Any] = {}
+    per_field = table(type(cfg))
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if _is_section(value):
-            out.update(tree_docs(value, prefix + f.name + "."))
-        elif f.name in docs:
-            out[prefix + f.name] = docs[f.name]
+            out.update(_tree(value, table, prefix + f.name + "."))
+        elif f.name in per_field:
+            out[prefix + f.name] = per_field[f.name]
     return out
+
+
+def tree_docs(cfg, prefix: str = "") -> Dict[str, str]:
+    """Dotted parameter name -> the field's doc comment, for a whole config tree."""
+    from a2llm_ros.configbase import field_docs
+    return _tree(cfg, field_docs, prefix)
 
 
 def tree_bounds(cfg, prefix: str = "") -> Dict[str, Bound]:
     """Dotted parameter name -> the field's :class:`~a2llm_ros.configbase.Bound`."""
-    out: Dict[str, Bound] = {}
-    bounds = getattr(cfg, "BOUNDS", {})
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if _is_section(value):
-            out.update(tree_bounds(value, prefix + f.name + "."))
-        elif f.name in bounds:
-            out[prefix + f.name] = bounds[f.name]
-    return out
+    return _tree(cfg, lambda cls: getattr(cls, "BOUNDS", {}), prefix)
 
 
 def describe(kind: str, doc: str, bound: Optional[Bound], live: bool):
