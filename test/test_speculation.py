@@ -253,3 +253,19 @@ def test_shipped_head_answers_early_without_cutting_a_paused_question(default_mo
     print(figures)
     assert figures["false_cut_pct"] == 0.0 and figures["end_of_turn_commits"] >= 3
     assert figures["endpoint_ms_p50"] < 300.0
+
+
+def test_node_refuses_end_of_turn_without_the_head_file(tmp_path):
+    """`vad.end_of_turn: true` on a checkpoint without end_of_turn.json: configure fails
+    naming the file (the node's configure reports the exception's text)."""
+    from conftest import require_ros
+    require_ros()
+    import types
+
+    from a2llm_ros.ros.a2llm_node import A2llmNode
+    from a2llm_ros.ros.params import A2llmNodeConfig
+    cfg = A2llmNodeConfig(vad=VadConfig(speculate_after_ms=200.0, end_of_turn=True))
+    backend = types.SimpleNamespace(model=types.SimpleNamespace(base_dir=str(tmp_path)))
+    with pytest.raises(FileNotFoundError, match="end_of_turn.json"):
+        A2llmNode._end_of_turn_head(None, cfg, backend)
+    assert A2llmNode._end_of_turn_head(None, A2llmNodeConfig(), backend) is None
