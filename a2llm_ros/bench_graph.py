@@ -516,9 +516,21 @@ def compare_row(res) -> dict:
             "questions": len(res.utterance_ends), "answered": len(res.answered),
             "timed_out": res.timed_out, "endpoint_ms": summary["endpoint_ms"],
             "ttfa_ms": summary["ttfa_ms"], "ttff_ms": summary["ttff_ms"],
-            "lateness_ms": res.lateness_ms(), "processes": process_rows(res),
+            "lateness_ms": res.lateness_ms(), "published_late": published_late(res),
+            "processes": process_rows(res),
             "face_commands": res.face_commands, "markers": len(res.markers),
             "lifecycle_state": res.lifecycle_state, "turns": rows}
+
+
+def published_late(res) -> dict:
+    """The node's own count of outputs it published after their presentation stamp (more
+    than the scheduler's 20 ms tolerance) and the worst such lateness, from its last
+    diagnostics (``output.late_*``; absent keys: none late)."""
+    values = res.last_diagnostics()
+    worst = [int(v) for k, v in values.items() if k.startswith("output.late_ms_max.")]
+    counts = [int(v) for k, v in values.items()
+              if k.startswith("output.late_") and not k.startswith("output.late_ms_max.")]
+    return {"diagnostics": bool(values), "count": sum(counts), "max_ms": max(worst, default=0)}
 
 
 def compare_report(args, runs: List[dict], tokens: int, questions: int) -> dict:
@@ -534,6 +546,10 @@ def compare_report(args, runs: List[dict], tokens: int, questions: int) -> dict:
             "ttff_ms": "end of the user's speech in the bag -> first speech FLAME chunk "
                        "received by the client",
             "lateness": LATENESS_DEFINITION,
+            "published_late": "outputs a2llm_node itself published more than 20 ms after "
+                              "their presentation stamp (its output.late_* diagnostics): "
+                              "count and worst lateness; the rest of the receive lateness "
+                              "is delivery",
             "cpu_pct": "CPU seconds / wall seconds over the replay, 100 = one core, per "
                        "process (in-process: the bench process, nodes + player + collector)",
             "shutdown_s": "SIGINT -> process exit (all processes signalled at once), exit "
@@ -545,8 +561,8 @@ def compare_report(args, runs: List[dict], tokens: int, questions: int) -> dict:
 
 
 COMPARE_HEADER = ("Layout", "Preview", "Answered", "EoS → FLAME p50 ms", "EoS → FLAME max ms",
-                  "Audio late max ms", "FLAME late max ms", "CPU % of one core",
-                  "Shutdown s (exit status)")
+                  "Audio late max ms", "FLAME late max ms", "Published late (node)",
+                  "CPU % of one core", "Shutdown s (exit status)")
 
 
 def _short(row: dict) -> str:
@@ -566,14 +582,21 @@ def _shutdown_cell(procs: List[dict]) -> str:
     return ", ".join(cells) or "\u2014"
 
 
+def _published_cell(late: dict) -> str:
+    """``n, max +x ms`` published late by the node, ``none`` or ``?`` (no diagnostics)."""
+    if not late.get("diagnostics"):
+        return "?"
+    return f"{late['count']}, max +{late['max_ms']} ms" if late["count"] else "none"
+
+
 def compare_markdown(report: dict) -> str:
     """The comparison table (a row per layout x preview) and the run facts."""
     lines = ["| " + " | ".join(COMPARE_HEADER) + " |",
-             "|" + "|".join(["---"] * 2 + ["---:"] * 5 + ["---"] * 2) + "|"]
+             "|" + "|".join(["---"] * 2 + ["---:"] * 6 + ["---"] * 2) + "|"]
     for run in report["runs"]:
         head = [run["layout"], "on" if run["preview"] else "off"]
         if "error" in run:
-            cells = head + [f"failed: {run['error'][:80]}"] + [""] * 6
+            cells = head + [f"failed: {run['error'][:80]}"] + [""] * 7
             lines.append("| " + " | ".join(cells) + " |")
             continue
         late, ttff = run["lateness_ms"], run["ttff_ms"]
@@ -581,6 +604,7 @@ def compare_markdown(report: dict) -> str:
                         _cell(ttff.get("p50"), "{:.0f}"), _cell(ttff.get("max"), "{:.0f}"),
                         _cell(late.get("audio_max_ms"), "{:+.0f}"),
                         _cell(late.get("flame_max_ms"), "{:+.0f}"),
+                        _published_cell(run.get("published_late", {})),
                         _cpu_cell(run["processes"]), _shutdown_cell(run["processes"])]
         lines.append("| " + " | ".join(cells) + " |")
     backends = sorted({r.get("backend", "") for r in report["runs"] if r.get("backend")})

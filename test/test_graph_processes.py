@@ -210,6 +210,9 @@ def test_bench_compares_one_process_with_process_per_node(checkpoint, tmp_path, 
         assert run["answered"] == run["questions"] == 2 and not run["timed_out"]
         assert run["ttff_ms"]["p50"] > 0 and run["ttff_ms"]["max"] >= run["ttff_ms"]["p50"]
         assert run["lateness_ms"]["flame_max_ms"] < MAX_LATE_MS
+        # the node's own account of late publishing, from its diagnostics
+        published = run["published_late"]
+        assert published["diagnostics"] and published["max_ms"] < MAX_LATE_MS
         # The node executables end with os._exit within the budget; `a2llm bringup` runs
         # Python's finalisation (0.8-1.0 s idle, 3.3 s seen on a loaded machine).
         budget = EXIT_BUDGET_S if run["layout"] == "per-node" else None
