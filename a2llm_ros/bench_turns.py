@@ -63,6 +63,7 @@ class _Timeline(SessionSink):
         self.t_audio: Optional[int] = None
         self.wall_think: Optional[float] = None
         self.compute_s = 0.0  # worker time from thinking to the first audio
+        self.counters: Dict[str, int] = {}  # the session's, when the run ends
 
     def on_state(self, state, turn_id, reason):
         if state == "thinking" and self.t_think is None:

@@ -366,7 +366,7 @@ class GeneratorState:
     prompt_hidden: Optional[np.ndarray] = None
 
 
-def _host_vector(x) -> np.ndarray:
+def host_vector(x) -> np.ndarray:
     """A hidden state (torch tensor or array) as a float32 host vector [H]."""
     if isinstance(x, torch.Tensor):
         x = x.detach().float().cpu().numpy()
@@ -406,7 +406,7 @@ class StreamingGenerator:
             cache=cache, logits=logits, t2w_state=b.init_token2wav_state(),
             connector_state=b.init_connector_state(), motion_state=b.init_motion_state(),
             llm_generator=llm_gen, motion_generator=motion_gen,
-            prompt_hidden=_host_vector(hidden))
+            prompt_hidden=host_vector(hidden))
         return turn
 
     @property

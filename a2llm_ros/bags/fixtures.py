@@ -35,6 +35,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
+from a2llm_ros.audio.signals import trim_silence
 from a2llm_ros.bags import types as T
 from a2llm_ros.bags.export import encode_pcm, to_int16
 from a2llm_ros.bags.io import BagWriter, PathLike
@@ -94,12 +95,7 @@ def _espeak_native(text: str) -> np.ndarray:
         wave, rate = soundfile.read(path, dtype="float64")
     if rate != ESPEAK_RATE:
         raise RuntimeError(f"espeak-ng wrote {rate} Hz, expected {ESPEAK_RATE}")
-    return _trim(wave)
-
-
-def _trim(wave: np.ndarray) -> np.ndarray:
-    loud = np.flatnonzero(np.abs(wave) > TRIM_THRESHOLD * np.abs(wave).max())
-    return wave[loud[0]:loud[-1] + 1]
+    return trim_silence(wave, TRIM_THRESHOLD * np.abs(wave).max())
 
 
 def speak(text: str, rate: int) -> np.ndarray:

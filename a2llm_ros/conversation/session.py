@@ -190,8 +190,11 @@ class _Turn:
     #: (start_sample, end_sample) of the utterance a speculative turn answers.
     span: Optional[Tuple[int, int]] = None
     held: List[Event] = dataclasses.field(default_factory=list)
-    #: The held events include the generator's end (a speculative turn steps no more).
-    held_end: bool = False
+
+    @property
+    def held_end(self) -> bool:
+        """The held events include the generator's end (a speculative turn steps no more)."""
+        return any(isinstance(event, EndEvent) for event in self.held)
 
 
 class ConversationSession:
@@ -223,8 +226,9 @@ class ConversationSession:
         self._qlock = threading.Lock()
         self.counters: Dict[str, int] = collections.defaultdict(int)
         if vad_config.speculate_after_ms > 0:  # shown in diagnostics from the start
-            for name in SPECULATION_COUNTERS[:3 + (self.end_of_turn is not None)]:
-                self.counters[name] = 0
+            for name in SPECULATION_COUNTERS:
+                if name != "end_of_turn_commits" or self.end_of_turn is not None:
+                    self.counters[name] = 0
         self.state = "idle"
         self.turn_id = 0
         self._turn: Optional[_Turn] = None
@@ -378,12 +382,17 @@ class ConversationSession:
     def _drop_speculation(self) -> None:
         """Cancel the private turn (nothing of it was emitted)."""
         self._turn = None
-        if self._gen is not None:
-            try:
-                self._gen.cancel()
-            except Exception as err:  # noqa: BLE001
-                self.sink.on_error(self.turn_id, f"generator cancel failed: {err!r}")
-                self._gen = None
+        self._cancel_generator(self.turn_id)
+
+    def _cancel_generator(self, turn_id: int) -> None:
+        """``generator.cancel()``; a failure is reported and the generator rebuilt next turn."""
+        if self._gen is None:
+            return
+        try:
+            self._gen.cancel()
+        except Exception as err:  # noqa: BLE001
+            self.sink.on_error(turn_id, f"generator cancel failed: {err!r}")
+            self._gen = None
 
     def _commit(self, utterance: Optional[UtteranceEnd]) -> None:
         """The pause became the utterance end (``None``: the end-of-turn head said so):
@@ -397,7 +406,7 @@ class ConversationSession:
                   else "forced_end" if utterance.forced else "utterance_end")
         self._set_state("thinking", reason)
         self._voiced_ms, self._gain = 0.0, 1.0
-        turn.speculative, turn.held_end = False, False
+        turn.speculative = False
         held, turn.held = turn.held, []
         self._emit_events(turn, held)
 
@@ -439,12 +448,8 @@ class ConversationSession:
         """
         turn, self._turn = self._turn, None
         self._voiced_ms, self._gain = 0.0, 1.0
-        if cancel and self._gen is not None:
-            try:
-                self._gen.cancel()
-            except Exception as err:  # noqa: BLE001
-                self.sink.on_error(self.turn_id, f"generator cancel failed: {err!r}")
-                self._gen = None
+        if cancel:
+            self._cancel_generator(self.turn_id)
         if turn is not None and turn.last_frame is not None:
             self.listening.resume_after_speech(turn.last_frame)
         if resume_frame is None:
@@ -504,7 +509,6 @@ class ConversationSession:
         with self._lock:
             if self._turn is turn and turn.speculative:
                 turn.held.extend(events or ())  # private until committed
-                turn.held_end = any(isinstance(e, EndEvent) for e in turn.held)
                 return
             self._emit_events(turn, events or ())
 
@@ -585,11 +589,7 @@ class ConversationSession:
         if not turn.gen_done:
             turn.gen_done, turn.end_reason = True, reason
             turn.audio = None  # its resampler's tail lies beyond the cut
-            try:
-                self._gen.cancel()
-            except Exception as err:  # noqa: BLE001
-                self.sink.on_error(turn.turn_id, f"generator cancel failed: {err!r}")
-                self._gen = None
+            self._cancel_generator(turn.turn_id)
             self.sink.on_text(turn.turn_id, "".join(turn.text), True)
 
     def _check_playback_done(self) -> None:

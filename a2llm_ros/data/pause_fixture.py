@@ -13,6 +13,7 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
+from a2llm_ros.audio.signals import trim_silence
 from a2llm_ros.constants import SAMPLE_RATE
 
 #: Silences inserted inside the questions (ms).
@@ -45,18 +46,12 @@ def split_point(text: str) -> Tuple[str, str]:
     return " ".join(words[:-1]), words[-1]
 
 
-def _trim(audio: np.ndarray) -> np.ndarray:
-    """``audio`` without leading/trailing silence."""
-    loud = np.flatnonzero(np.abs(audio) > SILENCE_LEVEL)
-    return audio[loud[0]:loud[-1] + 1] if len(loud) else audio[:0]
-
-
 def paused_question(text: str, pause_ms: float, voice=None) -> PausedQuestion:
     """Speak ``text`` (espeak-ng) in two parts with ``pause_ms`` of silence between."""
     from a2llm_ros.data.espeak import HELD_OUT_VOICE, synthesize
     voice = voice or HELD_OUT_VOICE
     parts = split_point(text)
-    head, tail = (_trim(synthesize(p, voice).audio) for p in parts)
+    head, tail = (trim_silence(synthesize(p, voice).audio, SILENCE_LEVEL) for p in parts)
     lead = np.zeros(int(LEAD_S * SAMPLE_RATE), np.float32)
     gap = np.zeros(int(round(pause_ms * SAMPLE_RATE / 1000.0)), np.float32)
     end = np.zeros(int(TAIL_S * SAMPLE_RATE), np.float32)

@@ -52,13 +52,14 @@ def cut_points(text: str) -> List[int]:
 
 def prompt_feature(backend, audio: np.ndarray) -> np.ndarray:
     """The prompt's last hidden state [H] for ``audio`` padded like an utterance."""
-    from a2llm_ros.data.pause_fixture import _trim
-    from a2llm_ros.generation import _host_vector, prompt_embeds
+    from a2llm_ros.audio.signals import trim_silence
+    from a2llm_ros.data.pause_fixture import SILENCE_LEVEL
+    from a2llm_ros.generation import host_vector, prompt_embeds
     pad = np.zeros(int(PAD_S * SAMPLE_RATE), np.float32)
     with torch.no_grad():
         _, hidden, _ = backend.prefill(prompt_embeds(backend, np.concatenate(
-            [pad, _trim(audio), pad])))
-    return _host_vector(hidden)
+            [pad, trim_silence(audio, SILENCE_LEVEL), pad])))
+    return host_vector(hidden)
 
 
 def training_set(backend, texts: Sequence[str], voices, progress: bool = True
