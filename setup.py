@@ -27,5 +27,5 @@ setup(
     package_data={PACKAGE: ["_vendor/*/package.xml", "_vendor/*/CMakeLists.txt",
                             "_vendor/*/msg/*.msg", "_vendor/*/COLCON_IGNORE",
                             "checkpoints/default/*", "assets/*.wav"]},
-    entry_points={"console_scripts": ["a2llm = a2llm_ros.cli:main"] + NODE_ENTRY_POINTS},
+    entry_points={"console_scripts": ["a2llm = a2llm_ros.tools.cli:main"] + NODE_ENTRY_POINTS},
 )

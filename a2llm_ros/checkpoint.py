@@ -31,41 +31,13 @@ from safetensors.torch import load_file, save_file
 
 import a2llm_ros
 from a2llm_ros.config import PATH_FIELDS, A2LLMConfig
+from a2llm_ros.checkpoint_files import (  # noqa: F401 (one definition, re-exported)
+    BACKBONE_PREFIXES, CODEC_PREFIX, DEFAULT_CHECKPOINT, FORMAT, FORMAT_VERSION, LLM_PREFIX,
+    CheckpointError, backbone_dir, load_text_tokenizer, read_config, resolve_backbone,
+    resolve_checkpoint)
+from a2llm_ros.constants import CONFIG_FILE, LORA_DIR, TOKENIZER_FILE, WEIGHTS_FILE  # noqa: F401
 from a2llm_ros.model.a2llm import A2LLM
-from a2llm_ros.model.audio_llm import resolve_backbone
 from a2llm_ros.model.speech_codec import codec_state_dict, load_codec_state_dict
-from a2llm_ros.model.text_tokenizer import TextTokenizer, TokenizerError
-
-FORMAT = "a2llm_ros.checkpoint"
-FORMAT_VERSION = 2
-CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, LORA_DIR = (
-    "config.json", "model.safetensors", "tokenizer.json", "lora")
-CODEC_PREFIX, LLM_PREFIX = "codec.", "llm."
-#: Parts whose weights a Step-Audio-2-mini backbone folder provides.
-BACKBONE_PREFIXES = ("llm.", "encoder.", "adapter.")
-#: Where ``default`` points: the shipped checkpoint inside the package.
-DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(a2llm_ros.__file__), "checkpoints", "default")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory is incomplete or does not fit the model code."""
-
-
-def resolve_checkpoint(path: str) -> str:
-    """Checkpoint directory for ``path``; ``"default"`` names the shipped checkpoint."""
-    if path == "default":
-        if not os.path.isfile(os.path.join(DEFAULT_CHECKPOINT, CONFIG_FILE)):
-            raise FileNotFoundError(
-                f"the default checkpoint ({DEFAULT_CHECKPOINT}) is missing; it ships with the "
-                f"repository (git checkout) and is rebuilt by `make default-checkpoint` "
-                f"(synthetic FLAME-QA + `a2llm train --install-default`); or pass "
-                f"--checkpoint DIR")
-        return DEFAULT_CHECKPOINT
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"checkpoint directory not found: {path}")
-    if not os.path.isfile(os.path.join(path, CONFIG_FILE)):
-        raise FileNotFoundError(f"{path} is not a checkpoint: no {CONFIG_FILE}")
-    return path
 
 
 def _versions() -> Dict[str, str]:
@@ -206,24 +178,6 @@ def save_checkpoint(model: A2LLM, out_dir: str, dtype: Optional[torch.dtype] = N
     return out_dir
 
 
-def read_config(ckpt_dir: str) -> A2LLMConfig:
-    """The :class:`A2LLMConfig` of a checkpoint (strict: mismatching fields raise)."""
-    path = os.path.join(ckpt_dir, CONFIG_FILE)
-    with open(path) as f:
-        meta = json.load(f)
-    if meta.get("format") != FORMAT:
-        if "model_type" in meta:
-            from a2llm_ros.model.step_audio import STEP_MODEL_TYPE
-            raise CheckpointError(f"{path}: model_type {meta['model_type']!r} is neither a "
-                                  f"Step-Audio-2-mini folder (model_type {STEP_MODEL_TYPE!r})"
-                                  f" nor an a2llm_ros checkpoint")
-        raise CheckpointError(f"{path}: not an a2llm_ros checkpoint config")
-    if int(meta.get("format_version", -1)) != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {meta.get('format_version')}"
-                              f", this code reads version {FORMAT_VERSION}")
-    return A2LLMConfig.from_dict(meta["config"], strict=True)
-
-
 def _check_keys(ckpt_dir: str, stored: Dict[str, torch.Tensor],
                 expected: Dict[str, torch.Tensor]) -> None:
     missing = sorted(set(expected) - set(stored))
@@ -241,18 +195,6 @@ def _check_keys(ckpt_dir: str, stored: Dict[str, torch.Tensor],
     if parts:
         raise CheckpointError(f"{ckpt_dir}/{WEIGHTS_FILE} does not fit the model: "
                               + "; ".join(parts))
-
-
-def load_text_tokenizer(ckpt_dir: str, cfg: A2LLMConfig) -> TextTokenizer:
-    """The tokenizer files beside the weights (tiny) or in the backbone folder."""
-    if not cfg.llm.backbone:
-        path = ckpt_dir
-    else:
-        path = resolve_backbone(cfg.llm.backbone, os.path.abspath(ckpt_dir))
-    try:
-        return TextTokenizer.load(path)
-    except TokenizerError as exc:
-        raise CheckpointError(str(exc)) from exc
 
 
 def _read_meta(ckpt_dir: str) -> dict:
@@ -331,11 +273,6 @@ def _copy_into(targets: Dict[str, torch.Tensor], values: Dict[str, torch.Tensor]
         raise CheckpointError("missing weights: " + ", ".join(missing[:20]))
     for key, target in targets.items():
         target.copy_(values[key].to(target.dtype))
-
-
-def backbone_dir(ckpt_dir: str, cfg: A2LLMConfig) -> str:
-    """Absolute path of the Step-Audio-2-mini folder named by a checkpoint's config."""
-    return resolve_backbone(cfg.llm.backbone, os.path.abspath(ckpt_dir))
 
 
 #: Seconds of synthetic audio used to fit a random checkpoint's k-means speech codec.

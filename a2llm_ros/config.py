@@ -12,13 +12,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from a2llm_ros.audio.features import MelConfig
+from a2llm_ros.model.configs import MelConfig
 from a2llm_ros.configbase import PRESETS, ConfigBase, ConfigMismatchError
-from a2llm_ros.model.audio_encoder import AudioEncoderConfig
-from a2llm_ros.model.audio_llm import InterleaveConfig, LLMConfig
-from a2llm_ros.model.connector import ConnectorConfig
-from a2llm_ros.model.motion_tokenizer import MotionTokenizerConfig
-from a2llm_ros.model.speech_codec import SpeechCodecConfig
+from a2llm_ros.model.configs import AudioEncoderConfig
+from a2llm_ros.model.configs import InterleaveConfig, LLMConfig
+from a2llm_ros.model.configs import ConnectorConfig
+from a2llm_ros.model.configs import MotionTokenizerConfig
+from a2llm_ros.model.configs import SpeechCodecConfig
 
 _PARTS = {"mel": MelConfig, "audio": AudioEncoderConfig,
           "llm": LLMConfig, "interleave": InterleaveConfig, "connector": ConnectorConfig,

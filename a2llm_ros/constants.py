@@ -32,3 +32,7 @@ SAMPLES_PER_FRAME = SAMPLE_RATE // FLAME_FPS
 NS_PER_S = 1_000_000_000
 #: Shortest question the model accepts (seconds of audio).
 MIN_QUESTION_SECONDS = 0.1
+
+#: File names inside an A²-LLM checkpoint directory (config, weights, tokenizer, LoRA folder).
+CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, LORA_DIR = (
+    "config.json", "model.safetensors", "tokenizer.json", "lora")

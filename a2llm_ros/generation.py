@@ -10,7 +10,7 @@ explicit :class:`GeneratorState`:
 * :meth:`~StreamingGenerator.step` samples ONE answer token, reads it
   (:class:`AnswerReader`: text and speech ids by range, padding dropped,
   ``<|EOT|>`` ends the answer; with ``InterleaveConfig.enforce`` the logits
-  are masked to the kind the :class:`~a2llm_ros.model.audio_llm.Schedule`
+  are masked to the kind the :class:`~a2llm_ros.model.chat.Schedule`
   expects), feeds it to the LLM with the KV cache and returns the events it
   caused, in time order: a :class:`TextEvent` per text token; every ``SPEECH_TOKENS_PER_SEGMENT``
   (5) speech tokens go through ``Token2Wav.step`` (an :class:`AudioEvent` when
@@ -39,29 +39,28 @@ once both ``<tts_pad>`` and ``<tts_end>`` ended their streams), or with
 ``"cap"`` after ``max_speech_tokens`` speech tokens (``max_text_tokens``
 forces the text end under an enforced schedule and caps text otherwise).
 
-All model calls go through the small :class:`Backend` interface
-(:class:`TorchBackend` here); an ONNX Runtime or TensorRT engine implements
-the same methods.  :func:`generate_batch` is the non-incremental reference
-(full-sequence forward passes without KV cache, whole-utterance decoders) used
-to test the streaming path.
+All model calls go through the narrow, array-typed
+:class:`~a2llm_ros.engines.backend.Backend` interface (PyTorch, ONNX Runtime,
+TensorRT): the backend samples each token on its device as a
+:class:`~a2llm_ros.engines.backend.Pick` says and returns its id and hidden
+state, so this module never imports torch.  The non-incremental reference the
+streaming path is tested against is
+:func:`a2llm_ros.engines.torch_backend.generate_batch`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, List, Optional, Union
+from typing import Any, Iterator, List, Optional
 
 import numpy as np
-import torch
 
+from a2llm_ros.audio.signals import resample
 from a2llm_ros.configbase import ConfigBase, at_least
 from a2llm_ros.constants import (FLAME_FPS, MEL_WINDOW, MIN_QUESTION_SECONDS, SAMPLE_RATE,
                                  SPEECH_TOKEN_RATE, SPEECH_TOKENS_PER_SEGMENT)
+from a2llm_ros.engines.backend import Backend, Pick
 from a2llm_ros.events import AudioEvent, EndEvent, Event, FlameEvent, TextEvent
-from a2llm_ros.model.a2llm import A2LLM
-from a2llm_ros.model.audio_encoder import n_positions
-from a2llm_ros.model.audio_llm import (SPEECH, TEXT, Schedule, llm_hidden, llm_logits,
-                                       splice_audio)
-from a2llm_ros.model.connector import sample_codes
+from a2llm_ros.model.chat import SPEECH, TEXT, Schedule
 
 
 @dataclass
@@ -108,135 +107,7 @@ class TurnResult:
 
     def audio_at(self, rate: int) -> np.ndarray:
         """``audio`` resampled to ``rate`` (as is when equal)."""
-        from a2llm_ros.audio.features import resample
         return resample(self.audio, self.sample_rate, rate)
-
-
-# ----------------------------------------------------------------------------- backend
-
-class Backend:
-    """Per-step model calls used by the generator (Torch, ONNX Runtime, TensorRT...).
-
-    Shapes: H = LLM hidden, V = vocabulary, L = RVQ levels, D = FLAME dims.
-    ``model`` is the :class:`A2LLM` for the PyTorch backend; engine backends
-    give a :class:`a2llm_ros.engines.model_info.ModelInfo` with the same
-    tokenizers, vocabulary, configs, layout and codec but no networks.
-    """
-
-    kind: str = "base"
-    model: A2LLM  # tokenizers, vocabulary, configs and codec metadata
-
-    def encode_audio(self, mel: torch.Tensor) -> torch.Tensor:
-        """Log-mel [M, T] -> audio embeddings [1, A, H]."""
-        raise NotImplementedError
-
-    def embed_tokens(self, ids: List[int]) -> torch.Tensor:
-        """Token ids -> embeddings [1, n, H]."""
-        raise NotImplementedError
-
-    def prefill(self, embeds: torch.Tensor):
-        """Prompt embeddings [1, P, H] -> (logits [V], hidden [H], cache)."""
-        raise NotImplementedError
-
-    def decode(self, token_id: int, cache):
-        """Feed one token -> (logits [V], hidden [H], cache)."""
-        raise NotImplementedError
-
-    def init_connector_state(self) -> Any:
-        raise NotImplementedError
-
-    def connector_step(self, hidden: torch.Tensor, state, temperature: float,
-                       generator: Optional[torch.Generator], top_k: int):
-        """Hidden [1, 5, H] -> (codes [1, L], state)."""
-        raise NotImplementedError
-
-    def init_motion_state(self) -> Any:
-        raise NotImplementedError
-
-    def motion_decode_step(self, codes: torch.Tensor, state):
-        """Codes [1, n, L] -> (frames [1, 5n, D], state)."""
-        raise NotImplementedError
-
-    def init_token2wav_state(self) -> Any:
-        raise NotImplementedError
-
-    def token2wav_step(self, tokens: torch.Tensor, state):
-        """Speech codes [n] -> (audio float32 ready so far [m], state)."""
-        raise NotImplementedError
-
-    def token2wav_flush(self, state):
-        """End of the answer: (the audio still held back [m], state)."""
-        return self.model.token2wav.flush(state)
-
-
-class TorchBackend(Backend):
-    """The PyTorch model with a growing key/value cache (one tensor pair per layer)."""
-
-    kind = "torch"
-
-    def __init__(self, model: A2LLM):
-        self.model = model.eval()
-
-    @torch.no_grad()
-    def encode_audio(self, mel):
-        return self.model.encode_audio(mel[None])  # [1, A, H]
-
-    @torch.no_grad()
-    def embed_tokens(self, ids):
-        return self.model.embed_ids(list(ids))[None]  # [1, n, H]
-
-    def _run(self, embeds, cache=None):
-        hidden, cache = llm_hidden(self.model.llm, embeds, past=cache)  # [1, T, H]
-        return llm_logits(self.model.llm, hidden[0, -1]).float(), hidden[0, -1], cache
-
-    @torch.no_grad()
-    def prefill(self, embeds):
-        return self._run(embeds)
-
-    @torch.no_grad()
-    def decode(self, token_id, cache):
-        return self._run(self.embed_tokens([token_id]), cache)
-
-    @torch.no_grad()
-    def forward_full(self, embeds):
-        """Reference path without cache: embeds [1, T, H] -> (logits [T, V], hidden [T, H])."""
-        hidden, _ = llm_hidden(self.model.llm, embeds)
-        return llm_logits(self.model.llm, hidden[0]).float(), hidden[0]
-
-    def init_connector_state(self):
-        return self.model.connector.init_state(1)
-
-    @torch.no_grad()
-    def connector_step(self, hidden, state, temperature, generator, top_k):
-        return self.model.connector.step(hidden.to(_connector_dtype(self.model)), state,
-                                         temperature, generator, top_k)
-
-    def init_motion_state(self):
-        return self.model.motion_tokenizer.init_decode_state(1)
-
-    @torch.no_grad()
-    def motion_decode_step(self, codes, state):
-        return self.model.motion_tokenizer.decode_step(codes, state)
-
-    def init_token2wav_state(self):
-        return self.model.token2wav.init_state()
-
-    def token2wav_step(self, tokens, state):
-        return self.model.token2wav.step(tokens.cpu(), state)
-
-    def token2wav_flush(self, state):
-        return self.model.token2wav.flush(state)
-
-
-def _connector_dtype(model) -> torch.dtype:
-    return next(model.connector.parameters()).dtype
-
-
-def as_backend(model_or_backend: Union[A2LLM, Backend]) -> Backend:
-    """A :class:`Backend` for a model (TorchBackend) or the backend itself."""
-    if isinstance(model_or_backend, Backend):
-        return model_or_backend
-    return TorchBackend(model_or_backend)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -254,49 +125,36 @@ def check_question(wave) -> np.ndarray:
     return wave
 
 
-def prompt_embeds(backend: Backend, wave) -> torch.Tensor:
-    """Question wave -> prompt embeddings [1, P, H] (audio in the ``<audio_patch>`` rows)."""
-    model = backend.model
-    mel = model.log_mel(check_question(wave))  # [M, T]
-    audio = backend.encode_audio(mel)  # [1, A, H]
-    prompt = model.prompt(n_positions(mel.shape[1]))
-    return splice_audio(prompt, backend.embed_tokens(prompt.ids), audio)  # [1, P, H]
-
-
 class TokenChooser:
-    """Masks logits (enforced schedule only) and samples (shared by both paths)."""
+    """The :class:`~a2llm_ros.engines.backend.Pick` for the next token: sampling settings,
+    and with an enforced schedule the kind it expects (shared by both paths)."""
 
-    def __init__(self, model: A2LLM, cfg: GenerationConfig):
+    def __init__(self, model, cfg: GenerationConfig):
         self.vocab, self.cfg = model.vocab, cfg
         self.enforce = bool(model.cfg.interleave.enforce)
-        self.masks = {TEXT: self.vocab.kind_mask(TEXT), SPEECH: self.vocab.kind_mask(SPEECH)}
 
     def end_id(self, kind: str) -> int:
         """The enforced schedule's end marker of a stream."""
         return self.vocab.tts_pad if kind == TEXT else self.vocab.tts_end
 
-    def choose(self, logits, schedule: Schedule, generator) -> int:
-        """Logits [V] -> token id (of ``schedule.next_kind()`` when enforced)."""
+    def pick(self, schedule: Schedule) -> Pick:
+        """How to choose the token after ``schedule``'s current position."""
         cfg = self.cfg
-        logits = logits.detach().float().cpu()
-        if self.enforce:
-            kind = schedule.next_kind()
-            mask = self.masks[kind]
-            if kind == TEXT and schedule.n_text >= cfg.max_text_tokens:
-                return self.end_id(TEXT)
-            if kind == SPEECH and schedule.n_speech < cfg.min_speech_tokens:
-                mask = mask.clone()
-                mask[self.end_id(SPEECH)] = False
-            logits = logits.masked_fill(~mask, float("-inf"))
-        # sampling runs on the CPU with a CPU generator (same draws on every device)
-        temperature = 0.0 if cfg.greedy else cfg.temperature
-        return int(sample_codes(logits[None], temperature, generator, cfg.top_k)[0])
+        temperature = 0.0 if cfg.greedy else float(cfg.temperature)
+        if not self.enforce:
+            return Pick(temperature, int(cfg.top_k))
+        kind = schedule.next_kind()
+        if kind == TEXT and schedule.n_text >= cfg.max_text_tokens:
+            return Pick(forced=self.end_id(TEXT))
+        banned = self.end_id(SPEECH) \
+            if kind == SPEECH and schedule.n_speech < cfg.min_speech_tokens else None
+        return Pick(temperature, int(cfg.top_k), allowed=kind, banned=banned)
 
 
 class AnswerReader:
     """What a generated token means: text, speech, nothing (padding, markers), the end."""
 
-    def __init__(self, model: A2LLM, cfg: GenerationConfig):
+    def __init__(self, model, cfg: GenerationConfig):
         self.vocab, self.cfg = model.vocab, cfg
         self.enforce = bool(model.cfg.interleave.enforce)
         self.schedule = Schedule.from_config(model.cfg.interleave)
@@ -329,12 +187,6 @@ class AnswerReader:
         return None  # <tts_pad>, the speech padding code, <tts_end>, other specials
 
 
-def _generators(cfg: GenerationConfig, device):
-    """Separate seeded generators: LLM tokens (CPU) and connector codes (model device)."""
-    return (torch.Generator().manual_seed(int(cfg.seed)),
-            torch.Generator(device=device).manual_seed(int(cfg.seed) + 1))
-
-
 # ----------------------------------------------------------------------------- streaming
 
 @dataclass
@@ -345,40 +197,37 @@ class GeneratorState:
     active: bool = False
     reader: Optional[AnswerReader] = None
     cache: Any = None
-    logits: Optional[torch.Tensor] = None        # [V] logits for the next token
+    #: The next answer token, chosen by the backend in the last prefill / decode.
+    next_token: int = -1
     text_ids: List[int] = field(default_factory=list)
     text_emitted: str = ""
     speech_codes: List[int] = field(default_factory=list)
     pending_codes: List[int] = field(default_factory=list)        # not yet vocoded
-    pending_hidden: List[torch.Tensor] = field(default_factory=list)  # [H] each
+    pending_hidden: List[Any] = field(default_factory=list)  # backend hidden states [H]
     n_samples: int = 0
     n_frames: int = 0
     #: FLAME events decoded ahead of the audio (codec lookahead), released once the
     #: audio covering them is out.
     held_motion: List["FlameEvent"] = field(default_factory=list)
     t2w_state: Any = None
-    connector_state: Any = None
     motion_state: Any = None
-    llm_generator: Optional[torch.Generator] = None
-    motion_generator: Optional[torch.Generator] = None
+    #: The backend's random generators: LLM tokens (seed) and motion codes (seed + 1).
+    llm_rng: Any = None
+    motion_rng: Any = None
     end_reason: Optional[str] = None
     #: The LLM's hidden state at the last prompt position [H] (end-of-turn head input).
     prompt_hidden: Optional[np.ndarray] = None
 
 
-def host_vector(x) -> np.ndarray:
-    """A hidden state (torch tensor or array) as a float32 host vector [H]."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().float().cpu().numpy()
-    return np.asarray(x, np.float32).reshape(-1)
-
-
 class StreamingGenerator:
     """Incremental answer generation with explicit state (see module docstring)."""
 
-    def __init__(self, model: Union[A2LLM, Backend], cfg: Optional[GenerationConfig] = None):
-        self.backend = as_backend(model)
-        self.model = self.backend.model
+    def __init__(self, backend: Backend, cfg: Optional[GenerationConfig] = None):
+        if not isinstance(backend, Backend):
+            raise TypeError(f"StreamingGenerator needs a Backend (e.g. TorchBackend(model)), "
+                            f"got {type(backend).__name__}")
+        self.backend = backend
+        self.model = backend.model
         self.cfg = cfg or GenerationConfig()
         self.chooser = TokenChooser(self.model, self.cfg)
         self.state = GeneratorState()
@@ -395,18 +244,16 @@ class StreamingGenerator:
         """
         if self.state.active:
             raise RuntimeError(f"turn {self.state.turn_id} is still running; cancel() it first")
-        embeds = prompt_embeds(self.backend, question_wave)  # [1, P, H]
-        logits, hidden, cache = self.backend.prefill(embeds)
+        wave = check_question(question_wave)
+        b, reader = self.backend, AnswerReader(self.model, self.cfg)
+        llm_rng, motion_rng = b.rng(self.cfg.seed), b.rng(int(self.cfg.seed) + 1)
+        token, hidden, cache = b.prefill(wave, self.chooser.pick(reader.schedule), llm_rng)
         turn = self._next_turn if turn_id is None else int(turn_id)
         self._next_turn = turn + 1
-        llm_gen, motion_gen = _generators(self.cfg, self.model.device)
-        b = self.backend
         self.state = GeneratorState(
-            turn_id=turn, active=True, reader=AnswerReader(self.model, self.cfg),
-            cache=cache, logits=logits, t2w_state=b.init_token2wav_state(),
-            connector_state=b.init_connector_state(), motion_state=b.init_motion_state(),
-            llm_generator=llm_gen, motion_generator=motion_gen,
-            prompt_hidden=host_vector(hidden))
+            turn_id=turn, active=True, reader=reader, cache=cache, next_token=token,
+            t2w_state=b.init_codec_state(), motion_state=b.init_motion_state(),
+            llm_rng=llm_rng, motion_rng=motion_rng, prompt_hidden=b.host(hidden))
         return turn
 
     @property
@@ -419,7 +266,7 @@ class StreamingGenerator:
         s = self.state
         if not s.active:
             return []
-        tok = self.chooser.choose(s.logits, s.reader.schedule, s.llm_generator)
+        tok = s.next_token
         kind = s.reader.read(tok)
         is_speech = kind == SPEECH
         events: List[Event] = []
@@ -433,7 +280,8 @@ class StreamingGenerator:
         finished = s.reader.finished
         capped = is_speech and len(s.speech_codes) >= self.cfg.max_speech_tokens
         if not finished:
-            s.logits, hidden, s.cache = self.backend.decode(tok, s.cache)
+            s.next_token, hidden, s.cache = self.backend.decode(
+                tok, s.cache, self.chooser.pick(s.reader.schedule), s.llm_rng)
             if is_speech:
                 s.pending_hidden.append(hidden)
                 if len(s.pending_hidden) == SPEECH_TOKENS_PER_SEGMENT:
@@ -464,7 +312,8 @@ class StreamingGenerator:
     def generate(self, question_wave) -> TurnResult:
         """Run a whole turn with the streaming path and collect the results."""
         self.start(question_wave)
-        result = collect(self.events(), self.model)
+        result = collect(self.events(), self.model.layout.dim,
+                         self.model.token2wav.sample_rate)
         result.text_ids = list(self.state.text_ids)
         result.speech_codes = list(self.state.speech_codes)
         return result
@@ -488,21 +337,21 @@ class StreamingGenerator:
         ``k * samples_per_token`` starts speech token (and FLAME frame) ``k``.
         """
         s = self.state
-        codes = torch.tensor(s.pending_codes, dtype=torch.long)  # [n]
+        codes = np.asarray(s.pending_codes, np.int64)  # [n]
         s.pending_codes = []
-        audio = torch.zeros(0)
-        if codes.numel():
-            audio, s.t2w_state = self.backend.token2wav_step(codes, s.t2w_state)  # [m]
+        audio = np.zeros(0, np.float32)
+        if codes.size:
+            audio, s.t2w_state = self.backend.codec_step(codes, s.t2w_state)  # [m]
         if flush:
-            rest, s.t2w_state = self.backend.token2wav_flush(s.t2w_state)
-            audio = torch.cat([audio.reshape(-1).cpu(), rest.reshape(-1).cpu()])
+            rest, s.t2w_state = self.backend.codec_flush(s.t2w_state)
+            audio = np.concatenate([audio, rest])
         if audio.shape[0] == 0:
             return []
         rate = self.model.token2wav.sample_rate
         start = s.n_samples
         s.n_samples += audio.shape[0]
-        return [AudioEvent(s.turn_id, audio.detach().cpu().numpy().astype(np.float32),
-                           rate, start / rate, start)]
+        return [AudioEvent(s.turn_id, np.asarray(audio, np.float32), rate, start / rate,
+                           start)]
 
     def _release_motion(self, final: bool = False) -> List[Event]:
         """Held FLAME events whose frames the emitted audio already covers (all when
@@ -519,13 +368,11 @@ class StreamingGenerator:
 
     def _motion(self, keep: int = SPEECH_TOKENS_PER_SEGMENT) -> List[Event]:
         s = self.state
-        hidden = torch.stack(s.pending_hidden)[None]  # [1, 5, H]
+        frames, s.motion_state = self.backend.motion_step(
+            s.pending_hidden, s.motion_state, self.cfg.motion_temperature,
+            self.cfg.motion_top_k, s.motion_rng)  # [5, D]
         s.pending_hidden = []
-        codes, s.connector_state = self.backend.connector_step(
-            hidden, s.connector_state, self.cfg.motion_temperature, s.motion_generator,
-            self.cfg.motion_top_k)  # [1, L]
-        frames, s.motion_state = self.backend.motion_decode_step(codes[:, None], s.motion_state)
-        frames = frames[0, :keep].detach().float().cpu().numpy()  # [keep, D]
+        frames = np.asarray(frames[:keep], np.float32)  # [keep, D]
         start = s.n_frames
         s.n_frames += frames.shape[0]
         return [FlameEvent(s.turn_id, frames, FLAME_FPS, start / FLAME_FPS, start)]
@@ -543,91 +390,19 @@ class StreamingGenerator:
         return events
 
 
-def collect(events, model: A2LLM) -> TurnResult:
-    """Gather a turn's events into a :class:`TurnResult`."""
+def collect(events, flame_dim: int, sample_rate: int) -> TurnResult:
+    """Gather a turn's events into a :class:`TurnResult` (FLAME width, the audio's rate)."""
     evs = list(events)
     text = "".join(e.text for e in evs if isinstance(e, TextEvent))
     audio = [e.samples for e in evs if isinstance(e, AudioEvent)]
     frames = [e.frames for e in evs if isinstance(e, FlameEvent)]
     end = [e for e in evs if isinstance(e, EndEvent)]
-    D = model.layout.dim
+    D = flame_dim
     return TurnResult(
         text=text, text_ids=[], speech_codes=[],
         audio=np.concatenate(audio) if audio else np.zeros(0, np.float32),
         frames=np.concatenate(frames) if frames else np.zeros((0, D), np.float32),
-        end_reason=end[-1].reason if end else "", events=evs,
-        sample_rate=model.token2wav.sample_rate)
-
-
-# ----------------------------------------------------------------------------- reference
-
-@torch.no_grad()
-def generate_batch(model: Union[A2LLM, TorchBackend], question_wave,
-                   cfg: Optional[GenerationConfig] = None) -> TurnResult:
-    """Non-incremental reference: full forward passes (no KV cache) for every token,
-    then one full pass for the speech hidden states, ``connector.generate``,
-    whole-sequence motion decode and ``token2wav.decode``."""
-    backend = as_backend(model)
-    model, cfg = backend.model, cfg or GenerationConfig()
-    chooser = TokenChooser(model, cfg)
-    llm_gen, motion_gen = _generators(cfg, model.device)
-    reader = AnswerReader(model, cfg)
-    embeds = prompt_embeds(backend, question_wave)  # [1, P, H]
-    fed, text_ids, codes = [], [], []
-    reason = "eos"
-    while True:
-        logits, _ = backend.forward_full(
-            torch.cat([embeds, backend.embed_tokens(fed)], dim=1) if fed else embeds)
-        tok = chooser.choose(logits[-1], reader.schedule, llm_gen)
-        kind = reader.read(tok)
-        if kind == TEXT:
-            text_ids.append(tok)
-        if kind == SPEECH:
-            codes.append(int(model.vocab.speech_code(tok)))
-        if reader.finished:
-            break
-        fed.append(tok)
-        if kind == SPEECH and len(codes) >= cfg.max_speech_tokens:
-            reason = "cap"
-            break
-    hidden = hidden_states_for_connector(backend, embeds, fed)  # [n_speech, H]
-    assert hidden.shape[0] == len(codes)
-    frames = _batch_motion(model, hidden, cfg, motion_gen)
-    audio = model.token2wav.decode(torch.tensor(codes, dtype=torch.long))
-    text = model.text_tokenizer.decode(text_ids)
-    return TurnResult(text, text_ids, codes, audio.numpy().astype(np.float32), frames, reason,
-                      sample_rate=model.token2wav.sample_rate)
-
-
-@torch.no_grad()
-def hidden_states_for_connector(backend: TorchBackend, prompt: torch.Tensor,
-                                answer_ids: List[int]) -> torch.Tensor:
-    """LLM last hidden states [n_speech, H] at the input positions of the speech tokens.
-
-    ``prompt`` [1, P, H] from :func:`prompt_embeds`; ``answer_ids`` are the
-    answer tokens fed after it.  This is the connector's input, the same as
-    ``A2LLM.forward_train`` uses and as :meth:`Backend.decode` returns step
-    by step (an exported engine can be checked against it).
-    """
-    vocab = backend.model.vocab
-    full = torch.cat([prompt, backend.embed_tokens(answer_ids)], dim=1) if answer_ids \
-        else prompt
-    _, hidden = backend.forward_full(full)  # [T, H]
-    pos = [prompt.shape[1] + i for i, t in enumerate(answer_ids) if vocab.is_speech(t)]
-    return hidden[pos]
-
-
-def _batch_motion(model: A2LLM, hidden, cfg: GenerationConfig, generator) -> np.ndarray:
-    """Speech hidden [n, H] -> frames [n, D] (last partial segment padded with the last state)."""
-    n, P = hidden.shape[0], SPEECH_TOKENS_PER_SEGMENT
-    if n == 0:
-        return np.zeros((0, model.layout.dim), np.float32)
-    pad = (-n) % P
-    hidden = torch.cat([hidden, hidden[-1:].expand(pad, -1)])[None]  # [1, 5S, H]
-    codes = model.connector.generate(hidden, cfg.motion_temperature, generator,
-                                     cfg.motion_top_k)  # [1, S, L]
-    frames = model.motion_tokenizer.decode(codes)[0, :n]  # [n, D]
-    return frames.float().cpu().numpy()
+        end_reason=end[-1].reason if end else "", events=evs, sample_rate=sample_rate)
 
 
 def event_to_json(event: Event) -> dict:

@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from a2llm_ros.asr import char_error_rate, nearest_answer, normalize_words, word_errors
+from a2llm_ros.tools.asr import char_error_rate, nearest_answer, normalize_words, word_errors
 
 ANSWERS = {0: "It is about three o'clock.", 1: "A spider has eight legs.",
            2: "My name is Robo.", 3: "Today will be cloudy and mild."}
@@ -25,12 +25,12 @@ def spoken():
     if not shutil.which("espeak-ng"):
         pytest.skip("espeak-ng is not installed")
     pytest.importorskip("pocketsphinx", reason="pocketsphinx is not installed")
-    from a2llm_ros.data import espeak
+    from a2llm_ros.tools.data import espeak
     return {aid: espeak.synthesize(text).audio for aid, text in ANSWERS.items()}
 
 
 def test_grammar_identifies_spoken_answers(spoken):
-    from a2llm_ros.asr import SphinxJudge
+    from a2llm_ros.tools.asr import SphinxJudge
     judge = SphinxJudge(ANSWERS)
     heard = {aid: judge.identify(wave)[0] for aid, wave in spoken.items()}
     assert heard == {aid: aid for aid in ANSWERS}
@@ -41,7 +41,7 @@ def test_grammar_identifies_spoken_answers(spoken):
 def test_verdict_does_not_depend_on_earlier_utterances(spoken):
     """CMN is reset per decode: the same audio gives the same transcript whether it is
     decoded first, after other answers, or after noise."""
-    from a2llm_ros.asr import SphinxJudge
+    from a2llm_ros.tools.asr import SphinxJudge
     first = {aid: SphinxJudge(ANSWERS).transcribe(wave) for aid, wave in spoken.items()}
     judge = SphinxJudge(ANSWERS)
     noise = np.random.default_rng(0).normal(0, 0.3, 32000).astype(np.float32)

@@ -6,9 +6,9 @@ import pytest
 import soundfile
 import torch
 
-from a2llm_ros.audio.features import (MelConfig, hz_to_mel, log_mel_spectrogram, mel_filterbank,
-                                      mel_power, mel_power_from_log_mel, mel_to_hz, resample,
-                                      to_mono)
+from a2llm_ros.audio.features import (hz_to_mel, log_mel_spectrogram, mel_filterbank, mel_power,
+                                      mel_power_from_log_mel, mel_to_hz, resample, to_mono)
+from a2llm_ros.model.configs import MelConfig
 from a2llm_ros.audio.io import read_wav, read_wav_with_rate, write_wav
 from a2llm_ros.configbase import ConfigMismatchError
 from a2llm_ros.constants import MEL_HOP, SAMPLE_RATE

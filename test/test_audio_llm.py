@@ -6,9 +6,12 @@ import torch
 from a2llm_ros.config import A2LLMConfig
 from a2llm_ros.configbase import ConfigMismatchError
 from a2llm_ros.model.a2llm import A2LLM
-from a2llm_ros.model.audio_encoder import Adapter, AudioEncoder, AudioEncoderConfig, n_positions
-from a2llm_ros.model.audio_llm import (SPEECH, TASK_TRANSCRIBE, TEXT, InterleaveConfig, Schedule,
-                                       Vocab, build_answer_sequence, build_prompt)
+from a2llm_ros.model.audio_encoder import Adapter, AudioEncoder
+from a2llm_ros.model.chat import n_positions
+from a2llm_ros.model.configs import AudioEncoderConfig
+from a2llm_ros.model.chat import (SPEECH, TASK_TRANSCRIBE, TEXT, Schedule, Vocab,
+                                  build_answer_sequence, build_prompt)
+from a2llm_ros.model.configs import InterleaveConfig
 from a2llm_ros.model.text_tokenizer import (CHAT_TOKENS, TextTokenizer, TokenizerError,
                                             make_tiny_tokenizer, speech_token)
 

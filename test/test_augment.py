@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from a2llm_ros.constants import SAMPLE_RATE
-from a2llm_ros.training.config import AugmentConfig
-from a2llm_ros.training.data import augment_wave, frequency_warp, wsola_stretch
+from a2llm_ros.tools.training.config import AugmentConfig
+from a2llm_ros.tools.training.data import augment_wave, frequency_warp, wsola_stretch
 
 
 def _tones(freqs, seconds=1.0):

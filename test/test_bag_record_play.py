@@ -24,11 +24,11 @@ from rosgraph_msgs.msg import Clock  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
 import a2llm_ros.msg as msgs  # noqa: E402
-from a2llm_ros.bags import types as T  # noqa: E402
-from a2llm_ros.bags.io import bag_summary, read_bag, read_metadata  # noqa: E402
-from a2llm_ros.ros.bag_play import (BagPlayer, no_pub_events, no_sub_events,  # noqa: E402
-                                    play_bag)
-from a2llm_ros.ros.bag_record import BagRecorder  # noqa: E402
+from a2llm_ros.tools.bags import types as T  # noqa: E402
+from a2llm_ros.tools.bags.io import bag_summary, read_bag, read_metadata  # noqa: E402
+from a2llm_ros.tools.rosgraph.bag_play import (BagPlayer, no_pub_events,  # noqa: E402
+                                               no_sub_events, play_bag)
+from a2llm_ros.tools.rosgraph.bag_record import BagRecorder  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -339,7 +339,7 @@ def test_record_sqlite3(graph, tmp_path):
 
 
 def _cli(*args):
-    return subprocess.Popen([sys.executable, "-m", "a2llm_ros.cli", "bag", *args],
+    return subprocess.Popen([sys.executable, "-m", "a2llm_ros.tools.cli", "bag", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ))
 

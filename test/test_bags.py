@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import yaml
 
-from a2llm_ros.bags import types as T
-from a2llm_ros.bags.export import (PCM_FORMATS, SkipMessage, decode_pcm, encode_pcm,
-                                   export_flame)
-from a2llm_ros.bags.io import BagWriter, bag_summary, read_bag, read_metadata
+from a2llm_ros.tools.bags import types as T
+from a2llm_ros.tools.bags.export import (PCM_FORMATS, SkipMessage, decode_pcm, encode_pcm,
+                                         export_flame)
+from a2llm_ros.tools.bags.io import BagWriter, bag_summary, read_bag, read_metadata
 
 NS = 1_000_000_000
 
@@ -254,7 +254,7 @@ def test_raw_write_and_read_and_topic_qos(tmp_path):
     bag = tmp_path / "bag"
     with BagWriter(bag) as writer:
         writer.write_raw("/audio/audio_info", raw, 42, msgtype=T.AUDIO_INFO)
-    from a2llm_ros.bags.io import bag_topics, qos_to_dict, read_bag_raw
+    from a2llm_ros.tools.bags.io import bag_topics, qos_to_dict, read_bag_raw
 
     assert list(read_bag_raw(bag)) == [("/audio/audio_info", T.AUDIO_INFO, 42, bytes(raw))]
     topic = bag_topics(bag)["/audio/audio_info"]

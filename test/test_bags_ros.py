@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import require_ros
 
-from a2llm_ros.bags import types as T
-from a2llm_ros.bags.fixtures import make_fixture
-from a2llm_ros.bags.io import BagWriter, read_bag, read_bag_raw
+from a2llm_ros.tools.bags import types as T
+from a2llm_ros.tools.bags.fixtures import make_fixture
+from a2llm_ros.tools.bags.io import BagWriter, read_bag, read_bag_raw
 
 INSTALL = Path(__file__).resolve().parents[1] / ".a2llm_ws" / "install"
 NS = 1_000_000_000
@@ -19,7 +19,7 @@ NS = 1_000_000_000
 
 @pytest.mark.parametrize("msgtype", T.PROJECT_TYPES + T.FLAVOUR_TYPES[T.ROS_DRIVERS])
 def test_rosbags_hash_equals_rosidl(msgtype):
-    from a2llm_ros.interfaces import built_type_hash
+    from type_hashes import built_type_hash
 
     pkg, _, name = msgtype.split("/")
     path = INSTALL / pkg / "share" / pkg / "msg" / f"{name}.json"

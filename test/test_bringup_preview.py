@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from a2llm_ros.ros import bringup
+from a2llm_ros.tools.rosgraph import bringup
 
 #: The issue's budget from SIGINT to exit (s); bringup waits for its child within it.
 EXIT_BUDGET_S = 2.0

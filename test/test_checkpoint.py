@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from a2llm_ros.checkpoint import (CheckpointError, init_model, load_checkpoint,
-                                  resolve_checkpoint, save_checkpoint)
+from a2llm_ros.checkpoint import init_model, load_checkpoint, save_checkpoint
+from a2llm_ros.checkpoint_files import CheckpointError, resolve_checkpoint
 from a2llm_ros.config import A2LLMConfig
 from a2llm_ros.configbase import ConfigMismatchError
+from a2llm_ros.engines.torch_backend import TorchBackend
 from a2llm_ros.generation import GenerationConfig, StreamingGenerator
 
 torch.set_num_threads(1)
@@ -38,8 +39,8 @@ def test_round_trip_same_outputs(tiny_dir):
     assert meta["llm_weights"] == "checkpoint" and meta["backbone"] is None
     assert set(meta["versions"]) == {"a2llm_ros", "torch", "transformers"}
     loaded = load_checkpoint(out, expected_config=A2LLMConfig.preset("tiny"))
-    a = StreamingGenerator(model, GEN).generate(question())
-    b = StreamingGenerator(loaded, GEN).generate(question())
+    a = StreamingGenerator(TorchBackend(model), GEN).generate(question())
+    b = StreamingGenerator(TorchBackend(loaded), GEN).generate(question())
     assert a.text == b.text and a.speech_codes == b.speech_codes
     np.testing.assert_array_equal(a.audio, b.audio)
     np.testing.assert_array_equal(a.frames, b.frames)
@@ -114,8 +115,8 @@ def test_lora_adapter_saved_and_loaded(tmp_path):
     lora = {k: v for k, v in model.llm.state_dict().items() if "lora_B" in k}
     got = loaded.llm.state_dict()
     assert lora and all(v.abs().sum() > 0 and torch.equal(v, got[k]) for k, v in lora.items())
-    a = StreamingGenerator(model, GEN).generate(question())
-    b = StreamingGenerator(loaded, GEN).generate(question())
+    a = StreamingGenerator(TorchBackend(model), GEN).generate(question())
+    b = StreamingGenerator(TorchBackend(loaded), GEN).generate(question())
     assert a.speech_codes == b.speech_codes
     np.testing.assert_allclose(a.frames, b.frames, atol=1e-5)
     # the adapter is active in the generation path
@@ -131,7 +132,7 @@ def test_lora_adapter_saved_and_loaded(tmp_path):
 def test_shipped_default_checkpoint_matches_the_code():
     """The packaged default checkpoint reads strictly with today's configs (a field added
     to a config without updating the shipped config.json breaks the node and the demo)."""
-    from a2llm_ros.checkpoint import read_config
+    from a2llm_ros.checkpoint_files import read_config
     cfg = read_config(resolve_checkpoint("default"))
     assert cfg.preset_name == "tiny" and cfg.codec.kind == "kmeans_mel"
     model = load_checkpoint(resolve_checkpoint("default"))

@@ -7,7 +7,7 @@ import pytest
 import soundfile
 import torch
 
-from a2llm_ros.cli import main
+from a2llm_ros.tools.cli import main
 
 torch.set_num_threads(1)
 

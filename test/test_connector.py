@@ -6,7 +6,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from a2llm_ros.constants import SPEECH_TOKENS_PER_SEGMENT as P
-from a2llm_ros.model.connector import ConnectorConfig, ConnectorState, MotionConnector
+from a2llm_ros.model.connector import ConnectorState, MotionConnector
+from a2llm_ros.model.configs import ConnectorConfig
 
 torch.set_num_threads(1)
 L, K = 6, 256

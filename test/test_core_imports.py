@@ -7,7 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "a2llm_ros"
-ROS_ONLY = {"ros"}  # subpackages allowed to import rclpy
+ROS_ONLY = {("ros",), ("tools", "rosgraph")}  # subpackages allowed to import rclpy
 ROS_MODULES = ("rclpy", "std_msgs", "sensor_msgs", "audio_common_msgs", "diagnostic_msgs",
                "visualization_msgs", "lifecycle_msgs", "rosgraph_msgs", "builtin_interfaces",
                "launch", "launch_ros")
@@ -16,7 +16,8 @@ ROS_MODULES = ("rclpy", "std_msgs", "sensor_msgs", "audio_common_msgs", "diagnos
 def _core_modules():
     for path in sorted(PKG.rglob("*.py")):
         rel = path.relative_to(PKG)
-        if rel.parts[0] in ROS_ONLY or rel.parts[0] in ("msg", "_vendor", "__main__.py"):
+        ros_only = rel.parts[:1] in ROS_ONLY or rel.parts[:2] in ROS_ONLY
+        if ros_only or rel.parts[0] in ("msg", "_vendor", "__main__.py"):
             continue
         parts = [p for p in rel.with_suffix("").parts if p != "__init__"]
         yield path, ".".join(["a2llm_ros", *parts])

@@ -52,7 +52,7 @@ ANSWER_TOKENS = 75                 # 3 s cap on an answer
 
 def question_frames(text: str) -> np.ndarray:
     """``text`` spoken (the fixtures' question voice) as int16 stereo frames [n, 2]."""
-    from a2llm_ros.bags.fixtures import speak
+    from a2llm_ros.tools.bags.fixtures import speak
     pad = np.zeros(int(PAD_S * MIC_RATE))
     mono = np.concatenate([pad, speak(text, MIC_RATE), pad])
     stereo = np.stack([mono, RIGHT_GAIN * mono], axis=1)
@@ -161,7 +161,7 @@ def compare_windows(damaged: np.ndarray, clean: np.ndarray,
 @pytest.fixture(scope="module")
 def streams():
     """For each question: clean frames, clean and damaged messages, dropped frames."""
-    from a2llm_ros.bags.fixtures import Q1, Q2
+    from a2llm_ros.tools.bags.fixtures import Q1, Q2
     out = {}
     for text in (Q1, Q2):
         frames = question_frames(text)
@@ -210,8 +210,10 @@ def test_comparison_catches_the_byte_shift(streams):
 def test_clean_and_damaged_stream_give_the_same_answers(streams, default_model):
     from a2llm_ros.generation import GenerationConfig, StreamingGenerator
     cfg = GenerationConfig(greedy=True, max_speech_tokens=ANSWER_TOKENS)
+    from a2llm_ros.engines.torch_backend import TorchBackend
     for text, (frames, clean, damaged, dropped) in streams.items():
-        answers = [StreamingGenerator(default_model, cfg).generate(run_front_end(m)[0]).text
+        backend = TorchBackend(default_model)
+        answers = [StreamingGenerator(backend, cfg).generate(run_front_end(m)[0]).text
                    for m in (clean, damaged)]
         print(f"{text!r}: clean {answers[0]!r}, damaged {answers[1]!r}")
         assert answers[0].strip() and answers[0] == answers[1], (text, answers)

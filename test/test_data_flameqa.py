@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from a2llm_ros.data.flameqa import (FlameQAReader, FlameQASample, FlameQAWriter, list_ids,
-                                    read_info, summarize)
+from a2llm_ros.tools.data.flameqa import (FlameQAReader, FlameQASample, FlameQAWriter, list_ids,
+                                          read_info, summarize)
 from a2llm_ros.flame.layout import FRAME_DIM
 
 SR = 16000
@@ -99,7 +99,7 @@ def test_each_rule_rejects_and_run_continues(tmp_path, caplog):
     summary = summarize(str(tmp_path))
     assert summary["n_ok"] == 2 and len(summary["rejected"]) == len(BAD_CASES)
     # training reads the same shards: the good ones, and a count per named reason
-    from a2llm_ros.training.data import TrainData, rejected_counts
+    from a2llm_ros.tools.training.data import TrainData, rejected_counts
     data = TrainData(str(tmp_path))  # split "train"
     assert [s.id for s in data.samples] == ["good0", "good1"]
     assert rejected_counts(data.rejected) == {r: 1 for r in sorted(BAD_CASES)}
@@ -142,7 +142,7 @@ def test_wav_rate_mismatch_in_shard(tmp_path):
 def test_train_prints_the_skipped_samples_per_reason(tmp_path, capsys):
     """`a2llm train` names what the reader skipped, with a count per reason (NaN FLAME,
     empty text, audio/FLAME length mismatch), before it starts (here: stops) training."""
-    from a2llm_ros.cli import main
+    from a2llm_ros.tools.cli import main
     data = str(tmp_path / "data")
     bad = ("nonfinite_flame", "empty_text", "duration_mismatch")
     with FlameQAWriter(data, validate=False, audio_subtype="FLOAT") as writer:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from a2llm_ros.cli import main
-from a2llm_ros.data.flameqa import FlameQAReader
-from a2llm_ros.data.importer import (import_assets, read_transcripts, resample_track)
+from a2llm_ros.tools.cli import main
+from a2llm_ros.tools.data.flameqa import FlameQAReader
+from a2llm_ros.tools.data.importer import (import_assets, read_transcripts, resample_track)
 from a2llm_ros.flame.layout import DEFAULT_LAYOUT as L
 
 SECONDS = 2.0

@@ -5,12 +5,12 @@ import os
 import numpy as np
 import pytest
 
-from a2llm_ros.data import espeak
-from a2llm_ros.data.flameqa import FlameQAReader
-from a2llm_ros.data.motion_synth import blink_track, synthesize_motion
-from a2llm_ros.data.qa_text import EMOTIONS, QA_PAIRS, high_intensity_pairs
-from a2llm_ros.data.synth import build_synthetic
-from a2llm_ros.data.visemes import EXPR_MOUTH_OPEN, phoneme_visemes
+from a2llm_ros.tools.data import espeak
+from a2llm_ros.tools.data.flameqa import FlameQAReader
+from a2llm_ros.tools.data.motion_synth import blink_track, synthesize_motion
+from a2llm_ros.tools.data.qa_text import EMOTIONS, QA_PAIRS, high_intensity_pairs
+from a2llm_ros.tools.data.synth import build_synthetic
+from a2llm_ros.tools.data.visemes import EXPR_MOUTH_OPEN, phoneme_visemes
 from a2llm_ros.flame.layout import DEFAULT_LAYOUT
 
 pytestmark = pytest.mark.skipif(not espeak.available(), reason="libespeak-ng not available")

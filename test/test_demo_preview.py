@@ -3,7 +3,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from a2llm_ros.demo.preview import pick_frames, render_preview
+from a2llm_ros.tools.demo.preview import pick_frames, render_preview
 from a2llm_ros.flame.layout import DEFAULT_LAYOUT
 
 SR, FPS, SECONDS = 16000, 25, 3.0
@@ -86,7 +86,7 @@ def test_strip_shows_open_and_closed_mouths_inside_speech(preview):
 
 
 def test_pick_speech_frames_alternates_inside_speech_and_adds_listening():
-    from a2llm_ros.demo.preview import pick_speech_frames
+    from a2llm_ros.tools.demo.preview import pick_speech_frames
     gap = np.array([0, 0, 0, 5, 1, 7, 2, 0, 0, 0, 0, 0, 6, 1, 9, 3, 0, 0], float)
     speech = gap > 0
     listening = ~speech

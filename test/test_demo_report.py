@@ -1,8 +1,8 @@
 """latency.md: table, summary rows, legend, missing values."""
 import math
 
-from a2llm_ros.demo.report import (DASH, Column, latency_markdown, markdown_table,
-                                   rows_from_events, write_latency_md)
+from a2llm_ros.tools.demo.report import (DASH, Column, latency_markdown, markdown_table,
+                                         rows_from_events, write_latency_md)
 
 
 def test_latency_report_table_and_summary(tmp_path):

@@ -7,10 +7,10 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from a2llm_ros.commands import demo
+from a2llm_ros.tools.commands import demo
 from a2llm_ros.constants import FLAME_FPS, NS_PER_S, SAMPLE_RATE
 from a2llm_ros.flame.layout import DEFAULT_LAYOUT as LAYOUT
-from a2llm_ros.render.video import probe
+from a2llm_ros.tools.render.video import probe
 
 T0 = 1_800_000_000 * NS_PER_S
 FRAME_NS = NS_PER_S // FLAME_FPS
@@ -54,7 +54,7 @@ def test_demo_writes_answers_mp4_over_the_whole_replay(tmp_path, monkeypatch):
     assert abs(info.video_s - info.audio_s) < 0.2, info
     assert abs(info.video_frames - FLAME_FPS * len(wave) / SAMPLE_RATE) <= 1, info
 
-    from a2llm_ros.demo import preview
+    from a2llm_ros.tools.demo import preview
     drawn = []
     real = preview.render_preview
     monkeypatch.setattr(preview, "render_preview",

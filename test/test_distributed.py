@@ -101,7 +101,7 @@ def _assert_same_losses(single: str, multi: str) -> float:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from a2llm_ros.data.synth import build_synthetic
+    from a2llm_ros.tools.data.synth import build_synthetic
     root = tmp_path_factory.mktemp("ddp")
     data = str(root / "flameqa")
     build_synthetic(data, seed=0, n_pairs=6, n_question_voices=2, workers=1)
@@ -203,7 +203,7 @@ def test_fsdp_dead_rank_is_named_and_a_restart_resumes_exactly(setup):
 
 
 def test_global_batch_must_divide_over_the_ranks():
-    from a2llm_ros.training.distributed import DistContext
+    from a2llm_ros.tools.training.distributed import DistContext
     ctx = DistContext(rank=1, world_size=2)
     assert ctx.shard(list(range(6))) == [3, 4, 5]
     with pytest.raises(ValueError, match="joint.batch_size"):
@@ -211,7 +211,7 @@ def test_global_batch_must_divide_over_the_ranks():
 
 
 def test_hidden_cache_parts_of_two_ranks_equal_one_writer(tmp_path):
-    from a2llm_ros.training import hidden_cache as hc
+    from a2llm_ros.tools.training import hidden_cache as hc
     rows, width = [3, 0, 5, 2, 1], 4
     g = torch.Generator().manual_seed(0)
     states = [torch.randn(n, width, generator=g) for n in rows]
@@ -233,7 +233,7 @@ def test_hidden_cache_parts_of_two_ranks_equal_one_writer(tmp_path):
 
 
 def test_dropout_seed_per_rank_and_step():
-    from a2llm_ros.training.stages import seed_step
+    from a2llm_ros.tools.training.stages import seed_step
 
     def mask(step: int, rank: int) -> torch.Tensor:
         seed_step(0, "joint", step, rank)
@@ -244,13 +244,13 @@ def test_dropout_seed_per_rank_and_step():
 
 
 def test_single_process_objective_is_the_plain_total():
-    from a2llm_ros.training.distributed import DistContext, global_objective
+    from a2llm_ros.tools.training.distributed import DistContext, global_objective
     losses = {"text_ce": torch.tensor(1.0), "total": torch.tensor(1.0)}
     assert global_objective(losses, {"text": 3.0}, DistContext(), {"text_ce": 1.0}) is losses
 
 
 def test_precision_autocast_on_cuda_only():
-    from a2llm_ros.training.config import TrainConfig, autocast_dtype
+    from a2llm_ros.tools.training.config import TrainConfig, autocast_dtype
     assert autocast_dtype("auto", "cpu") is None
     assert autocast_dtype("auto", "cuda:0") is torch.bfloat16
     assert autocast_dtype("fp32", "cuda") is None
@@ -261,7 +261,7 @@ def test_precision_autocast_on_cuda_only():
 
 
 def test_strategy_auto_is_ddp_for_tiny_and_edge_fsdp_for_paper():
-    from a2llm_ros.training.config import TrainConfig
+    from a2llm_ros.tools.training.config import TrainConfig
     assert [TrainConfig.preset(p).strategy for p in ("tiny", "edge", "paper")] == \
         ["ddp", "ddp", "fsdp"]
     assert TrainConfig.preset("paper", distributed="ddp").strategy == "ddp"
@@ -272,7 +272,7 @@ def test_strategy_auto_is_ddp_for_tiny_and_edge_fsdp_for_paper():
 
 
 def test_clip_over_replicated_gradients_equals_torch():
-    from a2llm_ros.training.distributed import DistContext, clip_grad_norm
+    from a2llm_ros.tools.training.distributed import DistContext, clip_grad_norm
     g = torch.Generator().manual_seed(0)
     a = [torch.nn.Parameter(torch.zeros(3, 4)), torch.nn.Parameter(torch.zeros(5))]
     b = [torch.nn.Parameter(torch.zeros_like(p)) for p in a]
@@ -293,9 +293,9 @@ def _shard_bytes(rank: int, world: int, store: str, run: str, out: str) -> None:
     from a2llm_ros.checkpoint import init_model
     from a2llm_ros.config import A2LLMConfig
     from a2llm_ros.model.audio_llm import base_causal_lm
-    from a2llm_ros.training.config import TrainConfig
-    from a2llm_ros.training.distributed import shard_layers
-    from a2llm_ros.training.stages import _freeze, _unfreeze, reset_lora
+    from a2llm_ros.tools.training.config import TrainConfig
+    from a2llm_ros.tools.training.distributed import shard_layers
+    from a2llm_ros.tools.training.stages import _freeze, _unfreeze, reset_lora
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
                             world_size=world)
@@ -334,8 +334,8 @@ def test_fsdp_memory_estimate_matches_the_shards_the_trainer_holds(tmp_path, run
     import torch.multiprocessing as mp
 
     from a2llm_ros.config import A2LLMConfig
-    from a2llm_ros.training import memory
-    from a2llm_ros.training.config import TrainConfig
+    from a2llm_ros.tools.training import memory
+    from a2llm_ros.tools.training.config import TrainConfig
     world, out = 2, str(tmp_path / "held")
     mp.spawn(_shard_bytes, args=(world, str(tmp_path / "store"), run, out), nprocs=world)
     held = [json.load(open(f"{out}.{r}")) for r in range(world)]

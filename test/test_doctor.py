@@ -40,9 +40,9 @@ def test_doctor_describes_checkpoints(tmp_path, checkpoint, capsys, monkeypatch)
     from step_folder import tensor_shapes, tiny_config, write_step_folder
 
     from a2llm_ros.checkpoint import init_model, save_checkpoint
-    from a2llm_ros.cli import main
-    from a2llm_ros.doctor import (LAYOUT_A2LLM, LAYOUT_ON_BACKBONE, LAYOUT_STEP,
-                                  describe_checkpoint)
+    from a2llm_ros.tools.cli import main
+    from a2llm_ros.tools.doctor import (LAYOUT_A2LLM, LAYOUT_ON_BACKBONE, LAYOUT_STEP,
+                                        describe_checkpoint)
     from a2llm_ros.model.step_audio import step_config
     torch.set_num_threads(1)
     folder = write_step_folder(str(tmp_path / "step"))

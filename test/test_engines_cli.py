@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from a2llm_ros.checkpoint import init_model, save_checkpoint
-from a2llm_ros.cli import main
+from a2llm_ros.tools.cli import main
 from a2llm_ros.config import A2LLMConfig
 
 torch.set_num_threads(1)
@@ -51,7 +51,7 @@ def test_bench_exports_missing_graphs_and_prints_ratio_table(ckpt, capsys, tmp_p
         assert r["decode_ms"]["n"] > 0 and r["decode_steps_per_s"] > 0
         assert r["ttft_ms"]["n"] == 1 and r["ttfa_ms"]["mean"] >= r["ttft_ms"]["mean"] > 0
         assert r["rtf"]["mean"] > 0 and r["peak_rss_mb"] > 0 and r["device"] == "cpu"
-        assert r["token2wav_step_ms"]["n"] == 2  # 10 speech tokens = two 5-token chunks
+        assert r["codec_step_ms"]["n"] == 2  # 10 speech tokens = two 5-token chunks
     assert "error" in res["backends"]["tensorrt"]
     assert res["speech_tokens"] == 10 and res["answer_s"] == pytest.approx(0.4)
 
@@ -68,7 +68,7 @@ def test_bench_rejects_unknown_backends_and_parses_graph_options(ckpt, capsys):
     path, _ = ckpt
     assert main(["bench", "--checkpoint", path, "--backends", "tflite"]) == 2
     assert "unknown backends" in capsys.readouterr().err
-    from a2llm_ros.cli import build_parser
+    from a2llm_ros.tools.cli import build_parser
     args = build_parser("bench").parse_args(["bench", "--graph", "--graph-rate", "2",
                                              "--graph-out", "x"])
     assert args.graph and args.graph_rate == 2.0 and args.graph_out == "x"

@@ -8,7 +8,8 @@ from a2llm_ros.config import A2LLMConfig
 from a2llm_ros.configbase import ConfigMismatchError
 from a2llm_ros.engines import BackendConfig, EngineError, describe_auto
 from a2llm_ros.engines import cache
-from a2llm_ros.engines.graphs import NEEDED, profile_dims, prompt_overhead
+from a2llm_ros.engines.manifest import NEEDED
+from a2llm_ros.tools.export.graphs import profile_dims, prompt_overhead
 from a2llm_ros.engines.select import choose_auto
 from a2llm_ros.engines.tensorrt_build import engine_options, graph_precision
 
@@ -40,9 +41,9 @@ def test_backend_config_presets_validation_and_round_trip():
 def test_profile_shapes_follow_the_config():
     import numpy as np
 
-    from a2llm_ros.generation import TorchBackend, prompt_embeds
+    from a2llm_ros.engines.torch_backend import TorchBackend, prompt_embeds
     from a2llm_ros.model.a2llm import A2LLM
-    from a2llm_ros.model.audio_encoder import n_positions
+    from a2llm_ros.model.chat import n_positions
     model = A2LLM(A2LLMConfig.preset("tiny"))
     extra = prompt_overhead(model)  # the chat prompt's ids around the <audio_patch> run
     assert extra > 50 and all(len(model.prompt(n).ids) == extra + n for n in (1, 2, 25, 375))
@@ -163,7 +164,7 @@ def test_missing_tensorrt_and_pycuda_are_reported(monkeypatch, tmp_path):
 
 
 def test_doctor_reports_the_same_auto_choice():
-    from a2llm_ros.doctor import auto_backend, backend_checks, report
+    from a2llm_ros.tools.doctor import auto_backend, backend_checks, report
     text, ok = report()
     kind, reason = auto_backend(backend_checks())
     assert f"backend 'auto' picks: {kind} ({reason})" in text and ok

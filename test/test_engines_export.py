@@ -9,11 +9,13 @@ import torch
 from a2llm_ros.checkpoint import init_model, save_checkpoint
 from a2llm_ros.config import A2LLMConfig
 from a2llm_ros.engines import BackendConfig, EngineError
-from a2llm_ros.engines.graphs import GRAPHS, OPSET, prompt_overhead
-from a2llm_ros.engines.exporter import export_onnx
-from a2llm_ros.engines.onnx_export import (MANIFEST, TENSORRT_OPS, onnx_sha256, read_json,
-                                           repeat_token_graph, token_step_graph, unsupported_ops)
-from a2llm_ros.engines.parity import run_token2wav, session
+from a2llm_ros.engines.manifest import GRAPHS
+from a2llm_ros.tools.export.graphs import OPSET, prompt_overhead
+from a2llm_ros.tools.export.exporter import export_onnx
+from a2llm_ros.engines.manifest import MANIFEST, onnx_sha256, read_json
+from a2llm_ros.tools.export.onnx_export import (TENSORRT_OPS, repeat_token_graph,
+                                                token_step_graph, unsupported_ops)
+from a2llm_ros.tools.export.parity import run_token2wav, session
 
 torch.set_num_threads(1)
 
@@ -115,7 +117,7 @@ def test_reexport_keeps_other_graphs_and_rejects_unknown(exported):
 
 
 def test_external_data_is_gathered_into_one_file_per_graph(exported, tmp_path):
-    from a2llm_ros.engines.onnx_export import finalize_onnx
+    from a2llm_ros.tools.export.onnx_export import finalize_onnx
     _, out, _, _ = exported
     proto = onnx.load(os.path.join(out, "motion_decoder.onnx"))
     src_dir = tmp_path / "src"
@@ -141,7 +143,7 @@ def test_external_data_is_gathered_into_one_file_per_graph(exported, tmp_path):
 
 
 def test_tied_embeddings_and_wider_gqa_export(tmp_path):
-    from a2llm_ros.engines.onnx_export import decode_weight_bytes
+    from a2llm_ros.tools.export.onnx_export import decode_weight_bytes
     cfg = A2LLMConfig.preset("tiny", llm=dict(tie_word_embeddings=True, n_heads=8,
                                               n_kv_heads=2, rope_theta=1e6))
     model = init_model(cfg, seed=4)

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from a2llm_ros.bench_core import synthetic_question
+from a2llm_ros.tools.bench.core import synthetic_question
 from a2llm_ros.checkpoint import init_model, save_checkpoint
 from a2llm_ros.config import A2LLMConfig
 from a2llm_ros.engines import BackendConfig, EngineError, describe_auto, load_backend
 from a2llm_ros.engines.model_info import ModelInfo
-from a2llm_ros.engines.exporter import export_onnx
-from a2llm_ros.engines.parity import spectral_error
-from a2llm_ros.generation import (AudioEvent, FlameEvent, GenerationConfig, StreamingGenerator,
-                                  TorchBackend)
+from a2llm_ros.tools.export.exporter import export_onnx
+from a2llm_ros.tools.export.parity import spectral_error
+from a2llm_ros.generation import AudioEvent, FlameEvent, GenerationConfig, StreamingGenerator
+from a2llm_ros.engines.torch_backend import TorchBackend
 
 torch.set_num_threads(1)
 QUESTION = synthetic_question(1.5)

@@ -17,14 +17,15 @@ import pytest
 import torch
 
 import engines_fake_tensorrt as fake
-from a2llm_ros.bench_core import synthetic_question
+from a2llm_ros.tools.bench.core import synthetic_question
 from a2llm_ros.checkpoint import init_model, save_checkpoint
 from a2llm_ros.config import A2LLMConfig
 from a2llm_ros.engines import BackendConfig, EngineError
 from a2llm_ros.engines import cache
-from a2llm_ros.engines.graphs import prompt_overhead
+from a2llm_ros.tools.export.graphs import prompt_overhead
 from a2llm_ros.engines.model_info import ModelInfo
-from a2llm_ros.engines.exporter import export_onnx
+from a2llm_ros.tools.export.exporter import export_onnx
+from a2llm_ros.engines.torch_backend import TorchBackend
 from a2llm_ros.generation import GenerationConfig, StreamingGenerator
 
 torch.set_num_threads(1)
@@ -46,7 +47,7 @@ def ckpt(tmp_path_factory):
                 graphs=["audio_encoder", "token_embed", "llm", "connector_step",
                         "motion_decoder", "token2wav"], verify=False, checkpoint_dir=path,
                 log=lambda s: None)
-    reference = StreamingGenerator(model, GEN).generate(QUESTION)
+    reference = StreamingGenerator(TorchBackend(model), GEN).generate(QUESTION)
     return path, reference
 
 
@@ -130,18 +131,18 @@ def test_whole_turn_on_tensorrt_runtime_equals_torch(ckpt, trt):
 def test_stale_state_and_profile_limits(ckpt, trt):
     path, _ = ckpt
     backend = _load(path, _cfg(path, cuda_graph=False))
-    prompt = torch.randn(1, prompt_overhead(backend.model) + 2, 256)  # within "prefill"
-    _, _, kv0 = backend.prefill(prompt)
-    _, _, kv1 = backend.decode(5, kv0)
-    _, _, kv2 = backend.decode(6, kv1)
-    _, _, kv3 = backend.decode(7, kv2)  # overwrites kv1's buffer (ping-pong)
+    prompt = torch.randn(1, prompt_overhead(backend.model) + 2, 256).numpy()  # in "prefill"
+    _, _, kv0 = backend.llm_prefill(prompt)
+    _, _, kv1 = backend.llm_decode(5, kv0)
+    _, _, kv2 = backend.llm_decode(6, kv1)
+    _, _, kv3 = backend.llm_decode(7, kv2)  # overwrites kv1's buffer (ping-pong)
     with pytest.raises(EngineError, match="stale"):
-        backend.decode(8, kv1)
-    backend.decode(8, kv3)
+        backend.llm_decode(8, kv1)
+    backend.llm_decode(8, kv3)
     with pytest.raises(EngineError, match="context full"):
-        backend.prefill(torch.randn(1, 300, 256))
+        backend.llm_prefill(torch.randn(1, 300, 256).numpy())
     with pytest.raises(EngineError, match="exceeds"):
-        backend.encode_audio(torch.randn(80, 500))  # 5 s > max_question_s = 4 s
+        backend.encode_audio(torch.randn(80, 500).numpy())  # 5 s > max_question_s = 4 s
 
 
 def test_mismatched_engine_is_refused_with_rebuild_hint(ckpt, trt):

@@ -1,4 +1,5 @@
-"""Fault matrix: bags with faults replayed into the whole graph (a2llm_ros.ros.graph_run).
+"""Fault matrix: bags with faults replayed into the whole graph
+(a2llm_ros.tools.rosgraph.graph_run).
 
 * the malformed fixture (audio before any AudioInfo, empty / odd-length / 10 MB
   messages, NaN and Inf floats, stamps jumping back, rate and format changing
@@ -18,7 +19,7 @@ rclpy = require_ros(audio="ros_drivers")  # the fixtures are ros-drivers bags
 
 from ros_testing import unique_namespace  # noqa: E402
 
-from a2llm_ros.ros import graph_run as gr  # noqa: E402
+from a2llm_ros.tools.rosgraph import graph_run as gr  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -30,7 +31,7 @@ WARN, ERROR = 30, 40             # rcl log levels
 
 @pytest.fixture(scope="module")
 def bags(tmp_path_factory):
-    from a2llm_ros.bags.fixtures import make_fixture
+    from a2llm_ros.tools.bags.fixtures import make_fixture
     if not __import__("shutil").which("espeak-ng"):
         pytest.skip("espeak-ng is not installed")
     out = tmp_path_factory.mktemp("fixtures")
@@ -80,7 +81,7 @@ def test_malformed_bag_node_survives_reports_and_keeps_outputs(checkpoint, bags,
     assert not res.timed_out
     assert res.lifecycle_state == "active" and res.threads_alive
     assert res.play_stats.published["/audio/audio_stamped"] == sum(
-        1 for _ in __import__("a2llm_ros.bags.io", fromlist=["x"]).read_bag_raw(
+        1 for _ in __import__("a2llm_ros.tools.bags.io", fromlist=["x"]).read_bag_raw(
             bags["malformed"][0], ["/audio/audio_stamped"]))
 
     # The one valid question was answered completely.
@@ -196,12 +197,30 @@ def test_missing_flame_mesh_and_retarget_map_fall_back(checkpoint, bags, tmp_pat
     assert [t.end_reason for t in res.turns] == ["cap", "cap"]
 
 
-def test_generator_crash_mid_answer_recovers(checkpoint, bags):
-    def crash(turn_id, step):
-        if turn_id == 1 and step == 30:
-            raise RuntimeError("injected decoder crash")
+class CrashingGenerator:
+    """Wraps the node's generator; raises inside step ``step`` of turn ``turn``."""
 
-    res = _run(checkpoint, bags["conversation"], "crash", fault=crash)
+    def __init__(self, inner, turn: int, step: int):
+        self.inner, self.turn, self.step_no = inner, turn, step
+        self._turn, self._steps = 0, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def start(self, question_wave, turn_id=None):
+        self._turn, self._steps = int(turn_id or 0), 0
+        return self.inner.start(question_wave, turn_id=turn_id)
+
+    def step(self):
+        self._steps += 1
+        if self._turn == self.turn and self._steps == self.step_no:
+            raise RuntimeError("injected decoder crash")
+        return self.inner.step()
+
+
+def test_generator_crash_mid_answer_recovers(checkpoint, bags):
+    res = _run(checkpoint, bags["conversation"], "crash",
+               wrap_generator=lambda gen: CrashingGenerator(gen, turn=1, step=30))
     assert not res.timed_out and res.lifecycle_state == "active" and res.threads_alive
     first, second = res.turns
     # Turn 1 stopped mid-answer and the node said so: state reason, log, diagnostics.

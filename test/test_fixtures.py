@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import soundfile
 
-from a2llm_ros.bags import types as T
-from a2llm_ros.bags.export import export_audio, to_int16
-from a2llm_ros.bags.fixtures import (DEFAULT_FIXTURES, Q1, T0_NS, fixture_audio, make_fixture,
-                                     make_fixtures, speak)
-from a2llm_ros.bags.io import read_bag, read_metadata
+from a2llm_ros.tools.bags import types as T
+from a2llm_ros.tools.bags.export import export_audio, to_int16
+from a2llm_ros.tools.bags.fixtures import (DEFAULT_FIXTURES, Q1, T0_NS, fixture_audio,
+                                           make_fixture, make_fixtures, speak)
+from a2llm_ros.tools.bags.io import read_bag, read_metadata
 
 NS = 1_000_000_000
 
@@ -148,7 +148,7 @@ def _assert_question_intact(wav_path, meta):
 
 
 def test_cli_info_and_export(fixture_dir, tmp_path, capsys):
-    from a2llm_ros.cli import main
+    from a2llm_ros.tools.cli import main
 
     assert main(["bag", "info", str(fixture_dir / "conversation")]) == 0
     out = capsys.readouterr().out
@@ -163,7 +163,7 @@ def test_cli_info_and_export(fixture_dir, tmp_path, capsys):
 
 
 def test_ensure_fixtures_reuses_cache(tmp_path):
-    from a2llm_ros.bags.fixtures import ensure_fixtures
+    from a2llm_ros.tools.bags.fixtures import ensure_fixtures
 
     out = ensure_fixtures(tmp_path / "cache", seed=1, names=["noisy"])
     mcap = out / "noisy" / "noisy.mcap"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse
 
-from a2llm_ros import cli
+from a2llm_ros.tools import cli
 from a2llm_ros.flame.convert import (FlameModelArrays, RestrictedUnpickler, convert_flame,
                                      safe_load_pickle, write_pickle)
 from a2llm_ros.flame.head_model import EXPRESSION_NAMES, build_head
@@ -164,7 +164,7 @@ def test_convert_requires_embedding_and_rejects_code(tmp_path):
 
 def test_render_images_and_vertex_colors(mesh):
     from a2llm_ros.flame.appearance import LIP_RGB, SKIN_RGB
-    from a2llm_ros.render.raster import render_images
+    from a2llm_ros.tools.render.raster import render_images
     frames = np.zeros((2, LAYOUT.dim))
     frames[1, LAYOUT.jaw.start] = 0.3
     images = render_images(mesh, frames, size=96, supersample=1)

@@ -6,8 +6,8 @@ import torch
 from a2llm_ros.checkpoint import init_model
 from a2llm_ros.config import A2LLMConfig
 from a2llm_ros.generation import (AudioEvent, EndEvent, FlameEvent, GenerationConfig,
-                                  StreamingGenerator, TextEvent, TorchBackend, check_question,
-                                  generate_batch)
+                                  StreamingGenerator, TextEvent, check_question)
+from a2llm_ros.engines.torch_backend import TorchBackend, generate_batch
 
 torch.set_num_threads(1)
 
@@ -28,7 +28,7 @@ def question(seconds=1.5, seed=0):
                      motion_temperature=1.0, motion_top_k=8),
 ])
 def test_streaming_equals_batch(model, cfg):
-    stream = StreamingGenerator(model, cfg).generate(question())
+    stream = StreamingGenerator(TorchBackend(model), cfg).generate(question())
     batch = generate_batch(model, question(), cfg)
     assert stream.text == batch.text and stream.text_ids == batch.text_ids
     assert stream.speech_codes == batch.speech_codes
@@ -40,7 +40,7 @@ def test_streaming_equals_batch(model, cfg):
 
 def test_lockstep_timing_and_cap(model):
     cfg = GenerationConfig(greedy=True, max_speech_tokens=23)
-    gen = StreamingGenerator(model, cfg)
+    gen = StreamingGenerator(TorchBackend(model), cfg)
     gen.start(question())
     n_audio = n_frames = 0
     order = []
@@ -65,7 +65,8 @@ def test_lockstep_timing_and_cap(model):
 
 
 def test_every_full_segment_emits_audio_then_flame(model):
-    gen = StreamingGenerator(model, GenerationConfig(greedy=True, max_speech_tokens=15))
+    gen = StreamingGenerator(TorchBackend(model),
+                             GenerationConfig(greedy=True, max_speech_tokens=15))
     gen.start(question())
     while gen.active:
         events = gen.step()
@@ -76,7 +77,8 @@ def test_every_full_segment_emits_audio_then_flame(model):
 
 
 def test_cancel_then_reset_new_turn(model):
-    gen = StreamingGenerator(model, GenerationConfig(greedy=True, max_speech_tokens=40))
+    gen = StreamingGenerator(TorchBackend(model),
+                             GenerationConfig(greedy=True, max_speech_tokens=40))
     first = gen.start(question())
     for _ in range(12):
         gen.step()
@@ -98,17 +100,17 @@ def test_eos_and_text_cap(model):
     """min/max limits: no <speech_end> before min, <text_end> forced at max_text_tokens."""
     cfg = GenerationConfig(greedy=True, max_speech_tokens=30, min_speech_tokens=30,
                            max_text_tokens=3)
-    res = StreamingGenerator(model, cfg).generate(question())
+    res = StreamingGenerator(TorchBackend(model), cfg).generate(question())
     texts = [e for e in res.events if isinstance(e, TextEvent)]
     assert len(texts) <= 3 and len(res.speech_codes) == 30
 
 
 def test_same_seed_same_answer_different_seed_differs(model):
     cfg = GenerationConfig(seed=3, max_speech_tokens=20, temperature=1.0, top_k=0)
-    a = StreamingGenerator(model, cfg).generate(question())
-    b = StreamingGenerator(model, cfg).generate(question())
-    c = StreamingGenerator(model, GenerationConfig(seed=4, max_speech_tokens=20,
-                                                   temperature=1.0, top_k=0)).generate(question())
+    a = StreamingGenerator(TorchBackend(model), cfg).generate(question())
+    b = StreamingGenerator(TorchBackend(model), cfg).generate(question())
+    c = StreamingGenerator(TorchBackend(model), GenerationConfig(
+        seed=4, max_speech_tokens=20, temperature=1.0, top_k=0)).generate(question())
     assert a.speech_codes == b.speech_codes and a.text == b.text
     assert a.speech_codes != c.speech_codes
 
@@ -117,9 +119,9 @@ def test_backend_interface_used(model):
     calls = []
 
     class Spy(TorchBackend):
-        def decode(self, token_id, cache):
-            calls.append(token_id)
-            return super().decode(token_id, cache)
+        def decode(self, token, cache, pick, rng):
+            calls.append(token)
+            return super().decode(token, cache, pick, rng)
 
     res = StreamingGenerator(Spy(model), GenerationConfig(greedy=True,
                                                           max_speech_tokens=10)).generate(
@@ -137,7 +139,7 @@ def test_bad_question_rejected():
 
 
 def test_bench_core_smoke(model):
-    from a2llm_ros.bench_core import benchmark, synthetic_question
+    from a2llm_ros.tools.bench.core import benchmark, synthetic_question
     res = benchmark(model, synthetic_question(1.0), speech_tokens=10, runs=1, warmup=0)
     assert res["audio_s"]["mean"] == pytest.approx(0.4)
     assert res["decode_ms"]["n"] >= 10 and res["token2wav_ms"]["n"] == 2
@@ -159,12 +161,12 @@ class _Scripted(TorchBackend):
         self.i += 1
         return logits
 
-    def prefill(self, embeds):
-        logits, hidden, cache = super().prefill(embeds)
+    def llm_prefill(self, embeds):
+        logits, hidden, cache = super().llm_prefill(embeds)
         return self._forced(logits), hidden, cache
 
-    def decode(self, token_id, cache):
-        logits, hidden, cache = super().decode(token_id, cache)
+    def llm_decode(self, token_id, cache):
+        logits, hidden, cache = super().llm_decode(token_id, cache)
         return self._forced(logits), hidden, cache
 
 

@@ -13,7 +13,7 @@ if not hasattr(am, "AudioDataStamped"):
 
 from ros_testing import unique_namespace  # noqa: E402
 
-from a2llm_ros.cli import main  # noqa: E402
+from a2llm_ros.tools.cli import main  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -35,7 +35,7 @@ def _has_colour(img, rgb, tol=12):
 def test_demo_writes_every_file(checkpoint, tmp_path, capsys):
     from matplotlib.image import imread
 
-    from a2llm_ros.bags.io import bag_topics
+    from a2llm_ros.tools.bags.io import bag_topics
     out = tmp_path / "demo_out"
     rc = main(["demo", "--out", str(out), "--checkpoint", checkpoint, "--max-answer-s", "1.0",
                "--namespace", unique_namespace("demo")])
@@ -77,7 +77,7 @@ def test_demo_writes_every_file(checkpoint, tmp_path, capsys):
 
 
 def test_demo_without_default_checkpoint_says_how_to_build_it(tmp_path, monkeypatch, capsys):
-    import a2llm_ros.checkpoint as ck
+    import a2llm_ros.checkpoint_files as ck
     monkeypatch.setattr(ck, "DEFAULT_CHECKPOINT", str(tmp_path / "not_built"))
     rc = main(["demo", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err

@@ -13,7 +13,7 @@ rclpy = require_ros(audio="ros_drivers")  # the question bag is a ros-drivers ba
 
 from ros_testing import unique_namespace  # noqa: E402
 
-from a2llm_ros.ros import graph_run as gr  # noqa: E402
+from a2llm_ros.tools.rosgraph import graph_run as gr  # noqa: E402
 
 pytestmark = pytest.mark.ros
 

@@ -1,4 +1,4 @@
-"""The graph with every node in a process of its own (a2llm_ros.ros.graph_procs).
+"""The graph with every node in a process of its own (a2llm_ros.tools.rosgraph.graph_procs).
 
 The nodes start from their installed executables with the launch file's
 parameters (parameter file + the launch arguments' values, namespaced); the
@@ -51,7 +51,7 @@ def _ros():
 @pytest.fixture(scope="module")
 def question_bag(tmp_path_factory):
     _ros()
-    from a2llm_ros.ros import graph_run as gr
+    from a2llm_ros.tools.rosgraph import graph_run as gr
     bag = tmp_path_factory.mktemp("procs") / "questions"
     return str(bag), gr.write_question_bag(bag, QUESTIONS, GAP_S)
 
@@ -91,8 +91,8 @@ def _launch_defaults():
 def test_launch_parameters_mirror_the_launch_file(tmp_path):
     """The harness gives each node what the launch file gives it (with its defaults)."""
     pytest.importorskip("rclpy", reason="rclpy missing: run through `make test`")
-    from a2llm_ros.ros import graph_procs as gp
-    from a2llm_ros.ros import graph_run as gr
+    from a2llm_ros.tools.rosgraph import graph_procs as gp
+    from a2llm_ros.tools.rosgraph import graph_run as gr
     launch, defaults = _launch_node_parameters(), _launch_defaults()
     assert set(launch) == set(gp.LAUNCH_DEFAULTS) == set(NODES)
     for node, params in launch.items():
@@ -127,7 +127,7 @@ def test_launch_parameters_mirror_the_launch_file(tmp_path):
 
 
 def test_cpu_percent_from_cumulative_samples():
-    from a2llm_ros.ros.graph_procs import cpu_pct
+    from a2llm_ros.tools.rosgraph.graph_procs import cpu_pct
     samples = [(0.0, 1.0, 10.0), (1.0, 1.5, 10.0), (2.0, 2.0, 11.0), (3.0, 3.0, 11.0)]
     assert cpu_pct(samples, 1.0, 3.0) == pytest.approx(75.0)
     assert cpu_pct(samples, None, None) == pytest.approx(200.0 / 3.0)
@@ -137,7 +137,7 @@ def test_cpu_percent_from_cumulative_samples():
 # ----------------------------------------------------------------------------- the graph
 
 def _assert_answered_on_one_timeline(res):
-    from a2llm_ros.ros import graph_run as gr
+    from a2llm_ros.tools.rosgraph import graph_run as gr
     assert not res.timed_out
     assert res.lifecycle_state == "active" and res.threads_alive
     assert [t.question_text for t in res.turns] == list(QUESTIONS)
@@ -165,8 +165,8 @@ def _assert_exits_cleanly(rows, budget_s=EXIT_BUDGET_S):
 def test_process_per_node_answers_on_time_and_exits_cleanly(checkpoint, question_bag, tmp_path):
     from ros_testing import unique_namespace
 
-    from a2llm_ros.ros import graph_procs as gp
-    from a2llm_ros.ros import graph_run as gr
+    from a2llm_ros.tools.rosgraph import graph_procs as gp
+    from a2llm_ros.tools.rosgraph import graph_run as gr
     bag, meta = question_bag
     cfg = gr.GraphConfig(bag=bag, checkpoint=checkpoint, sidecar=meta, params=PARAMS,
                          namespace=unique_namespace("procs"), retarget=True, preview=True,
@@ -192,7 +192,7 @@ def test_process_per_node_answers_on_time_and_exits_cleanly(checkpoint, question
 @pytest.mark.ros
 def test_bench_compares_one_process_with_process_per_node(checkpoint, tmp_path, capsys):
     _ros()
-    from a2llm_ros.cli import main
+    from a2llm_ros.tools.cli import main
     rc = main(["bench", "--graph", "--graph-compare", "--graph-layouts", "one-process,per-node",
                "--graph-preview", "off", "--checkpoint", checkpoint, "--runs", "1",
                "--speech-tokens", str(TOKENS), "--graph-backend", "torch",

@@ -8,8 +8,8 @@ from a2llm_ros.constants import FLAME_FPS
 from a2llm_ros.flame.head_model import EXPRESSION_NAMES
 from a2llm_ros.flame.layout import FlameLayout
 from a2llm_ros.flame.mesh import FlameMesh
-from a2llm_ros.metrics import (FACE_METRIC_ORDER, METRIC_ORDER, PAPER_VALUES, face_metrics,
-                               markdown_table, pearson, trim_pair)
+from a2llm_ros.tools.metrics import (FACE_METRIC_ORDER, METRIC_ORDER, PAPER_VALUES, face_metrics,
+                                     markdown_table, pearson, trim_pair)
 
 LAYOUT = FlameLayout()
 FRAME_MS = 1000.0 / FLAME_FPS

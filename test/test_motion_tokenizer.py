@@ -8,8 +8,8 @@ from safetensors.torch import load_file, save_file
 
 from a2llm_ros.configbase import ConfigMismatchError
 from a2llm_ros.constants import FLAME_FPS, FRAMES_PER_SEGMENT
-from a2llm_ros.model.motion_tokenizer import (DecodeState, MotionTokenizer,
-                                              MotionTokenizerConfig)
+from a2llm_ros.model.motion_tokenizer import DecodeState, MotionTokenizer
+from a2llm_ros.model.configs import MotionTokenizerConfig
 
 torch.set_num_threads(1)
 

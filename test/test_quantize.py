@@ -6,6 +6,7 @@ import torch
 from a2llm_ros.checkpoint import init_model
 from a2llm_ros.config import A2LLMConfig
 from a2llm_ros.generation import GenerationConfig, StreamingGenerator
+from a2llm_ros.engines.torch_backend import TorchBackend
 from a2llm_ros.model.quantize import linear_weight_bytes, quantize_llm_weights
 
 torch.set_num_threads(1)
@@ -26,8 +27,8 @@ def test_int8_weights_quarter_the_bytes_and_stay_close():
     assert err < 0.02, err
     # the quantized model runs the streaming generator end to end, in lockstep
     wave = (0.1 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32)
-    res = StreamingGenerator(model, GenerationConfig(greedy=True, max_speech_tokens=10)).generate(
-        wave)
+    res = StreamingGenerator(TorchBackend(model),
+                             GenerationConfig(greedy=True, max_speech_tokens=10)).generate(wave)
     assert res.audio.shape[0] == 640 * len(res.speech_codes) == 640 * res.frames.shape[0]
 
 

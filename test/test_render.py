@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import soundfile
 
-from a2llm_ros.cli import main
+from a2llm_ros.tools.cli import main
 from a2llm_ros.constants import FLAME_FPS, NS_PER_S, SAMPLE_RATE
 from a2llm_ros.flame.appearance import SCLERA_RGB
 from a2llm_ros.flame.layout import DEFAULT_LAYOUT as LAYOUT
 from a2llm_ros.flame.mesh import FlameMesh
-from a2llm_ros.render.raster import FaceRenderer, view_bounds
-from a2llm_ros.render.timeline import Clip, load_bag
-from a2llm_ros.render.video import probe
+from a2llm_ros.tools.render.raster import FaceRenderer, view_bounds
+from a2llm_ros.tools.render.timeline import Clip, load_bag
+from a2llm_ros.tools.render.video import probe
 
 SECONDS = 2.0
 N_FRAMES = int(SECONDS * FLAME_FPS)  # 50
@@ -99,9 +99,9 @@ def test_video_frame_k_shows_the_stamp_of_audio_sample_k():
 
 def _bag_with_answer(path, frames, wave, t0_ns):
     """A bag like a2llm demo's: FlameChunk frames from 0.4 s before t0, speech from t0."""
-    from a2llm_ros.bags import types as T
-    from a2llm_ros.bags.export import encode_pcm
-    from a2llm_ros.bags.io import BagWriter
+    from a2llm_ros.tools.bags import types as T
+    from a2llm_ros.tools.bags.export import encode_pcm
+    from a2llm_ros.tools.bags.io import BagWriter
 
     store = T.typestore_for(T.ROS_DRIVERS)
     frame_ns = NS_PER_S // FLAME_FPS

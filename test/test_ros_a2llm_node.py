@@ -21,7 +21,7 @@ IDLE, LISTENING, THINKING, SPEAKING, INTERRUPTED = range(5)
 
 @pytest.fixture(scope="module")
 def questions():
-    from a2llm_ros.data import espeak
+    from a2llm_ros.tools.data import espeak
     if not espeak.available():
         pytest.skip("espeak-ng is not installed")
     return (espeak.synthesize("What is the capital of France?").audio,

@@ -73,8 +73,8 @@ def _setup_entry_points():
         name, target = (s.strip() for s in elt.value.split("="))
         nodes[name] = target
     text = (ROOT / "setup.py").read_text()
-    assert '"a2llm = a2llm_ros.cli:main"' in text
-    nodes["a2llm"] = "a2llm_ros.cli:main"
+    assert '"a2llm = a2llm_ros.tools.cli:main"' in text
+    nodes["a2llm"] = "a2llm_ros.tools.cli:main"
     return nodes
 
 
@@ -136,7 +136,7 @@ def test_launch_executables_and_parameters_exist():
 
 
 def test_replay_runs_a2llm_bag_play():
-    from a2llm_ros.cli import VERBS
+    from a2llm_ros.tools.cli import VERBS
     entry = _setup_entry_points()
     tree = _parse("replay.launch.py")
     assert len(_calls(tree, "ExecuteProcess")) == 1
@@ -149,13 +149,10 @@ def test_replay_runs_a2llm_bag_play():
     assert "scripts/a2llm" in (ROOT / "CMakeLists.txt").read_text()
     assert [e.value for e in cmd[1:3]] == ["bag", "play"] and "bag" in VERBS
     assert isinstance(cmd[3], ast.Call) and cmd[3].args[0].value == "bag"
-    # The options given exist in `a2llm bag play` (when that command is present).
+    # The options given exist in `a2llm bag play`.
     options = [e.value for e in cmd[4:] if isinstance(e, ast.Constant)
                and e.value.startswith("--")] + ["--clock"]
-    try:
-        from a2llm_ros.commands.bag import add_play_arguments
-    except ImportError:
-        pytest.skip("`a2llm bag play` arguments not available yet")
+    from a2llm_ros.tools.commands.bag import add_play_arguments
     parser = argparse.ArgumentParser()
     add_play_arguments(parser)
     known = {s for a in parser._actions for s in a.option_strings}
@@ -163,9 +160,8 @@ def test_replay_runs_a2llm_bag_play():
 
 
 def test_bag_play_command_present():
-    path = ROOT / "a2llm_ros" / "ros" / "bag_play.py"
-    if not path.exists():
-        pytest.skip("a2llm_ros/ros/bag_play.py (`a2llm bag play`) is written by another issue")
+    path = ROOT / "a2llm_ros" / "tools" / "rosgraph" / "bag_play.py"
+    assert path.exists(), "a2llm_ros/tools/rosgraph/bag_play.py (`a2llm bag play`) is missing"
     tree = ast.parse(path.read_text())
     assert any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body)
 
@@ -200,7 +196,7 @@ def test_parameter_file_matches_node_parameters():
 
 
 def test_bringup_options_mirror_launch_arguments():
-    from a2llm_ros.ros import bringup
+    from a2llm_ros.tools.rosgraph import bringup
     parser = argparse.ArgumentParser()
     bringup.add_arguments(parser)
     dests = {a.dest for a in parser._actions}
@@ -214,7 +210,7 @@ def test_bringup_options_mirror_launch_arguments():
                                   "backend.kind": "torch", "audio.topic": "/m",
                                   "backend.engine_file_path": "/e.plan"}
     assert over["flame_retarget_node"] == {"preset": "servo_head"}
-    from a2llm_ros.cli import VERBS, _load
+    from a2llm_ros.tools.cli import VERBS, _load
     assert "bringup" in VERBS and _load("bringup").HELP
 
 
@@ -229,7 +225,7 @@ def test_bringup_graph_runs_from_parameter_file(tmp_path):
 
     from a2llm_ros.checkpoint import init_model, save_checkpoint
     from a2llm_ros.config import A2LLMConfig
-    from a2llm_ros.ros import bringup
+    from a2llm_ros.tools.rosgraph import bringup
     from a2llm_ros.ros.qos import output_qos
     torch.set_num_threads(1)
     save_checkpoint(init_model(A2LLMConfig.preset("tiny"), seed=0), str(tmp_path))

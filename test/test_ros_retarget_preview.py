@@ -19,10 +19,10 @@ def recorded_bag(tmp_path_factory):
     """Speech-driven FLAME (espeak + motion synthesis) recorded as FlameChunks in a bag."""
     from rclpy.serialization import serialize_message
 
-    from a2llm_ros.bags import types as T
-    from a2llm_ros.bags.io import BagWriter
-    from a2llm_ros.data import espeak
-    from a2llm_ros.data.motion_synth import synthesize_motion
+    from a2llm_ros.tools.bags import types as T
+    from a2llm_ros.tools.bags.io import BagWriter
+    from a2llm_ros.tools.data import espeak
+    from a2llm_ros.tools.data.motion_synth import synthesize_motion
     from a2llm_ros.ros import msgconv as mc
     if not espeak.available():
         pytest.skip("espeak-ng is not installed")
@@ -44,7 +44,7 @@ def _replay(bag, shift_ns=0):
     """FlameChunk messages read back from the bag, stamps shifted by ``shift_ns``."""
     from rclpy.serialization import deserialize_message
 
-    from a2llm_ros.bags.io import read_bag_raw
+    from a2llm_ros.tools.bags.io import read_bag_raw
     from a2llm_ros.msg import FlameChunk
     from a2llm_ros.ros import msgconv as mc
     out = []

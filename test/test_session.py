@@ -354,8 +354,9 @@ def test_with_real_streaming_generator():
     from a2llm_ros.config import A2LLMConfig
     from a2llm_ros.generation import GenerationConfig, StreamingGenerator
     torch.set_num_threads(1)
+    from a2llm_ros.engines.torch_backend import TorchBackend
     model = init_model(A2LLMConfig.preset("tiny"), seed=4)
-    gen = StreamingGenerator(model, GenerationConfig(max_speech_tokens=20))
+    gen = StreamingGenerator(TorchBackend(model), GenerationConfig(max_speech_tokens=20))
     session, rec = _make(gen)
     drv = Driver(session, rec)
     drv.feed(_audio((1.0, True)))

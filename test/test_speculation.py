@@ -133,14 +133,16 @@ def test_real_model_speculative_answer_equals_the_plain_one(default_model):
     """The default model, silero VAD, an espeak-ng question with a 300 ms pause before its
     last word: with speculation the pause is guessed on and dropped, the end committed,
     and the published answer equals the one without speculation, sample for sample."""
-    from a2llm_ros.data.pause_fixture import paused_question
+    from a2llm_ros.tools.data.pause_fixture import paused_question
     from a2llm_ros.generation import GenerationConfig, StreamingGenerator
     question = paused_question("What is your name?", 300.0)
+    from a2llm_ros.engines.torch_backend import TorchBackend
     answers, counters = [], []
     for speculate_ms in (0.0, 200.0):
         rec = Recorder()
         cfg = GenerationConfig(greedy=True, max_speech_tokens=50)
-        session = ConversationSession(lambda: StreamingGenerator(default_model, cfg), rec,
+        backend = TorchBackend(default_model)
+        session = ConversationSession(lambda: StreamingGenerator(backend, cfg), rec,
                                       TurnConfig(), VadConfig(speculate_after_ms=speculate_ms))
         driver = Driver(session, rec)
         driver.feed(question.audio)
@@ -156,10 +158,10 @@ def test_real_model_speculative_answer_equals_the_plain_one(default_model):
 
 
 def test_turn_bench_counts_false_cuts_and_endpointing_in_audio_time():
-    """`python -m a2llm_ros.bench_turns` figures on one question with a 300 ms pause
+    """`python -m a2llm_ros.tools.bench.turns` figures on one question with a 300 ms pause
     (silero VAD): 600 ms of silence waits for the true end, 250 ms cuts the question."""
-    from a2llm_ros.bench_turns import measure
-    from a2llm_ros.data.pause_fixture import paused_question
+    from a2llm_ros.tools.bench.turns import measure
+    from a2llm_ros.tools.data.pause_fixture import paused_question
     questions = [paused_question("What is your name?", 300.0)]
     plain = measure(questions, {}, WaveGenerator)
     assert plain["false_cut_pct"] == 0.0 and 600.0 <= plain["endpoint_ms_p50"] <= 700.0
@@ -214,7 +216,7 @@ def test_end_of_turn_head_commits_at_the_pause_or_leaves_it_to_the_silence():
 def test_end_of_turn_head_file_is_validated_and_the_shipped_one_loads(tmp_path):
     import json
 
-    from a2llm_ros.checkpoint import DEFAULT_CHECKPOINT
+    from a2llm_ros.checkpoint_files import DEFAULT_CHECKPOINT
     from a2llm_ros.conversation.end_of_turn import HEAD_FILE, EndOfTurnHead, load_end_of_turn
     head = load_end_of_turn(DEFAULT_CHECKPOINT)
     assert head is not None and 0.5 <= head.threshold < 1.0
@@ -237,19 +239,20 @@ def test_shipped_head_answers_early_without_cutting_a_paused_question(default_mo
     """The default checkpoint's head on the held-out voice, six fixture questions (pauses
     of 300-600 ms inside): no pause taken for the end, most ends taken ~200 ms after the
     speech, not 800 (the fallback)."""
-    from a2llm_ros.bench_turns import measure
+    from a2llm_ros.tools.bench.turns import measure
     from a2llm_ros.conversation.end_of_turn import load_end_of_turn
-    from a2llm_ros.data.pause_fixture import paused_question
+    from a2llm_ros.tools.data.pause_fixture import paused_question
     from a2llm_ros.generation import GenerationConfig, StreamingGenerator
+    from a2llm_ros.engines.torch_backend import TorchBackend
     head = load_end_of_turn(default_model.base_dir)
     cfg = GenerationConfig(greedy=True, max_speech_tokens=25)
-    from a2llm_ros.data.pause_fixture import PAUSES_MS
-    from a2llm_ros.data.qa_text import QA_PAIRS
+    from a2llm_ros.tools.data.pause_fixture import PAUSES_MS
+    from a2llm_ros.tools.data.qa_text import QA_PAIRS
     questions = [paused_question(p.question, PAUSES_MS[i % len(PAUSES_MS)])
                  for i, p in enumerate(QA_PAIRS[:6])]
     figures = measure(questions,
                       {"speculate_after_ms": 200.0, "end_of_turn": True, "min_silence_ms": 800.0},
-                      lambda: StreamingGenerator(default_model, cfg), head)
+                      lambda: StreamingGenerator(TorchBackend(default_model), cfg), head)
     print(figures)
     assert figures["false_cut_pct"] == 0.0 and figures["end_of_turn_commits"] >= 3
     assert figures["endpoint_ms_p50"] < 300.0

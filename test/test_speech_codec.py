@@ -15,9 +15,9 @@ from a2llm_ros.configbase import ConfigMismatchError
 from a2llm_ros.constants import SAMPLE_RATE, SAMPLES_PER_SPEECH_TOKEN
 from a2llm_ros.model.codecs import codec_kinds, make_codec
 from a2llm_ros.model.speech_codec import (CROSSFADE, OUTPUT_DELAY, GriffinLimState,
-                                          SpeechCodecConfig, SpeechTokenizer, Token2Wav,
-                                          codec_state_dict, load_codec_state_dict,
-                                          register_codec)
+                                          SpeechTokenizer, Token2Wav, codec_state_dict,
+                                          load_codec_state_dict, register_codec)
+from a2llm_ros.model.configs import SpeechCodecConfig
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",

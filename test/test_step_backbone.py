@@ -26,8 +26,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from step_folder import AUDIO_START_ID, N_SPEECH, SPEECH_START_ID, write_step_folder
 
-from a2llm_ros.checkpoint import CheckpointError, init_model, load_checkpoint, save_checkpoint
-from a2llm_ros.cli import main
+from a2llm_ros.checkpoint import init_model, load_checkpoint, save_checkpoint
+from a2llm_ros.checkpoint_files import CheckpointError
+from a2llm_ros.tools.cli import main
 from a2llm_ros.model.step_audio import BackboneError, fingerprint, step_config
 from a2llm_ros.model.text_tokenizer import TokenizerError
 
@@ -299,7 +300,8 @@ def reference_features(wave):
         import librosa
         fb = torch.from_numpy(librosa.filters.mel(sr=16000, n_fft=400, n_mels=128)).float()
     except ImportError:
-        from a2llm_ros.audio.features import MelConfig, mel_filterbank
+        from a2llm_ros.audio.features import mel_filterbank
+        from a2llm_ros.model.configs import MelConfig
         fb = mel_filterbank(MelConfig(n_mels=128))  # Slaney, area-normalised (as librosa)
     x = F.pad(torch.as_tensor(wave, dtype=torch.float32), (0, 479))
     spec = torch.stft(x, 400, 160, window=torch.hann_window(400), center=True,
@@ -434,7 +436,7 @@ def test_placeholder_codec_fit_is_explicit():
     """6561 codes from 16 s of synthetic audio: only as an explicit placeholder."""
     from a2llm_ros.checkpoint import synthetic_codec_audio
     from a2llm_ros.model.codecs import make_codec
-    from a2llm_ros.model.speech_codec import SpeechCodecConfig
+    from a2llm_ros.model.configs import SpeechCodecConfig
     cfg = SpeechCodecConfig.preset("paper")
     assert cfg.n_codes == N_SPEECH
     audio = synthetic_codec_audio(0)

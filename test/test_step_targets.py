@@ -17,15 +17,15 @@ from typing import List, Sequence
 import numpy as np
 import pytest
 
-from a2llm_ros.cli import main
+from a2llm_ros.tools.cli import main
 from a2llm_ros.constants import FRAMES_PER_SEGMENT, SPEECH_TOKENS_PER_SEGMENT
-from a2llm_ros.data.speech_tokens import TOKENS_FILE
-from a2llm_ros.data.token2wav_fixture import write_token2wav
+from a2llm_ros.tools.data.speech_tokens import TOKENS_FILE
+from a2llm_ros.tools.data.token2wav_fixture import write_token2wav
 from a2llm_ros.generation import AnswerReader, GenerationConfig
-from a2llm_ros.model.audio_llm import (SPEECH, STEP_SPEECH_PER_GROUP, STEP_TEXT_PER_GROUP, TEXT,
-                                       InterleaveConfig, build_answer_sequence)
-from a2llm_ros.model.speech_codec import STEP_CODES, STEP_KIND
-from a2llm_ros.training.data import TrainData
+from a2llm_ros.model.chat import SPEECH, TEXT, build_answer_sequence
+from a2llm_ros.model.configs import InterleaveConfig, STEP_SPEECH_PER_GROUP, STEP_TEXT_PER_GROUP
+from a2llm_ros.model.configs import STEP_CODES, STEP_KIND
+from a2llm_ros.tools.training.data import TrainData
 from step_folder import N_SPEECH, SPEECH_START_ID, write_step_folder
 
 #: Answer audio a precomputed token row may miss or exceed before it is refused.
@@ -36,7 +36,7 @@ OUT_OF_RANGE_ID = STEP_CODES + 439
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from a2llm_ros.data.synth import build_synthetic
+    from a2llm_ros.tools.data.synth import build_synthetic
     root = str(tmp_path_factory.mktemp("flameqa"))
     build_synthetic(root, seed=0, n_pairs=6, n_question_voices=2, workers=1)
     return root

@@ -9,9 +9,9 @@ import torch
 
 from a2llm_ros.audio.io import write_wav
 from a2llm_ros.constants import FLAME_FPS, SAMPLE_RATE
-from a2llm_ros.data.token2wav_fixture import write_token2wav
+from a2llm_ros.tools.data.token2wav_fixture import write_token2wav
 from a2llm_ros.model.codecs import make_codec
-from a2llm_ros.model.speech_codec import SpeechCodecConfig
+from a2llm_ros.model.configs import SpeechCodecConfig
 from a2llm_ros.model.step_token2wav import (OUTPUT_RATE, SAMPLES_PER_TOKEN, TOKEN2WAV_FILES,
                                             CodecError, prompt_mel)
 
@@ -251,12 +251,13 @@ def test_step_folder_uses_step_codec(step_model):
 
 
 def test_generator_audio_and_flame_in_lockstep(step_model):
-    from a2llm_ros.generation import (AudioEvent, FlameEvent, GenerationConfig,
-                                      StreamingGenerator, generate_batch)
+    from a2llm_ros.generation import AudioEvent, FlameEvent, GenerationConfig, StreamingGenerator
+    from a2llm_ros.engines.torch_backend import generate_batch
+    from a2llm_ros.engines.torch_backend import TorchBackend
     cfg = GenerationConfig(max_speech_tokens=40, seed=0)
     question = (0.1 * np.random.default_rng(0).standard_normal(2 * SAMPLE_RATE)).astype(
         np.float32)
-    gen = StreamingGenerator(step_model, cfg)
+    gen = StreamingGenerator(TorchBackend(step_model), cfg)
     result = gen.generate(question)
     n = len(result.speech_codes)
     assert n > 0
@@ -290,9 +291,9 @@ def test_data_speech_tokens_cli(folder, tmp_path, capsys):
     """`a2llm data speech-tokens` writes the S3 ids of every answer (batched)."""
     from test_data_flameqa import make_sample
 
-    from a2llm_ros.cli import main
-    from a2llm_ros.data.flameqa import FlameQAWriter
-    from a2llm_ros.data.speech_tokens import load_answer_tokens
+    from a2llm_ros.tools.cli import main
+    from a2llm_ros.tools.data.flameqa import FlameQAWriter
+    from a2llm_ros.tools.data.speech_tokens import load_answer_tokens
     from a2llm_ros.model.step_token2wav import S3SpeechTokenizer
     data = str(tmp_path / "qa")
     samples = [make_sample(f"s{i}", seconds=0.8 + 0.3 * i, seed=i) for i in range(5)]
@@ -324,7 +325,7 @@ def test_checkpoint_carries_the_codec_kind(step_model, tmp_path):
 def test_doctor_reports_the_codec_folder(folder, tmp_path, capsys):
     from step_folder import write_step_folder
 
-    from a2llm_ros.cli import main
+    from a2llm_ros.tools.cli import main
     root = write_step_folder(str(tmp_path / "Step-Audio-2-mini"))
     main(["doctor", "--checkpoint", root])
     assert "no token2wav/" in capsys.readouterr().out
@@ -340,6 +341,6 @@ def test_doctor_reports_the_codec_folder(folder, tmp_path, capsys):
 
 def test_engine_export_refuses_the_step_codec(step_model, tmp_path):
     from a2llm_ros.engines import EngineError
-    from a2llm_ros.engines.exporter import export_onnx
+    from a2llm_ros.tools.export.exporter import export_onnx
     with pytest.raises(EngineError, match="kmeans_mel.*step_token2wav.*backend torch"):
         export_onnx(step_model, str(tmp_path / "onnx"), log=lambda _: None)

@@ -4,9 +4,9 @@ import pytest
 
 import onnxruntime as ort
 
-from a2llm_ros.data.token2wav_onnx import (CAMPPLUS_INPUT, CAMPPLUS_OUTPUT, S3_INPUTS,
-                                           S3_OUTPUT, write_tiny_campplus,
-                                           write_tiny_speech_tokenizer)
+from a2llm_ros.tools.data.token2wav_onnx import (CAMPPLUS_INPUT, CAMPPLUS_OUTPUT, S3_INPUTS,
+                                                 S3_OUTPUT, write_tiny_campplus,
+                                                 write_tiny_speech_tokenizer)
 
 
 _ORT_TYPES = {"float32": "tensor(float)", "int32": "tensor(int32)", "int64": "tensor(int64)"}

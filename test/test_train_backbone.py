@@ -1,7 +1,7 @@
 """The curriculum on a Step-Audio-2-mini backbone through the CLI (issue: training at scale).
 
 A tiny folder in the published layout (test/step_folder.py) with a token2wav/
-folder (a2llm_ros.data.token2wav_fixture) → toy FLAME-QA → `a2llm init` →
+folder (a2llm_ros.tools.data.token2wav_fixture) → toy FLAME-QA → `a2llm init` →
 `a2llm train` (stage 0 rvq, 1 connector, 2 joint, 3 affective; base is skipped,
 the backbone is pretrained) → finalize → reload → `a2llm generate`.
 """
@@ -18,9 +18,9 @@ import torch
 import yaml
 
 from a2llm_ros.checkpoint import load_checkpoint
-from a2llm_ros.cli import main
+from a2llm_ros.tools.cli import main
 from a2llm_ros.configbase import ConfigMismatchError
-from a2llm_ros.data.token2wav_fixture import write_token2wav
+from a2llm_ros.tools.data.token2wav_fixture import write_token2wav
 from a2llm_ros.model.step_token2wav import S3SpeechTokenizer
 from step_folder import write_step_folder
 
@@ -43,7 +43,7 @@ RUNS = ("rvq", "base", "connector", "joint", "affective")
 
 @pytest.fixture(scope="module")
 def toy_data(tmp_path_factory):
-    from a2llm_ros.data.synth import build_synthetic
+    from a2llm_ros.tools.data.synth import build_synthetic
     root = str(tmp_path_factory.mktemp("flameqa"))
     build_synthetic(root, seed=0, n_pairs=6, n_question_voices=2, workers=1)
     return root
@@ -193,7 +193,7 @@ def test_preset_without_backbone_is_refused(toy_data, tmp_path, capsys):
 
 
 def test_config_check_compares_the_model_not_the_path(relative_run):
-    from a2llm_ros.checkpoint import read_config
+    from a2llm_ros.checkpoint_files import read_config
     a = read_config(os.path.join(relative_run["out"], "joint", "checkpoint"))
     b = read_config(os.path.join(relative_run["out"], "final"))
     assert a.llm.backbone != b.llm.backbone
@@ -205,10 +205,10 @@ def test_config_check_compares_the_model_not_the_path(relative_run):
 
 
 def test_precomputed_s3_tokens_are_the_training_targets(relative_run, toy_data, tmp_path):
-    from a2llm_ros.data.speech_tokens import TOKENS_FILE
+    from a2llm_ros.tools.data.speech_tokens import TOKENS_FILE
     from a2llm_ros.model.codecs import make_codec
-    from a2llm_ros.model.speech_codec import SpeechCodecConfig
-    from a2llm_ros.training.data import TrainData
+    from a2llm_ros.model.configs import SpeechCodecConfig
+    from a2llm_ros.tools.training.data import TrainData
     data = str(tmp_path / "flameqa")
     shutil.copytree(toy_data, data)
     token2wav = os.path.join(relative_run["init"], "step", "token2wav")

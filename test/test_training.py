@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from a2llm_ros.training.config import (STAGES, TrainConfig, config_yaml, load_train_config,
-                                       replace_stage)
-from a2llm_ros.training.loop import (lr_at, load_optimizer_tensors, make_optimizer,
-                                     optimizer_tensors, read_losses, run_loop)
+from a2llm_ros.tools.training.config import (STAGES, TrainConfig, config_yaml, load_train_config,
+                                             replace_stage)
+from a2llm_ros.tools.training.loop import (lr_at, load_optimizer_tensors, make_optimizer,
+                                           optimizer_tensors, read_losses, run_loop)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -110,7 +110,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
 
 @pytest.fixture(scope="module")
 def toy_data(tmp_path_factory):
-    from a2llm_ros.data.synth import build_synthetic
+    from a2llm_ros.tools.data.synth import build_synthetic
     root = str(tmp_path_factory.mktemp("flameqa"))
     build_synthetic(root, seed=0, n_pairs=6, n_question_voices=2, workers=1)
     return root
@@ -119,8 +119,8 @@ def toy_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def smoke_run(toy_data, tmp_path_factory):
     """All four stages on the toy set with very few steps (the 2-minute smoke training)."""
-    from a2llm_ros.training.data import TrainData
-    from a2llm_ros.training.stages import Trainer
+    from a2llm_ros.tools.training.data import TrainData
+    from a2llm_ros.tools.training.stages import Trainer
     cfg = TrainConfig.preset("tiny", threads=0)
     steps = {"rvq": 80, "base": 12, "connector": 20, "joint": 6, "affective": 4}
     for run in STAGES:
@@ -143,7 +143,7 @@ def test_smoke_training_writes_every_run(smoke_run):
         assert rows and all(np.isfinite(r["total"]) for r in rows), run
         assert os.path.isfile(os.path.join(out, run, "done.json"))
         assert os.path.isfile(os.path.join(out, run, "checkpoint", "config.json"))
-    from a2llm_ros.training.plot import plot_losses
+    from a2llm_ros.tools.training.plot import plot_losses
     png = plot_losses(out)
     assert os.path.getsize(png) > 10_000
     rvq = read_losses(os.path.join(out, "rvq", "losses.jsonl"))
@@ -177,8 +177,9 @@ def test_stage1_freezes_llm_and_stage2_resets_lora(smoke_run):
 @pytest.mark.slow
 def test_final_checkpoint_is_merged_small_and_generates(smoke_run):
     from a2llm_ros.checkpoint import load_checkpoint
-    from a2llm_ros.data.flameqa import FlameQAReader
+    from a2llm_ros.tools.data.flameqa import FlameQAReader
     from a2llm_ros.generation import GenerationConfig, StreamingGenerator
+    from a2llm_ros.engines.torch_backend import TorchBackend
     final = smoke_run["final"]
     meta = json.load(open(os.path.join(final, "config.json")))
     assert meta["lora"] is False and meta["storage_dtype"] == "float16"
@@ -187,7 +188,8 @@ def test_final_checkpoint_is_merged_small_and_generates(smoke_run):
     assert set(info["runs"]) == set(STAGES)
     model = load_checkpoint(final)
     sample = next(iter(FlameQAReader(smoke_run["data"], split="test")))
-    res = StreamingGenerator(model, GenerationConfig(greedy=True, max_speech_tokens=15)) \
+    res = StreamingGenerator(TorchBackend(model),
+                             GenerationConfig(greedy=True, max_speech_tokens=15)) \
         .generate(sample.question_audio)
     assert res.frames.shape[0] == len(res.audio) // 640
     assert np.isfinite(res.frames).all()
@@ -213,9 +215,9 @@ def test_stage3_draws_from_high_intensity_subset(smoke_run):
 
 @pytest.mark.slow
 def test_eval_report_has_every_metric(smoke_run, tmp_path):
-    from a2llm_ros.evaluation import evaluate, markdown_report, write_report
+    from a2llm_ros.tools.evaluation import evaluate, markdown_report, write_report
     from a2llm_ros.generation import GenerationConfig
-    from a2llm_ros.metrics import METRIC_ORDER
+    from a2llm_ros.tools.metrics import METRIC_ORDER
     report = evaluate(smoke_run["final"], smoke_run["data"], split="test", limit=2,
                       gen_cfg=GenerationConfig(greedy=True, max_speech_tokens=40),
                       progress=False)
@@ -231,8 +233,9 @@ def test_eval_report_has_every_metric(smoke_run, tmp_path):
 
 
 def test_ctc_targets_and_loss_decrease_on_one_batch():
-    from a2llm_ros.model.audio_encoder import AudioEncoder, AudioEncoderConfig
-    from a2llm_ros.training.ctc import CTC_SYMBOLS, CTCHead, ctc_loss, ctc_targets
+    from a2llm_ros.model.audio_encoder import AudioEncoder
+    from a2llm_ros.model.configs import AudioEncoderConfig
+    from a2llm_ros.tools.training.ctc import CTC_SYMBOLS, CTCHead, ctc_loss, ctc_targets
     ids = ctc_targets("What's the time, Robo?")
     assert "".join(CTC_SYMBOLS[i - 1] for i in ids) == "what's the time robo"
     torch.manual_seed(0)
@@ -253,7 +256,7 @@ def test_ctc_targets_and_loss_decrease_on_one_batch():
 
 
 def test_train_command_reports_missing_data_clearly(tmp_path, capsys):
-    from a2llm_ros.cli import main
+    from a2llm_ros.tools.cli import main
     rc = main(["train", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "out")])
     assert rc == 2
     assert "cannot read the training data" in capsys.readouterr().err

@@ -9,12 +9,13 @@ import torch
 
 from a2llm_ros.checkpoint import init_model
 from a2llm_ros.config import A2LLMConfig
-from a2llm_ros.model.audio_encoder import n_frames_50, n_positions
+from a2llm_ros.model.audio_encoder import n_frames_50
+from a2llm_ros.model.chat import n_positions
 from a2llm_ros.model.audio_llm import base_causal_lm
-from a2llm_ros.training import hidden_cache, memory
-from a2llm_ros.training.config import STAGES, TrainConfig, replace_stage
-from a2llm_ros.training.loop import make_optimizer, read_losses
-from a2llm_ros.training.stages import _freeze, _unfreeze, reset_lora
+from a2llm_ros.tools.training import hidden_cache, memory
+from a2llm_ros.tools.training.config import STAGES, TrainConfig, replace_stage
+from a2llm_ros.tools.training.loop import make_optimizer, read_losses
+from a2llm_ros.tools.training.stages import _freeze, _unfreeze, reset_lora
 
 TINY = A2LLMConfig.preset("tiny")
 TINY_TRAIN = TrainConfig.preset("tiny")
@@ -104,15 +105,15 @@ def test_checkpointing_only_in_training_with_grad(monkeypatch):
 # ----------------------------------------------------------------------------- hidden cache
 
 def _build_toy(root: str) -> None:
-    from a2llm_ros.data.synth import build_synthetic
+    from a2llm_ros.tools.data.synth import build_synthetic
     build_synthetic(root, seed=0, n_pairs=6, n_question_voices=2, workers=1)
 
 
 @pytest.fixture(scope="module")
 def stage0(tmp_path_factory):
     """Toy data and a finished stage 0 (a few steps) to start connector runs from."""
-    from a2llm_ros.training.data import TrainData
-    from a2llm_ros.training.stages import Trainer
+    from a2llm_ros.tools.training.data import TrainData
+    from a2llm_ros.tools.training.stages import Trainer
     root = str(tmp_path_factory.mktemp("flameqa"))
     _build_toy(root)
     cfg = dataclasses.replace(TINY_TRAIN, threads=0)
@@ -127,7 +128,7 @@ def stage0(tmp_path_factory):
 
 
 def _connector_losses(stage0, tmp_path, mode: str):
-    from a2llm_ros.training.stages import Trainer
+    from a2llm_ros.tools.training.stages import Trainer
     out = str(tmp_path / mode)
     shutil.copytree(stage0["out"], out)
     cfg = dataclasses.replace(stage0["cfg"], hidden_cache=mode)

@@ -1,15 +1,14 @@
 """RIHS01 type hashes: the built fallback audio_common_msgs equals upstream's.
 
-The reference hasher is rosbags' typestore (``hash_rihs01``), a dependency the bag
-tools already use; ``interfaces.type_hash`` is the project's own and is checked
-against it (golden test) for as long as it exists.
+The hasher is rosbags' typestore (``hash_rihs01``), a dependency the bag tools
+already use; the project keeps no hasher of its own.
 """
 from pathlib import Path
 
 import pytest
 from rosbags.typesys import Stores, get_typestore, get_types_from_msg
 
-from a2llm_ros.interfaces import BUILTIN_DEFINITIONS, built_type_hash, type_hash
+from type_hashes import BUILTIN_DEFINITIONS, built_type_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL = ROOT / ".a2llm_ws" / "install"
@@ -69,11 +68,3 @@ def test_changed_field_changes_hash():
         "audio_common_msgs/msg/AudioInfo"].replace("uint8 channels", "uint16 channels")
     assert rihs01("audio_common_msgs/msg/AudioInfo", changed) != \
         rihs01("audio_common_msgs/msg/AudioInfo", UPSTREAM_AUDIO_COMMON)
-
-
-@pytest.mark.parametrize("definitions", [UPSTREAM_AUDIO_COMMON, _own_definitions()],
-                         ids=["audio_common_msgs", "a2llm_ros"])
-def test_own_hasher_equals_rosbags(definitions):
-    """Golden test of ``interfaces.type_hash`` (test-only code) against rosbags."""
-    for name in definitions:
-        assert type_hash(name, definitions) == rihs01(name, definitions), name

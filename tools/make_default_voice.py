@@ -13,7 +13,7 @@ import numpy as np
 
 from a2llm_ros.audio.io import write_wav
 from a2llm_ros.constants import SAMPLE_RATE
-from a2llm_ros.data.espeak import ROBOT_VOICE, synthesize
+from a2llm_ros.tools.data.espeak import ROBOT_VOICE, synthesize
 
 TEXT = "Hello, I am your robot companion. It is nice to meet you, how can I help today?"
 #: Silence kept before and after the speech (s).

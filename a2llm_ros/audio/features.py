@@ -27,18 +27,15 @@ Conventions (shared with the speech codec):
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
-from fractions import Fraction
 from typing import Optional, Union
 
 import numpy as np
-import scipy.signal
 import torch
 
-from a2llm_ros.configbase import ConfigBase
-from a2llm_ros.constants import MEL_HOP, MEL_WINDOW, SAMPLE_RATE
+from a2llm_ros.audio.signals import resample as resample_array
+from a2llm_ros.model.configs import MelConfig
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -49,55 +46,6 @@ _SLANEY_LOG_STEP = math.log(6.4) / 27.0
 #: band_norm: frames whose mean log10 mel level is within this of the loudest
 #: frame's count as speech (3.0 = 30 dB).
 BAND_NORM_RANGE = 3.0
-#: Zero samples Step-Audio-2 appends to a question before its log-mel.
-STEP_PAD_SAMPLES = 479
-
-
-@dataclasses.dataclass
-class MelConfig(ConfigBase):
-    """Log-mel front-end settings (see module docstring for the exact recipe)."""
-
-    sample_rate: int = SAMPLE_RATE
-    n_fft: int = MEL_WINDOW
-    hop: int = MEL_HOP
-    n_mels: int = 80
-    fmin: float = 0.0
-    #: Upper band edge in Hz; ``None`` means ``sample_rate / 2``.
-    fmax: Optional[float] = None
-    mel_scale: str = "slaney"
-    log_floor: float = 1e-10
-    #: Per-utterance dynamic-range clamp in log10 units; 0 disables it.
-    dynamic_range: float = 8.0
-    offset: float = 4.0
-    scale: float = 4.0
-    #: Subtract each band's per-utterance mean over the speech frames.
-    band_norm: bool = False
-    #: Zero samples appended before the STFT (Step-Audio-2: 479, so N samples give
-    #: ``(N + 479) // hop`` frames).
-    pad_samples: int = 0
-
-    PRESETS = {
-        "tiny": {"n_mels": 80, "band_norm": True, "pad_samples": STEP_PAD_SAMPLES},
-        "edge": {"n_mels": 128, "pad_samples": STEP_PAD_SAMPLES},
-        "paper": {"n_mels": 128, "pad_samples": STEP_PAD_SAMPLES},
-    }
-
-    def __post_init__(self):
-        if self.mel_scale not in ("slaney", "htk"):
-            raise ValueError(f"MelConfig.mel_scale must be 'slaney' or 'htk', "
-                             f"got {self.mel_scale!r}")
-        if self.n_mels < 1 or self.n_fft < 2 or self.hop < 1:
-            raise ValueError("MelConfig: n_mels, n_fft and hop must be positive")
-
-    @property
-    def n_freqs(self) -> int:
-        """Number of one-sided STFT bins (``n_fft // 2 + 1``)."""
-        return self.n_fft // 2 + 1
-
-    @property
-    def upper_hz(self) -> float:
-        """Upper band edge in Hz."""
-        return float(self.fmax) if self.fmax is not None else self.sample_rate / 2.0
 
 
 # ----------------------------------------------------------------------------- mel scale
@@ -214,23 +162,11 @@ def mel_power_from_log_mel(log_mel: torch.Tensor, cfg: MelConfig) -> torch.Tenso
 # ----------------------------------------------------------------------------- resampling
 
 def resample(wave: ArrayLike, from_rate: int, to_rate: int) -> ArrayLike:
-    """Polyphase resampling along the last axis (``scipy.signal.resample_poly``).
-
-    Accepts numpy arrays or torch tensors shaped ``[N]`` or ``[B, N]`` and
-    returns the same type (float32); output length is
-    ``ceil(N * to_rate / from_rate)``.
-    """
-    if from_rate <= 0 or to_rate <= 0:
-        raise ValueError(f"sample rates must be positive, got {from_rate} -> {to_rate}")
-    is_torch = isinstance(wave, torch.Tensor)
-    data = wave.detach().cpu().numpy() if is_torch else np.asarray(wave)
-    if from_rate == to_rate:
-        out = data.astype(np.float32, copy=True)
-    else:
-        ratio = Fraction(int(to_rate), int(from_rate))
-        out = scipy.signal.resample_poly(data.astype(np.float64), ratio.numerator,
-                                         ratio.denominator, axis=-1).astype(np.float32)
-    return torch.from_numpy(out) if is_torch else out
+    """:func:`a2llm_ros.audio.signals.resample` for numpy arrays or torch tensors
+    (``[N]`` or ``[B, N]``); returns the input's type (float32)."""
+    if isinstance(wave, torch.Tensor):
+        return torch.from_numpy(resample_array(wave.detach().cpu().numpy(), from_rate, to_rate))
+    return resample_array(wave, from_rate, to_rate)
 
 
 def to_mono(wave: ArrayLike) -> ArrayLike:

@@ -13,6 +13,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 import soundfile
 
+from a2llm_ros.audio.signals import resample as resample_wave
 from a2llm_ros.constants import SAMPLE_RATE
 
 PathLike = Union[str, os.PathLike]
@@ -32,8 +33,7 @@ def read_wav(path: PathLike, sample_rate: Optional[int] = SAMPLE_RATE,
     if not resample:
         raise ValueError(f"{os.fspath(path)}: sample rate {rate} Hz, expected "
                          f"{sample_rate} Hz (pass resample=True to convert)")
-    from a2llm_ros.audio.features import resample as _resample
-    return _resample(wave, rate, sample_rate)
+    return resample_wave(wave, rate, sample_rate)
 
 
 def read_wav_with_rate(path: PathLike) -> Tuple[np.ndarray, int]:

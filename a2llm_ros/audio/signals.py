@@ -1,11 +1,15 @@
-"""Deterministic test signals (no files, no randomness beyond a seed) and trimming."""
+"""Deterministic test signals (no files, no randomness beyond a seed), trimming and
+resampling of NumPy waves (torch-free)."""
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
+import scipy.signal
 
 from a2llm_ros.constants import SAMPLE_RATE
 
-__all__ = ["synthetic_question", "trim_silence"]
+__all__ = ["synthetic_question", "trim_silence", "resample"]
 
 
 def synthetic_question(seconds: float, seed: int = 0) -> np.ndarray:
@@ -23,3 +27,16 @@ def trim_silence(wave: np.ndarray, level: float) -> np.ndarray:
     (empty when none is)."""
     loud = np.flatnonzero(np.abs(wave) > level)
     return wave[loud[0]:loud[-1] + 1] if len(loud) else wave[:0]
+
+
+def resample(wave: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Polyphase resampling along the last axis (``scipy.signal.resample_poly``):
+    float32 ``[N]`` or ``[B, N]`` -> ``ceil(N * to_rate / from_rate)`` samples."""
+    if from_rate <= 0 or to_rate <= 0:
+        raise ValueError(f"sample rates must be positive, got {from_rate} -> {to_rate}")
+    data = np.asarray(wave)
+    if from_rate == to_rate:
+        return data.astype(np.float32, copy=True)
+    ratio = Fraction(int(to_rate), int(from_rate))
+    return scipy.signal.resample_poly(data.astype(np.float64), ratio.numerator,
+                                      ratio.denominator, axis=-1).astype(np.float32)

@@ -5,7 +5,7 @@ A logistic regression on the LLM's hidden state at the last prompt position
 speculative answer started at a pause (:mod:`a2llm_ros.conversation.session`)
 yields it for free.  ``p >= threshold`` commits the answer at once instead of
 waiting for ``min_silence_ms``.  Trained by ``python -m
-a2llm_ros.training.end_of_turn`` and stored as :data:`HEAD_FILE` in the
+a2llm_ros.tools.training.end_of_turn`` and stored as :data:`HEAD_FILE` in the
 checkpoint directory (JSON: standardisation, weights, bias, threshold, what it
 was trained and measured on).
 """

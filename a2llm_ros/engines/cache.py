@@ -189,7 +189,7 @@ def mismatch_error(plan: str, problems: List[str], checkpoint_dir: str,
 def onnx_hash(onnx_path: str, sidecar: Optional[dict]) -> str:
     """SHA-256 of an exported graph: the export sidecar's value while the file's size and
     mtime are unchanged since export, otherwise recomputed."""
-    from a2llm_ros.engines.onnx_export import onnx_sha256
+    from a2llm_ros.engines.manifest import onnx_sha256
     st = os.stat(onnx_path)
     if sidecar and sidecar.get("onnx_sha256") and \
             sidecar.get("onnx_size") == st.st_size and \

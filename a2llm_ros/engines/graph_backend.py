@@ -1,7 +1,7 @@
-"""The generator's :class:`~a2llm_ros.generation.Backend` on top of exported graphs.
+"""The generator's :class:`~a2llm_ros.engines.backend.Backend` on top of exported graphs.
 
 :class:`GraphBackend` implements every Backend method with the graphs of
-:mod:`a2llm_ros.engines.graphs` through a *runner* (ONNX Runtime sessions or
+:mod:`a2llm_ros.tools.export.graphs` through a *runner* (ONNX Runtime sessions or
 TensorRT engines) with one method::
 
     runner.run(graph, feeds, profile=None, host=()) -> {output name: value}
@@ -14,6 +14,10 @@ connector windows, decoder caches) hold such values; the generator treats
 them as opaque.  With the TensorRT runner a state stays valid until the
 next-but-one call of the same engine (double-buffered outputs), which the
 generator's one-turn-at-a-time use satisfies.
+
+Everything here is NumPy: tokens are sampled from the host logits with a NumPy
+generator (:func:`~a2llm_ros.engines.backend.pick_from_host_logits`), the motion
+codes inside the ``connector_step`` graph from Gumbel noise drawn the same way.
 """
 from __future__ import annotations
 
@@ -21,12 +25,12 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 
 from a2llm_ros.constants import SAMPLES_PER_SPEECH_TOKEN
+from a2llm_ros.engines.backend import Backend, LLMStep, Pick, pick_from_host_logits
 from a2llm_ros.engines.config import EngineError
-from a2llm_ros.engines.graphs import MAX_EMBED_IDS
-from a2llm_ros.generation import Backend
+from a2llm_ros.engines.manifest import MAX_EMBED_IDS, NEEDED
+from a2llm_ros.model.chat import SPEECH, TEXT, n_positions, splice_audio
 
 #: Gumbel noise is drawn from uniforms clamped to [TINY, 1 - TINY].
 GUMBEL_TINY = 1e-10
@@ -83,6 +87,48 @@ class GraphBackend(Backend):
         self.chunk_tokens = int(shapes["chunk_tokens"])
         ccfg = model_info.cfg.connector
         self.n_levels, self.codebook_size = ccfg.n_levels, ccfg.codebook_size
+        self._masks: Dict[str, np.ndarray] = {}
+
+    # -- Backend ---------------------------------------------------------------------------
+    def rng(self, seed: int) -> np.random.Generator:
+        return np.random.default_rng(int(seed))
+
+    def prefill(self, wave, pick: Pick, rng) -> LLMStep:
+        mel = np.asarray(self.model.log_mel(wave), np.float32)  # [M, T]
+        prompt = self.model.prompt(n_positions(mel.shape[1]))
+        embeds = splice_audio(prompt, self.embed_tokens(prompt.ids),
+                              self.encode_audio(mel))  # [1, P, H]
+        logits, hidden, cache = self.llm_prefill(embeds)
+        return self.choose(logits, pick, rng), hidden, cache
+
+    def decode(self, token: int, cache, pick: Pick, rng) -> LLMStep:
+        logits, hidden, cache = self.llm_decode(token, cache)
+        return self.choose(logits, pick, rng), hidden, cache
+
+    def choose(self, logits: np.ndarray, pick: Pick, rng) -> int:
+        """:class:`Pick` on the runner's host logits [V]."""
+        if not self._masks:
+            self._masks = {k: self.model.vocab.kind_mask(k) for k in (TEXT, SPEECH)}
+        return pick_from_host_logits(logits, pick, self._masks, rng)
+
+    def init_motion_state(self):
+        return (self.init_connector_state(), [Zeros(s) for s in self.motion_shapes])
+
+    def motion_step(self, hidden: Sequence[np.ndarray], state, temperature: float,
+                    top_k: int, rng):
+        connector_state, decoder_state = state
+        x = np.stack([np.asarray(h, np.float32).reshape(-1) for h in hidden])[None]  # [1, 5, H]
+        codes, connector_state = self.connector_step(x, connector_state, temperature, top_k,
+                                                     rng)  # [1, L]
+        frames, decoder_state = self.motion_decode_step(codes[:, None], decoder_state)
+        return frames[0], (connector_state, decoder_state)  # [5, D]
+
+    def init_codec_state(self):
+        return {k: Zeros(s) for k, s in self.t2w_shapes.items()}
+
+    def codec_flush(self, state):
+        audio, state = self.model.token2wav.flush(state)
+        return np.asarray(audio, np.float32).reshape(-1), state
 
     # -- helpers ---------------------------------------------------------------------------
     def _kv_shape(self, length: int) -> Tuple[int, ...]:
@@ -94,17 +140,15 @@ class GraphBackend(Backend):
                               f"{self.max_context}; re-export / rebuild with a larger "
                               f"max_context (BackendConfig.max_context)")
 
-    @staticmethod
-    def _np(x: torch.Tensor) -> np.ndarray:
-        return np.ascontiguousarray(x.detach().float().cpu().numpy())
-
     # -- audio and prompt ------------------------------------------------------------------
-    def encode_audio(self, mel):
-        out = self.runner.run("audio_encoder", {"mel": self._np(mel)[None]},
-                              host=("audio_embeds",))
-        return torch.from_numpy(np.asarray(out["audio_embeds"], np.float32))
+    def encode_audio(self, mel: np.ndarray) -> np.ndarray:
+        """Log-mel [M, T] -> audio embeddings [1, A, H]."""
+        mel = np.ascontiguousarray(np.asarray(mel, np.float32))
+        out = self.runner.run("audio_encoder", {"mel": mel[None]}, host=("audio_embeds",))
+        return np.asarray(out["audio_embeds"], np.float32)
 
-    def embed_tokens(self, ids):
+    def embed_tokens(self, ids) -> np.ndarray:
+        """Token ids -> embeddings [1, n, H]."""
         ids = [int(i) for i in ids]
         parts = []
         for start in range(0, max(len(ids), 1), MAX_EMBED_IDS):
@@ -114,20 +158,19 @@ class GraphBackend(Backend):
             out = self.runner.run("token_embed", {"ids": chunk}, host=("embeds",))
             parts.append(np.asarray(out["embeds"], np.float32))
         if not parts:
-            return torch.zeros(1, 0, self.model.cfg.llm.hidden_size)
-        return torch.from_numpy(np.concatenate(parts, axis=1))
+            return np.zeros((1, 0, self.model.cfg.llm.hidden_size), np.float32)
+        return np.concatenate(parts, axis=1)
 
     # -- LLM -------------------------------------------------------------------------------
     @staticmethod
-    def _head(out) -> Tuple[torch.Tensor, torch.Tensor]:
-        logits = torch.from_numpy(np.asarray(out["logits"], np.float32)[0])
-        hidden = torch.from_numpy(np.asarray(out["hidden"], np.float32)[0])
-        return logits, hidden
+    def _head(out) -> Tuple[np.ndarray, np.ndarray]:
+        return np.asarray(out["logits"], np.float32)[0], np.asarray(out["hidden"], np.float32)[0]
 
-    def prefill(self, embeds):
+    def llm_prefill(self, embeds: np.ndarray):
+        """Prompt embeddings [1, P, H] -> (logits [V], hidden [H], cache)."""
         P = int(embeds.shape[1])
         self._check_room(P + 1)
-        x = self._np(embeds)
+        x = np.ascontiguousarray(np.asarray(embeds, np.float32))
         if self.kv_mode == "dynamic":
             out = self.runner.run("llm_prefill", {"inputs_embeds": x},
                                   host=("logits", "hidden"))
@@ -139,7 +182,8 @@ class GraphBackend(Backend):
         logits, hidden = self._head(out)
         return logits, hidden, EngineKV(out["present_kv"], P)
 
-    def decode(self, token_id, cache: EngineKV):
+    def llm_decode(self, token_id: int, cache: EngineKV):
+        """Feed one token -> (logits [V], hidden [H], cache)."""
         if cache is None:
             raise EngineError("decode() without a KV cache: call prefill() first")
         self._check_room(cache.length + 1)
@@ -156,42 +200,40 @@ class GraphBackend(Backend):
         return logits, hidden, EngineKV(out["present_kv"], cache.length + 1)
 
     # -- motion connector ------------------------------------------------------------------
-    def init_connector_state(self):
+    def init_connector_state(self) -> EngineConnectorState:
         return EngineConnectorState(Zeros(self.connector_shape), Zeros(self.connector_shape),
                                     np.zeros((1, self.n_levels), np.int32), 0)
 
-    def _noise(self, temperature: float, generator, top_k: int):
+    def _noise(self, temperature: float, rng: np.random.Generator, top_k: int):
         L, K = self.n_levels, self.codebook_size
         if temperature <= 0:
             return np.zeros((1, L, K), np.float32), 1.0, 0
-        device = generator.device if generator is not None else "cpu"
-        u = torch.rand((1, L, K), generator=generator, device=device).double().cpu()
-        u = u.clamp(GUMBEL_TINY, 1.0 - GUMBEL_TINY)
-        gumbel = -torch.log(-torch.log(u))  # Gumbel(0, 1)
-        return gumbel.float().numpy(), 1.0 / float(temperature), max(int(top_k), 0)
+        u = np.clip(rng.random((1, L, K)), GUMBEL_TINY, 1.0 - GUMBEL_TINY)
+        gumbel = -np.log(-np.log(u))  # Gumbel(0, 1)
+        return gumbel.astype(np.float32), 1.0 / float(temperature), max(int(top_k), 0)
 
-    def connector_step(self, hidden, state: EngineConnectorState, temperature, generator,
-                       top_k):
+    def connector_step(self, hidden: np.ndarray, state: EngineConnectorState,
+                       temperature: float, top_k: int, rng):
+        """Hidden [1, 5, H] -> (codes int32 [1, L], state)."""
         if tuple(hidden.shape[:2]) != (1, self.model.cfg.connector.pool):
             raise ValueError(f"connector_step takes hidden [1, {self.model.cfg.connector.pool}"
                              f", H], got {tuple(hidden.shape)}")
-        noise, inv_t, k = self._noise(float(temperature), generator, int(top_k))
+        noise, inv_t, k = self._noise(float(temperature), rng, int(top_k))
         out = self.runner.run("connector_step", {
-            "hidden": self._np(hidden), "self_kv": state.self_kv, "mem_kv": state.mem_kv,
-            "prev_codes": state.prev_codes, "step": np.array([state.n_segments], np.int32),
+            "hidden": np.ascontiguousarray(hidden, np.float32), "self_kv": state.self_kv,
+            "mem_kv": state.mem_kv, "prev_codes": state.prev_codes,
+            "step": np.array([state.n_segments], np.int32),
             "noise": noise, "inv_temperature": np.array([inv_t], np.float32),
             "top_k": np.array([k], np.int32)}, host=("codes",))
         codes = np.asarray(out["codes"], np.int32)
         new = EngineConnectorState(out["self_kv_out"], out["mem_kv_out"], codes.copy(),
                                    state.n_segments + 1)
-        return torch.from_numpy(codes.astype(np.int64)), new
+        return codes, new
 
     # -- motion decoder --------------------------------------------------------------------
-    def init_motion_state(self):
-        return [Zeros(s) for s in self.motion_shapes]
-
-    def motion_decode_step(self, codes, state: List[Any]):
-        codes = codes.detach().cpu().numpy().astype(np.int32)  # [1, n, L]
+    def motion_decode_step(self, codes: np.ndarray, state: List[Any]):
+        """Codes [1, n, L] -> (frames float32 [1, 5n, D], state)."""
+        codes = np.asarray(codes, np.int32)
         frames = []
         for i in range(codes.shape[1]):
             feeds: Dict[str, Any] = {"codes": np.ascontiguousarray(codes[:, i:i + 1])}
@@ -200,15 +242,12 @@ class GraphBackend(Backend):
             frames.append(np.asarray(out["frames"], np.float32))
             state = [out[f"cache_{j}_out"] for j in range(len(state))]
         if not frames:
-            return torch.zeros(1, 0, self.model.layout.dim), state
-        return torch.from_numpy(np.concatenate(frames, axis=1)), state
+            return np.zeros((1, 0, self.model.layout.dim), np.float32), state
+        return np.concatenate(frames, axis=1), state
 
     # -- token2wav -------------------------------------------------------------------------
-    def init_token2wav_state(self):
-        return {k: Zeros(s) for k, s in self.t2w_shapes.items()}
-
-    def token2wav_step(self, tokens, state: Dict[str, Any]):
-        toks = np.asarray(torch.as_tensor(tokens).cpu().numpy(), np.int64).reshape(-1)
+    def codec_step(self, codes, state: Dict[str, Any]):
+        toks = np.asarray(codes, np.int64).reshape(-1)
         n_codes = self.model.cfg.codec.n_codes
         if toks.size and (toks.min() < 0 or toks.max() >= n_codes):
             raise ValueError(f"speech tokens must lie in [0, {n_codes}), got range "
@@ -226,13 +265,12 @@ class GraphBackend(Backend):
             audio.append(np.asarray(out["audio"], np.float32)[:n_samples])
             state = {k: out[f"{k}_out"] for k in self.t2w_shapes}
         if not audio:
-            return torch.zeros(0), state
-        return torch.from_numpy(np.concatenate(audio)), state
+            return np.zeros(0, np.float32), state
+        return np.concatenate(audio), state
 
 
 def needed_graphs(kv_mode: str) -> Sequence[str]:
     """Graph names a :class:`GraphBackend` in ``kv_mode`` runs."""
-    from a2llm_ros.engines.graphs import NEEDED
     return NEEDED[kv_mode]
 
 

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 
 from a2llm_ros.audio.features import log_mel_spectrogram, mel_filterbank
-from a2llm_ros.checkpoint import (CODEC_PREFIX, WEIGHTS_FILE, CheckpointError,
-                                  load_text_tokenizer, read_config, resolve_checkpoint)
+from a2llm_ros.checkpoint_files import (CODEC_PREFIX, CheckpointError, load_text_tokenizer,
+                                        read_config, resolve_checkpoint)
+from a2llm_ros.constants import WEIGHTS_FILE
 from a2llm_ros.flame.layout import FlameLayout
-from a2llm_ros.model.audio_llm import TASK_ANSWER, Prompt, Vocab, build_prompt
+from a2llm_ros.model.chat import TASK_ANSWER, Prompt, Vocab, build_prompt
 from a2llm_ros.model.a2llm import codec_folder
 from a2llm_ros.model.codecs import make_codec
 from a2llm_ros.model.speech_codec import load_codec_state_dict

@@ -98,7 +98,7 @@ def load_ort_backend(checkpoint_dir: str, cfg: BackendConfig) -> OrtBackend:
     except ImportError as exc:
         raise EngineError(f"onnxruntime is not installed ({exc}); pip install onnxruntime "
                           f"(or onnxruntime-gpu)") from exc
-    from a2llm_ros.checkpoint import resolve_checkpoint
+    from a2llm_ros.checkpoint_files import resolve_checkpoint
     from a2llm_ros.engines.model_info import ModelInfo
     checkpoint_dir = resolve_checkpoint(checkpoint_dir)
     kv_mode = cfg.kv_mode("onnxruntime")

@@ -91,7 +91,7 @@ def choose_auto(state: Dict[str, object], graphs: Optional[bool] = None,
 
 
 def _artifacts(checkpoint_dir: str, cfg: BackendConfig) -> Tuple[bool, bool]:
-    from a2llm_ros.engines.onnx_export import MANIFEST
+    from a2llm_ros.engines.manifest import MANIFEST
     graphs = os.path.isfile(os.path.join(cfg.onnx_dir(checkpoint_dir), MANIFEST))
     engines = os.path.isfile(os.path.join(cfg.engine_dir(checkpoint_dir), MANIFEST))
     return graphs, engines
@@ -102,7 +102,7 @@ def describe_auto(checkpoint_dir: Optional[str] = None,
     """(kind, reason): what ``kind: auto`` resolves to here (for ``checkpoint_dir`` if given)."""
     graphs = engines = None
     if checkpoint_dir is not None:
-        from a2llm_ros.checkpoint import resolve_checkpoint
+        from a2llm_ros.checkpoint_files import resolve_checkpoint
         checkpoint_dir = resolve_checkpoint(checkpoint_dir)
         graphs, engines = _artifacts(checkpoint_dir, cfg or BackendConfig())
     return choose_auto(availability(), graphs, engines)
@@ -115,7 +115,7 @@ def load_torch_backend(checkpoint_dir: str, cfg: BackendConfig):
     import torch
 
     from a2llm_ros.checkpoint import load_checkpoint
-    from a2llm_ros.generation import TorchBackend
+    from a2llm_ros.engines.torch_backend import TorchBackend
     from a2llm_ros.model.audio_llm import base_causal_lm
     device = cfg.device
     if device == "auto":
@@ -146,7 +146,7 @@ def load_backend(checkpoint_dir: str, cfg: Optional[BackendConfig] = None):
     :class:`EngineError` for a missing or mismatched model/engine file or a
     missing runtime.
     """
-    from a2llm_ros.checkpoint import resolve_checkpoint
+    from a2llm_ros.checkpoint_files import resolve_checkpoint
     cfg = cfg or BackendConfig()
     try:
         checkpoint_dir = resolve_checkpoint(checkpoint_dir)

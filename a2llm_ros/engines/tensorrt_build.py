@@ -276,7 +276,7 @@ def build_engine(graph: str, onnx_path: str, plan_path: str, export_sidecar: dic
           "profile_names": profile_names}
     record = cache.make_record(graph, onnx_sha, str(trt.__version__), gpu, options, io,
                                seconds, hashlib.sha256(data).hexdigest())
-    from a2llm_ros.engines.onnx_export import write_json
+    from a2llm_ros.engines.manifest import write_json
     write_json(plan_path + ".json", record)
     log(f"built {plan_path} in {seconds:.1f} s")
     return record
@@ -402,7 +402,7 @@ def build_engines(checkpoint_dir: str, cfg: BackendConfig, graphs: Iterable[str]
     ``force`` (or ``cfg.force_engine_update``) is set, which rebuilds it.
     """
     from a2llm_ros.engines.manifest import load_manifest
-    from a2llm_ros.engines.onnx_export import read_json
+    from a2llm_ros.engines.manifest import read_json
     trt = import_tensorrt()
     force = force or cfg.force_engine_update
     onnx_dir, engine_dir = cfg.onnx_dir(checkpoint_dir), cfg.engine_dir(checkpoint_dir)
@@ -473,7 +473,7 @@ def _option_subset(graph: str, cfg: BackendConfig) -> dict:
 
 def _expected(trt, graph: str, onnx_dir: str, cfg: BackendConfig, gpu: dict) -> dict:
     """What the sidecar of a freshly built engine of ``graph`` would record."""
-    from a2llm_ros.engines.onnx_export import read_json
+    from a2llm_ros.engines.manifest import read_json
     onnx_path = os.path.join(onnx_dir, graph + ".onnx")
     side_path = os.path.join(onnx_dir, graph + ".json")
     side = read_json(side_path) if os.path.isfile(side_path) else {}

@@ -362,10 +362,10 @@ def load_trt_backend(checkpoint_dir: str, cfg: BackendConfig, memory=None,
     """TensorRT backend for ``checkpoint_dir``: engines from ``cfg.engine_dir`` (built from
     ``cfg.onnx_dir`` when missing or ``force_engine_update``), validated against this GPU
     and TensorRT version."""
-    from a2llm_ros.checkpoint import resolve_checkpoint
+    from a2llm_ros.checkpoint_files import resolve_checkpoint
     from a2llm_ros.engines.manifest import load_manifest
     from a2llm_ros.engines.model_info import ModelInfo
-    from a2llm_ros.engines.onnx_export import MANIFEST, write_json
+    from a2llm_ros.engines.manifest import MANIFEST, write_json
     from a2llm_ros.engines.tensorrt_build import build_engines, import_tensorrt
     import_tensorrt()
     checkpoint_dir = resolve_checkpoint(checkpoint_dir)

@@ -1,7 +1,7 @@
 """How a FLAME head looks: skin, lips, eyes, brows and mouth interior (numpy only).
 
 One description of the head's colours, shared by the offline renderer
-(:mod:`a2llm_ros.render`: ``preview.png`` and ``a2llm render`` videos) and the
+(:mod:`a2llm_ros.tools.render`: ``preview.png`` and ``a2llm render`` videos) and the
 RViz preview (``face_preview_node``'s per-vertex marker colours).  Nothing here
 draws: the renderer asks for colours at points of the *template* (rest-pose)
 surface, so the materials move with the skin as the face deforms, and the

@@ -21,7 +21,7 @@ follows smplx 0.1.28's ``lbs`` exactly; default) or ``"smplx"`` (builds
 ``smplx.FLAME`` from a directory; needs ``chumpy`` installed for original
 FLAME 2020 pickles, since smplx unpickles them unrestricted).
 
-Images and videos of the mesh are drawn by :mod:`a2llm_ros.render` (a tool,
+Images and videos of the mesh are drawn by :mod:`a2llm_ros.tools.render` (a tool,
 not imported here) with the colours of :mod:`a2llm_ros.flame.appearance`.
 
 Face regions come from the 51-point static landmark embedding (iBUG-68 order

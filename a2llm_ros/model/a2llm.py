@@ -30,15 +30,16 @@ from a2llm_ros.audio.features import log_mel_spectrogram, mel_filterbank
 from a2llm_ros.config import A2LLMConfig
 from a2llm_ros.constants import SPEECH_TOKENS_PER_SEGMENT
 from a2llm_ros.flame.layout import FlameLayout
-from a2llm_ros.model.audio_encoder import Adapter, AudioEncoder, n_positions
-from a2llm_ros.model.audio_llm import (IGNORE_INDEX, TASK_ANSWER, TASK_TRANSCRIBE, Prompt, Vocab,
-                                       build_answer_sequence, build_llm, build_prompt,
-                                       llm_hidden, llm_logits, resolve_backbone, splice_audio,
-                                       text_sequence)
+from a2llm_ros.model.audio_encoder import Adapter, AudioEncoder
+from a2llm_ros.checkpoint_files import resolve_backbone
+from a2llm_ros.model.audio_llm import build_llm, llm_hidden, llm_logits
+from a2llm_ros.model.chat import (IGNORE_INDEX, TASK_ANSWER, TASK_TRANSCRIBE, Prompt, Vocab,
+                                  build_answer_sequence, build_prompt, n_positions,
+                                  splice_audio, text_sequence)
 from a2llm_ros.model.connector import MotionConnector
 from a2llm_ros.model.motion_tokenizer import MotionTokenizer
 from a2llm_ros.model.codecs import make_codec
-from a2llm_ros.model.speech_codec import STEP_KIND
+from a2llm_ros.model.configs import STEP_KIND
 from a2llm_ros.model.text_tokenizer import TextTokenizer, make_tiny_tokenizer
 
 __all__ = ["A2LLM", "TrainBatch", "TASK_ANSWER", "TASK_TRANSCRIBE", "make_text_tokenizer"]

@@ -26,7 +26,6 @@ Presets: ``paper`` / ``edge`` are Step-Audio-2-mini's ``audio_encoder_config``
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
@@ -34,34 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from a2llm_ros.configbase import ConfigBase
 from a2llm_ros.constants import AUDIO_ENCODER_RATE
 from a2llm_ros.model.qwen2 import use_checkpointing
-
-
-@dataclass
-class AudioEncoderConfig(ConfigBase):
-    """Sizes of :class:`AudioEncoder` and :class:`Adapter` (Step's ``audio_encoder_config``)."""
-
-    n_mels: int = 128           # n_mels
-    d_model: int = 1280         # n_audio_state
-    n_layers: int = 32          # n_audio_layer
-    n_heads: int = 20           # n_audio_head
-    ff: int = 5120              # 4 x n_audio_state (Whisper)
-    max_positions: int = 1500   # n_audio_ctx: 50 Hz positions, 30 s
-    adaptor_hidden: int = 2048  # adapter.linear1 width
-    llm_hidden: int = 3584      # llm_dim
-
-    PRESETS = {
-        "tiny": dict(n_mels=80, d_model=128, n_layers=2, n_heads=4, ff=384,
-                     adaptor_hidden=256, llm_hidden=256),
-        "edge": {},
-        "paper": {},
-    }
-
-    def __post_init__(self):
-        if self.d_model % self.n_heads:
-            raise ValueError("AudioEncoderConfig: d_model must be divisible by n_heads")
+from a2llm_ros.model.configs import AudioEncoderConfig
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> torch.Tensor:
@@ -71,12 +45,6 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> tor
     inv = torch.exp(-inc * torch.arange(half, dtype=torch.float32))  # [half]
     t = torch.arange(length, dtype=torch.float32)[:, None] * inv[None]  # [length, half]
     return torch.cat([torch.sin(t), torch.cos(t)], dim=1)
-
-
-def n_positions(n_mel_frames: int) -> int:
-    """``<audio_patch>`` count for a piece of ``n_mel_frames`` frames (Step's formula)."""
-    e = (n_mel_frames - 2 + 1) // 2 // 2
-    return max((e + 2 - 3) // 2 + 1, 0)
 
 
 def n_frames_50(n_mel_frames):
@@ -201,5 +169,4 @@ def _valid(lengths, size: int):
     return torch.arange(size, device=lengths.device)[None] < lengths[:, None]
 
 
-__all__ = ["AudioEncoderConfig", "AudioEncoder", "Adapter", "n_positions", "n_frames_50",
-           "AUDIO_ENCODER_RATE"]
+__all__ = ["AudioEncoderConfig", "AudioEncoder", "Adapter", "n_frames_50", "AUDIO_ENCODER_RATE"]

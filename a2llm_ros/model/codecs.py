@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Optional, Sequence, Tuple
 
 from a2llm_ros.model import step_token2wav  # noqa: F401 (registers step_token2wav)
-from a2llm_ros.model.speech_codec import (REGISTRY, SpeechCodecConfig, SpeechTokenizer,
-                                          Token2Wav)
+from a2llm_ros.model.speech_codec import REGISTRY, SpeechTokenizer, Token2Wav
+from a2llm_ros.model.configs import SpeechCodecConfig
 
 __all__ = ["make_codec", "codec_kinds"]
 

@@ -31,40 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from a2llm_ros.configbase import ConfigBase
-from a2llm_ros.constants import SPEECH_TOKENS_PER_SEGMENT
-
-
-@dataclass
-class ConnectorConfig(ConfigBase):
-    """Hyper-parameters of :class:`MotionConnector`.
-
-    ``llm_hidden`` must equal the hidden size of the LLM backbone: 3584 for
-    Qwen2.5-7B (paper), 896 for Qwen2.5-0.5B (edge preset; use 1536 for a
-    Qwen2.5-1.5B backbone), 64 for the tiny test LLM.  ``n_levels`` and
-    ``codebook_size`` must match the motion tokenizer.
-    """
-
-    llm_hidden: int = 896
-    d_model: int = 512
-    n_layers: int = 6
-    n_heads: int = 8
-    ff: int = 2048
-    dropout: float = 0.1
-    n_levels: int = 6
-    codebook_size: int = 256
-    pool: int = SPEECH_TOKENS_PER_SEGMENT
-    max_segments: int = 150      # attention window in segments (150 = 30 s)
-    coarse_to_fine: bool = True
-
-    PRESETS = {
-        "tiny": dict(llm_hidden=64, d_model=64, n_layers=2, n_heads=4, ff=128,
-                     dropout=0.0, max_segments=32),
-        "edge": dict(llm_hidden=896, d_model=512, n_layers=4, n_heads=8, ff=1536,
-                     dropout=0.1, max_segments=100),
-        "paper": dict(llm_hidden=3584, d_model=1024, n_layers=6, n_heads=16, ff=4096,
-                      dropout=0.1, max_segments=150),
-    }
+from a2llm_ros.model.configs import ConnectorConfig
 
 
 @dataclass

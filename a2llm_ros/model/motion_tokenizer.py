@@ -27,49 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from a2llm_ros.configbase import ConfigBase
-from a2llm_ros.constants import FRAMES_PER_SEGMENT
-from a2llm_ros.flame.layout import N_EXPR, FlameLayout
+from a2llm_ros.model.configs import MotionTokenizerConfig
 
 #: Smallest standard deviation used to normalise a frame dimension.
 MIN_STD = 1e-5
 #: Laplace smoothing of the EMA cluster sizes.
 EMA_EPS = 1e-5
-
-
-@dataclass
-class MotionTokenizerConfig(ConfigBase):
-    """Hyper-parameters of :class:`MotionTokenizer` (frame size comes from ``n_expr``)."""
-
-    n_expr: int = N_EXPR
-    frames_per_latent: int = FRAMES_PER_SEGMENT
-    n_levels: int = 6
-    codebook_size: int = 256
-    latent_dim: int = 64
-    hidden: int = 128            # conv channels at both rates
-    enc_depth: int = 2           # residual blocks per rate in the encoder
-    dec_depth: int = 2           # residual blocks per rate in the decoder
-    enc_kernel: int = 3
-    dec_kernel: int = 3          # causal: left context (kernel-1)*dilation per block
-    commitment_weight: float = 0.25
-    ema_decay: float = 0.99
-    dead_code_steps: int = 50    # training steps without use before a code is reset
-    kmeans_iters: int = 10
-    w_recon: float = 1.0
-    w_velocity: float = 1.0
-    w_acceleration: float = 1.0
-
-    PRESETS = {
-        "tiny": dict(latent_dim=32, hidden=64, enc_depth=1, dec_depth=1,
-                     dead_code_steps=20, kmeans_iters=5),
-        "edge": dict(latent_dim=128, hidden=256, enc_depth=2, dec_depth=2),
-        "paper": dict(latent_dim=256, hidden=512, enc_depth=3, dec_depth=3),
-    }
-
-    @property
-    def frame_dim(self) -> int:
-        """Size of one FLAME frame (58 for 50 expressions, 108 for 100)."""
-        return FlameLayout(n_expr=self.n_expr).dim
 
 
 @dataclass

@@ -18,7 +18,7 @@ The computation is Qwen2's: RMSNorm, rotary positions (``rope_theta``, the
 key/value head ``i // (h / G)``), SwiGLU MLP.  A layer is split into
 :meth:`DecoderLayer.qkv` (projections + rotary) and :meth:`DecoderLayer.attend`
 (attention over given keys/values + MLP) so that the export graphs in
-:mod:`a2llm_ros.engines.graphs` can keep the key/value cache in their own
+:mod:`a2llm_ros.tools.export.graphs` can keep the key/value cache in their own
 tensor layout while every piece of arithmetic stays here.
 
 Gradient checkpointing: with ``Qwen2LM.gradient_checkpointing`` set, a module

@@ -64,11 +64,11 @@ from typing import Callable, Dict, Iterable, Optional, Tuple
 import numpy as np
 import torch
 
-from a2llm_ros.audio.features import (MelConfig, hann_window, log_mel_spectrogram,
-                                      mel_filterbank, mel_power_from_log_mel)
-from a2llm_ros.configbase import ConfigBase
+from a2llm_ros.audio.features import (hann_window, log_mel_spectrogram, mel_filterbank,
+                                      mel_power_from_log_mel)
 from a2llm_ros.constants import (MEL_HOP, SAMPLE_RATE, SAMPLES_PER_SPEECH_TOKEN,
                                  SPEECH_TOKEN_RATE)
+from a2llm_ros.model.configs import SpeechCodecConfig
 
 #: Magnitudes below this are treated as "no phase information".
 _EPS = 1e-8
@@ -83,105 +83,6 @@ N_PAST_FRAMES = 2
 NNLS_ITERS = 20
 #: Crossfade (samples) from the previous step's continuation into a new token.
 CROSSFADE = 64
-#: Step-Audio-2-mini's codec (:mod:`a2llm_ros.model.step_token2wav`): kind, output
-#: rate and S3 vocabulary.
-STEP_KIND = "step_token2wav"
-STEP_RATE = 24_000
-STEP_CODES = 6561
-
-
-@dataclasses.dataclass
-class SpeechCodecConfig(ConfigBase):
-    """Speech codec settings.
-
-    ``edge`` and ``paper`` keep ``kind="kmeans_mel"`` (a placeholder with
-    Step's 6561 codes) so everything runs without downloads; a model on a
-    Step-Audio-2-mini folder uses ``kind="step_token2wav"``
-    (:meth:`SpeechCodecConfig.step`) — the rest of the system only sees the
-    :class:`SpeechTokenizer` / :class:`Token2Wav` interfaces.
-    """
-
-    kind: str = "kmeans_mel"
-    n_codes: int = 256
-    n_mels: int = 80
-    #: Mel frames (10 ms) per token: 4 -> 40 ms at SPEECH_TOKEN_RATE = 25 Hz.
-    stack: int = 4
-    sample_rate: int = SAMPLE_RATE
-    griffin_lim_iters: int = 32
-    #: Fast Griffin-Lim momentum (0 = classic Griffin-Lim).
-    griffin_lim_momentum: float = 0.99
-    #: Tokens per decode() chunk: 5 tokens = 200 ms = one motion segment.
-    chunk_tokens: int = 5
-    #: Left context kept in the streaming state, in tokens (>= 1): the last
-    #: ``context_tokens * 640`` emitted samples.  The Griffin-Lim decoder holds
-    #: emitted audio fixed, so it reads only the last 360 of them (the part
-    #: the re-estimated STFT frames overlap); learned decoders may use more.
-    context_tokens: int = 1
-    #: Lloyd iterations after k-means++ initialisation.
-    kmeans_iters: int = 30
-    #: At most this many token vectors are used for fitting (subsampled).
-    max_fit_vectors: int = 50_000
-    #: Mel power floor before log10 (silence level of the tokens).
-    log_floor: float = 1e-6
-    # -- kind "step_token2wav" (Step-Audio-2-mini's token2wav/ folder) -----------------
-    #: The token2wav/ folder; empty: ``<llm.backbone>/token2wav``.
-    token2wav_dir: str = ""
-    #: Voice prompt WAV; empty: the shipped default voice.
-    prompt_wav: str = ""
-    #: Tokens past a chunk the flow encoder reads (flow.yaml ``pre_lookahead_len``).
-    lookahead_tokens: int = 0
-    #: Euler steps of the flow-matching decoder.
-    flow_steps: int = 10
-    #: Estimator attention cache kept after the prompt (50 Hz mel frames).
-    estimator_cache_frames: int = 100
-    #: Mel frames the vocoder carries between chunks (and audio cross-faded).
-    vocoder_cache_frames: int = 8
-    #: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:n]``.
-    device: str = "auto"
-
-    PRESETS = {
-        "tiny": {},
-        # Step-Audio-2's speech vocabulary: <audio_0> ... <audio_6560> (+ <audio_6561>
-        # as padding); its untrained placeholder is fitted with ``placeholder=True``
-        "edge": {"n_codes": 6561},
-        "paper": {"n_mels": 128, "n_codes": 6561},
-    }
-
-    def __post_init__(self):
-        if self.kind == STEP_KIND:
-            self._check_step()
-            return
-        if self.sample_rate != SAMPLE_RATE or \
-                self.stack * MEL_HOP != SAMPLES_PER_SPEECH_TOKEN:
-            raise ValueError(f"SpeechCodecConfig: need sample_rate={SAMPLE_RATE} and stack * "
-                             f"{MEL_HOP} = {SAMPLES_PER_SPEECH_TOKEN} samples per token; "
-                             f"got stack={self.stack}, sample_rate={self.sample_rate}")
-        if self.context_tokens < 1 or self.chunk_tokens < 1 or self.n_codes < 2:
-            raise ValueError("SpeechCodecConfig: context_tokens, chunk_tokens >= 1 and "
-                             "n_codes >= 2 required")
-
-    def _check_step(self) -> None:
-        if self.sample_rate != STEP_RATE or self.n_codes != STEP_CODES:
-            raise ValueError(f"SpeechCodecConfig: kind {STEP_KIND} needs sample_rate="
-                             f"{STEP_RATE} and n_codes={STEP_CODES}")
-        if self.chunk_tokens * 2 < self.vocoder_cache_frames or self.lookahead_tokens < 0 \
-                or self.flow_steps < 1 or self.estimator_cache_frames < 1:
-            raise ValueError("SpeechCodecConfig: step_token2wav needs chunk_tokens * 2 >= "
-                             "vocoder_cache_frames, lookahead_tokens >= 0, flow_steps >= 1, "
-                             "estimator_cache_frames >= 1")
-
-    @classmethod
-    def step(cls, token2wav_dir: str = "", **overrides) -> "SpeechCodecConfig":
-        """Settings of Step-Audio-2-mini's codec (official chunk and cache sizes)."""
-        base = dict(kind=STEP_KIND, n_codes=STEP_CODES, sample_rate=STEP_RATE, chunk_tokens=25,
-                    lookahead_tokens=3, token2wav_dir=token2wav_dir)
-        base.update(overrides)
-        return cls(**base)
-
-    def mel_config(self) -> MelConfig:
-        """The (invertible) log-mel settings the codec uses."""
-        return MelConfig(sample_rate=self.sample_rate, n_mels=self.n_mels,
-                         log_floor=self.log_floor, dynamic_range=0.0)
 
 
 # ----------------------------------------------------------------------------- interfaces

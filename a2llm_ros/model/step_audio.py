@@ -20,7 +20,8 @@ from typing import Dict, List, Optional
 
 import torch
 
-STEP_MODEL_TYPE = "step_audio_2"
+from a2llm_ros.checkpoint_files import STEP_MODEL_TYPE, resolve_backbone
+
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 #: Step-Audio-2-mini ``text_config`` keys -> LLMConfig fields.
@@ -172,7 +173,7 @@ def step_config(path: str, preset: str = "paper"):
     and Step's speech codec when the folder has a complete ``token2wav/``."""
     from a2llm_ros.config import A2LLMConfig
     from a2llm_ros.model.a2llm import TOKEN2WAV_DIR
-    from a2llm_ros.model.speech_codec import SpeechCodecConfig
+    from a2llm_ros.model.configs import SpeechCodecConfig
     from a2llm_ros.model.step_token2wav import is_token2wav_folder
     over = config_overrides(path)
     over["llm"]["backbone"] = os.path.abspath(path)
@@ -281,7 +282,6 @@ def model_on_backbone(cfg, base_dir: Optional[str], reference: Optional[dict], d
     (the caller assigns them: :func:`assign_backbone_tensors`).
     """
     from a2llm_ros.model.a2llm import A2LLM
-    from a2llm_ros.model.audio_llm import resolve_backbone
     path = resolve_backbone(cfg.llm.backbone, base_dir)
     if not os.path.isdir(path):
         raise BackboneError(f"backbone folder not found: {path} (llm.backbone="

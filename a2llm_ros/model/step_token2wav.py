@@ -44,11 +44,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from a2llm_ros.audio.features import MelConfig, log_mel_spectrogram, mel_filterbank, resample
+from a2llm_ros.audio.features import log_mel_spectrogram, mel_filterbank, resample
+from a2llm_ros.model.configs import MelConfig
 from a2llm_ros.constants import SAMPLE_RATE, SAMPLES_PER_SPEECH_TOKEN, SPEECH_TOKEN_RATE
-from a2llm_ros.model.speech_codec import (STEP_CODES, STEP_RATE, SpeechCodecConfig,
-                                          SpeechTokenizer, Token2Wav, _as_tokens, _as_wave,
+from a2llm_ros.model.speech_codec import (SpeechTokenizer, Token2Wav, _as_tokens, _as_wave,
                                           register_codec)
+from a2llm_ros.model.configs import STEP_CODES, STEP_RATE, SpeechCodecConfig
 
 #: Output rate of the HiFT vocoder (Hz).
 OUTPUT_RATE = STEP_RATE

@@ -65,7 +65,7 @@ def load_backend_for(checkpoint: str, backend_cfg) -> Any:
     Uses :func:`a2llm_ros.engines.load_backend` (``auto`` picks the best
     available engine; a missing or mismatched engine raises ``EngineError``).
     """
-    from a2llm_ros.checkpoint import resolve_checkpoint
+    from a2llm_ros.checkpoint_files import resolve_checkpoint
     from a2llm_ros.engines import BackendConfig, load_backend
     ckpt = resolve_checkpoint(checkpoint)
     if not isinstance(backend_cfg, BackendConfig):
@@ -308,7 +308,8 @@ class A2llmNode(LifecycleNode):
         head = load_end_of_turn(base)
         if head is None:
             raise FileNotFoundError(f"vad.end_of_turn is on but the checkpoint ({base}) has no "
-                                    f"{HEAD_FILE} (python -m a2llm_ros.training.end_of_turn)")
+                                    f"{HEAD_FILE} (python -m "
+                                    "a2llm_ros.tools.training.end_of_turn)")
         return head
 
     def _generator_factory(self, backend, gen_cfg) -> Callable[[], Any]:

@@ -1,1 +1,0 @@
-"""Verbs of the ``a2llm`` command (see :mod:`a2llm_ros.cli`)."""

@@ -1,0 +1,1 @@
+"""Benchmarks that print figures: model core, speech codec, engines, turn-taking, graph."""

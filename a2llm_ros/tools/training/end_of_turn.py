@@ -1,0 +1,149 @@
+"""Train the end-of-turn head (:mod:`a2llm_ros.conversation.end_of_turn`).
+
+``python -m a2llm_ros.tools.training.end_of_turn --checkpoint DIR``: every FLAME-QA
+question is spoken (espeak-ng) by each training voice whole (label 1, "the
+turn has ended") and cut at word boundaries (label 0: half-way, before the last
+word, at the comma), each part padded with silence as the end-pointer pads an
+utterance.  The features are the checkpoint's own prompt hidden state after
+prefill (what a speculative answer computes).  A logistic regression on the
+standardised features (L2, LBFGS) is fitted; the threshold keeps the training
+cuts accepted at most :data:`MAX_CUT_ACCEPTED`.  It is then measured on the
+pause fixture of the held-out voice (:mod:`a2llm_ros.tools.data.pause_fixture`: the
+audio up to the pause must be refused, the whole question accepted) and
+written to ``DIR/end_of_turn.json`` with those figures.
+
+What it learns on this data: whether a *known* question is complete.  The same
+50 question texts are used for training (other voices) and measurement.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from a2llm_ros.constants import SAMPLE_RATE
+from a2llm_ros.conversation.end_of_turn import HEAD_FILE, EndOfTurnHead
+
+#: Silence around each spoken part (s): the end-pointer's ``speech_pad_ms`` default.
+PAD_S = 0.2
+#: L2 weight of the logistic regression (on standardised features).
+L2 = 1.0
+#: Largest share of training cuts the chosen threshold may accept (0: none; the
+#: held-out voice accepts more than the training voices: 8 % of the fixture's pauses
+#: at a 1 % training rate, 2 % at 0 %, measured 2026-12-05).
+MAX_CUT_ACCEPTED = 0.0
+LBFGS_ITERATIONS = 500
+
+
+def cut_points(text: str) -> List[int]:
+    """Word counts at which ``text`` is cut for label-0 samples."""
+    words = text.split()
+    cuts = {len(words) - 1, max(1, len(words) // 2)}
+    if "," in text:
+        cuts.add(text.split(",")[0].count(" ") + 1)
+    return sorted(k for k in cuts if 1 <= k < len(words))
+
+
+def prompt_feature(backend, audio: np.ndarray) -> np.ndarray:
+    """The prompt's last hidden state [H] for ``audio`` padded like an utterance."""
+    from a2llm_ros.audio.signals import trim_silence
+    from a2llm_ros.tools.data.pause_fixture import SILENCE_LEVEL
+    from a2llm_ros.engines.backend import Pick
+    pad = np.zeros(int(PAD_S * SAMPLE_RATE), np.float32)
+    wave = np.concatenate([pad, trim_silence(audio, SILENCE_LEVEL), pad])
+    _, hidden, _ = backend.prefill(wave, Pick(), backend.rng(0))
+    return backend.host(hidden)
+
+
+def training_set(backend, texts: Sequence[str], voices, progress: bool = True
+                 ) -> Tuple[np.ndarray, np.ndarray]:
+    """(features [N, H], labels [N]) of whole (1) and cut (0) questions."""
+    from tqdm import tqdm
+
+    from a2llm_ros.tools.data.espeak import synthesize
+    items = [(t, v, k) for v in voices for t in texts for k in [0] + cut_points(t)]
+    X, y = [], []
+    for text, voice, k in tqdm(items, desc="end-of-turn samples", disable=not progress):
+        words = text.split()
+        X.append(prompt_feature(backend, synthesize(" ".join(words[:k]) if k else text,
+                                                    voice).audio))
+        y.append(0.0 if k else 1.0)
+    return np.stack(X), np.asarray(y, np.float32)
+
+
+def fit(X: np.ndarray, y: np.ndarray, l2: float = L2) -> EndOfTurnHead:
+    """Logistic regression on standardised ``X`` [N, H]; threshold from the cuts."""
+    mean, std = X.mean(0), X.std(0) + 1e-6
+    Z = torch.tensor((X - mean) / std, dtype=torch.float64)  # [N, H]
+    target = torch.tensor(y, dtype=torch.float64)
+    w = torch.zeros(Z.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=LBFGS_ITERATIONS)
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(Z @ w + b, target) \
+            + l2 * (w * w).sum() / len(y)
+        loss.backward()
+        return loss
+    opt.step(closure)
+    with torch.no_grad():
+        p = torch.sigmoid(Z @ w + b).numpy()  # [N]
+    cuts = np.sort(p[y == 0])
+    k = int(np.floor(MAX_CUT_ACCEPTED * len(cuts)))
+    threshold = float(min(0.99, max(0.5, np.nextafter(cuts[-1 - k], 1.0)))) if len(cuts) else 0.5
+    return EndOfTurnHead(mean.astype(np.float64), std.astype(np.float64),
+                         w.detach().numpy().copy(), float(b.item()), threshold)
+
+
+def measure(head: EndOfTurnHead, backend, questions) -> dict:
+    """Share of pause-fixture questions refused at the pause and accepted at the end."""
+    at_pause = [head.probability(prompt_feature(backend, q.audio[:q.pause[0]]))
+                for q in questions]
+    at_end = [head.probability(prompt_feature(backend, q.audio[:q.speech_end]))
+              for q in questions]
+    return {"questions": len(questions),
+            "pause_accepted_pct": 100.0 * float(np.mean(np.array(at_pause) >= head.threshold)),
+            "end_accepted_pct": 100.0 * float(np.mean(np.array(at_end) >= head.threshold))}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", default="default")
+    parser.add_argument("--out", default=None, help="directory of the head (default: the "
+                                                    "checkpoint's)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    from a2llm_ros.checkpoint import load_checkpoint
+    from a2llm_ros.checkpoint_files import resolve_checkpoint
+    from a2llm_ros.tools.data.espeak import QUESTION_VOICES
+    from a2llm_ros.tools.data.pause_fixture import pause_fixture
+    from a2llm_ros.tools.data.qa_text import QA_PAIRS
+    from a2llm_ros.engines.torch_backend import TorchBackend
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    backend = TorchBackend(load_checkpoint(args.checkpoint))
+    texts = [p.question for p in QA_PAIRS]
+    X, y = training_set(backend, texts, QUESTION_VOICES, not args.no_progress)
+    head = fit(X, y)
+    figures = measure(head, backend, pause_fixture(texts))
+    out = os.path.join(args.out or resolve_checkpoint(args.checkpoint), HEAD_FILE)
+    data = {**head.to_dict(), "trained": {
+        "when": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "samples": int(len(y)), "whole": int(y.sum()), "l2": L2,
+        "max_cut_accepted": MAX_CUT_ACCEPTED, "held_out_pause_fixture": figures}}
+    with open(out, "w") as f:
+        json.dump(data, f)
+    print(f"wrote {out}: threshold {head.threshold:.3f}; pause fixture (held-out voice): "
+          f"{figures['pause_accepted_pct']:.0f} % of pauses taken for the end, "
+          f"{figures['end_accepted_pct']:.0f} % of ends recognised")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
