@@ -216,3 +216,18 @@ def test_wav_errors_name_the_file(tmp_path):
         write_wav(tmp_path / "out.wav", np.array([0.0, np.inf]))
     with pytest.raises(ValueError, match="out.wav"):
         write_wav(tmp_path / "out.wav", np.zeros(0))
+
+
+def test_numpy_stft_matches_torch_stft():
+    """Golden test of the NumPy STFT of ``audio.mel`` (the one log-mel definition, torch-free)
+    against ``torch.stft`` with the same window, centring and reflect padding."""
+    from a2llm_ros.audio import mel
+    cfg = MelConfig()
+    wave = np.random.default_rng(0).standard_normal((2, 12345)).astype(np.float32) * 0.1
+    ours = mel.power_spectrogram(wave, cfg)  # [B, F, T]
+    spec = torch.stft(torch.from_numpy(wave), cfg.n_fft, cfg.hop,
+                      window=torch.hann_window(cfg.n_fft), center=True, pad_mode="reflect",
+                      return_complex=True)[..., :-1]  # [B, F, T]
+    ref = (spec.abs() ** 2).numpy()
+    assert ours.shape == ref.shape == (2, cfg.n_freqs, 12345 // cfg.hop)
+    assert np.abs(ours - ref).max() <= 1e-5 * ref.max()

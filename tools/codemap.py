@@ -7,8 +7,9 @@ the tree before and after a change (``git worktree add /tmp/before REV``)::
 
     python tools/codemap.py --tree before=/tmp/before --tree after=. --runs 5
 
-Import times are medians of ``--runs`` interpreters per tree, the trees interleaved run by
-run so that both see the same machine load.  Two imports are timed:
+Import times are ``-X importtime``'s cumulative times of the probe's top-level imports,
+medians of ``--runs`` interpreters per tree, the trees interleaved run by run so that both
+see the same machine load.  Two imports are timed:
 
 * ``all runtime``: every runtime module (the PyTorch model and generator included);
 * ``torch-free runtime``: every runtime module that imports with ``torch`` blocked (an
@@ -49,6 +50,8 @@ if block:
                 raise ImportError('torch blocked')
     sys.meta_path.insert(0, Block())
 ok, failed = [], []
+sys.stderr.write("CODEMAP-START\n")
+sys.stderr.flush()
 t0 = time.perf_counter()
 for name in sys.argv[2:]:
     try:
@@ -86,10 +89,22 @@ def count_lines(files: List[Path]) -> int:
 
 
 def probe(root: Path, modules: List[str], block: bool) -> dict:
+    """Import ``modules`` in a fresh ``python -X importtime``; adds ``importtime_s``: the
+    cumulative times of the top-level imports the probe made (after its start marker)."""
     env = dict(os.environ, PYTHONPATH=f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    out = subprocess.run([sys.executable, "-c", PROBE, "block" if block else "all", *modules],
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", PROBE,
+                          "block" if block else "all", *modules],
                          env=env, cwd=str(root), capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    lines = out.stderr.split("CODEMAP-START\n", 1)[-1].splitlines()
+    total_us = 0
+    for line in lines:
+        if line.startswith("import time:") and "|" in line:
+            _, cumulative, name = line.split("|", 2)
+            if not name.startswith("  ") and cumulative.strip().isdigit():
+                total_us += int(cumulative)
+    res["importtime_s"] = total_us / 1e6
+    return res
 
 
 def measure(trees: List[Tuple[str, Path]], runs: int) -> Dict[str, dict]:
@@ -108,8 +123,8 @@ def measure(trees: List[Tuple[str, Path]], runs: int) -> Dict[str, dict]:
         for name, _root in trees:
             i = info[name]
             root = Path(i["root"])
-            i["all_s"].append(probe(root, i["modules"], block=False)["seconds"])
-            i["free_s"].append(probe(root, i["torch_free"], block=True)["seconds"])
+            i["all_s"].append(probe(root, i["modules"], block=False)["importtime_s"])
+            i["free_s"].append(probe(root, i["torch_free"], block=True)["importtime_s"])
     for i in info.values():
         i["all_median_s"] = statistics.median(i["all_s"])
         i["free_median_s"] = statistics.median(i["free_s"])

@@ -3,41 +3,60 @@
 :class:`ModelInfo` stands in for :class:`~a2llm_ros.model.a2llm.A2LLM` as
 ``Backend.model`` of the ONNX Runtime and TensorRT backends: configs,
 vocabulary, text tokenizer and chat prompt, FLAME layout, the log-mel front
-end and the speech codec (its small tensors are read from the checkpoint's
-safetensors), without building or loading the neural networks.
+end (:mod:`a2llm_ros.audio.mel`) and the speech codec's rates, without building
+or loading the neural networks, and without torch.  The graphs cover the
+``kmeans_mel`` speech codec only (its decoder is the ``token2wav`` graph);
+other codecs run in PyTorch (backend kind ``torch``).
 """
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
-import torch
 
-from a2llm_ros.audio.features import log_mel_spectrogram, mel_filterbank
-from a2llm_ros.checkpoint_files import (CODEC_PREFIX, CheckpointError, load_text_tokenizer,
-                                        read_config, resolve_checkpoint)
-from a2llm_ros.constants import WEIGHTS_FILE
+from a2llm_ros.audio.mel import log_mel, mel_filterbank
+from a2llm_ros.checkpoint_files import (CheckpointError, load_text_tokenizer, read_config,
+                                        resolve_checkpoint)
+from a2llm_ros.constants import SPEECH_TOKEN_RATE, WEIGHTS_FILE
+from a2llm_ros.engines.config import EngineError
 from a2llm_ros.flame.layout import FlameLayout
 from a2llm_ros.model.chat import TASK_ANSWER, Prompt, Vocab, build_prompt
-from a2llm_ros.model.a2llm import codec_folder
-from a2llm_ros.model.codecs import make_codec
-from a2llm_ros.model.speech_codec import load_codec_state_dict
+
+#: The speech codec the exported graphs implement.
+GRAPH_CODEC = "kmeans_mel"
+
+
+@dataclass(frozen=True)
+class CodecInfo:
+    """The rates of the graphs' speech codec (its decoder is the ``token2wav`` graph)."""
+
+    sample_rate: int
+
+    @property
+    def samples_per_token(self) -> int:
+        return self.sample_rate // SPEECH_TOKEN_RATE
 
 
 class ModelInfo:
-    """Configs, tokenizer, vocabulary, layouts and codec of a checkpoint (no network weights).
+    """Configs, tokenizer, vocabulary, layouts and codec rates of a checkpoint (no networks).
 
-    Attributes used by :mod:`a2llm_ros.generation`: ``cfg``, ``vocab``,
-    ``text_tokenizer``, ``layout``, ``device``, :meth:`log_mel`,
-    :meth:`prompt`; also ``speech_tokenizer`` / ``token2wav`` (the fitted
-    codec) and ``checkpoint_dir``.
+    Attributes used by :mod:`a2llm_ros.generation` and the graph backends: ``cfg``,
+    ``vocab``, ``text_tokenizer``, ``layout``, ``device``, ``token2wav``
+    (:class:`CodecInfo`), :meth:`log_mel`, :meth:`prompt`; also ``checkpoint_dir``.
     """
 
     def __init__(self, checkpoint_dir: str, n_params: Optional[int] = None):
         self.checkpoint_dir = resolve_checkpoint(checkpoint_dir)
         self.cfg = cfg = read_config(self.checkpoint_dir)
+        if cfg.codec.kind != GRAPH_CODEC:
+            raise EngineError(f"{self.checkpoint_dir}: the exported graphs cover the "
+                              f"{GRAPH_CODEC} speech codec only; this checkpoint's codec is "
+                              f"{cfg.codec.kind} (use backend kind 'torch')")
+        if not os.path.isfile(os.path.join(self.checkpoint_dir, WEIGHTS_FILE)):
+            raise CheckpointError(f"{self.checkpoint_dir}: missing {WEIGHTS_FILE}")
         self.layout = FlameLayout(n_expr=cfg.motion.n_expr)
         self.text_tokenizer = load_text_tokenizer(self.checkpoint_dir, cfg)
         try:
@@ -45,32 +64,14 @@ class ModelInfo:
                                               cfg.llm.vocab_size)
         except ValueError as exc:  # a named token missing, ids beyond the LLM's rows
             raise CheckpointError(f"{self.checkpoint_dir}: {exc}") from exc
-        self.mel_filters = mel_filterbank(cfg.mel)
-        self.speech_tokenizer, self.token2wav = make_codec(
-            cfg.codec, codec_folder(cfg, self.checkpoint_dir))
-        self._load_codec()
-        self.device = torch.device("cpu")
+        self.mel_filters = mel_filterbank(cfg.mel)  # [M, F]
+        self.token2wav = CodecInfo(cfg.codec.sample_rate)
+        self.device = "cpu"
         self._n_params = n_params
 
-    def _load_codec(self) -> None:
-        from safetensors import safe_open
-        path = os.path.join(self.checkpoint_dir, WEIGHTS_FILE)
-        if not os.path.isfile(path):
-            raise CheckpointError(f"{self.checkpoint_dir}: missing {WEIGHTS_FILE}")
-        state = {}
-        with safe_open(path, framework="pt") as f:
-            for key in f.keys():
-                if key.startswith(CODEC_PREFIX):
-                    state[key[len(CODEC_PREFIX):]] = f.get_tensor(key)
-        try:
-            load_codec_state_dict(self.speech_tokenizer, self.token2wav, state)
-        except (KeyError, ValueError) as exc:
-            raise CheckpointError(f"speech codec weights ({CODEC_PREFIX}*): {exc}") from exc
-
-    def log_mel(self, wave) -> torch.Tensor:
+    def log_mel(self, wave) -> np.ndarray:
         """Question wave [N] float32 16 kHz -> log-mel [M, N // 160] (as ``A2LLM.log_mel``)."""
-        wave = torch.as_tensor(np.asarray(wave, dtype=np.float32))
-        return log_mel_spectrogram(wave, self.cfg.mel, self.mel_filters)
+        return log_mel(np.asarray(wave, dtype=np.float32), self.cfg.mel, self.mel_filters)
 
     def prompt(self, n_patches: int, task: int = TASK_ANSWER) -> Prompt:
         """The chat prompt's ids for ``n_patches`` audio positions (as ``A2LLM.prompt``)."""

@@ -268,10 +268,10 @@ class A2llmNode(LifecycleNode):
         if flavour not in ("ros_drivers", "mgonzs13"):
             raise RuntimeError("audio_common_msgs is not importable (install the "
                                "ros-drivers or mgonzs13 audio_common_msgs)")
-        if cfg.model.threads > 0:
-            import torch
-            torch.set_num_threads(cfg.model.threads)
         backend = load_backend_for(cfg.model.checkpoint, cfg.backend)
+        torch = sys.modules.get("torch")  # loaded by the PyTorch backend only
+        if cfg.model.threads > 0 and torch is not None:
+            torch.set_num_threads(cfg.model.threads)
         rate = output_rate_for(cfg.output.sample_rate, backend)
         frontend = AudioFrontEnd(cfg.audio.frontend, on_problem=self._on_audio_problem)
         chunk = max(1, int(round(cfg.output.audio_chunk_ms * rate / 1000.0)))
