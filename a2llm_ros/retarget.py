@@ -64,8 +64,6 @@ class RetargetConfig(ConfigBase):
     latency_lead_s: float = 0.0
     fps: float = float(FLAME_FPS)
 
-    PRESETS = {}
-
     def __post_init__(self):
         self.validate()
 

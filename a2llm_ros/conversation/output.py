@@ -31,13 +31,12 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from a2llm_ros.constants import FLAME_FPS, SAMPLE_RATE
+from a2llm_ros.constants import FLAME_FPS, NS_PER_S, SAMPLE_RATE
 from a2llm_ros.conversation.resample import check_output_rate
 
 __all__ = ["NS_PER_S", "NS_PER_FRAME", "sample_time_ns", "frame_first_sample", "Item",
            "DueQueue", "OutputScheduler", "PacedPublisher"]
 
-NS_PER_S = 1_000_000_000
 NS_PER_FRAME = NS_PER_S // FLAME_FPS      # 40 ms
 #: Audio released more than this after its presentation time counts as late.
 LATE_NS = 20_000_000

@@ -29,11 +29,12 @@ from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
+from a2llm_ros.constants import NS_PER_S
+
 __all__ = ["triangle_soup", "cluster_representatives", "clustered_faces", "decimate_faces",
            "SerializedMeshTemplate", "sentinel_points", "SENTINEL_SEC", "SENTINEL_NANOSEC",
            "NS_PER_S", "set_blas_threads", "get_blas_threads"]
 
-NS_PER_S = 1_000_000_000
 #: Stamp written into the template so its bytes can be found (``sec``, ``nanosec``).
 SENTINEL_SEC = 0x1A2B3C4D
 SENTINEL_NANOSEC = 0x05060708

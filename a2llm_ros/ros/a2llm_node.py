@@ -36,7 +36,7 @@ from rclpy.lifecycle import LifecycleNode, LifecyclePublisher, TransitionCallbac
 
 from a2llm_ros.audio.frontend import (KEPT_AUDIO_REASONS, AudioFormat, AudioFormatError,
                                       AudioFrontEnd)
-from a2llm_ros.constants import SAMPLE_RATE
+from a2llm_ros.constants import NS_PER_S, SAMPLE_RATE
 from a2llm_ros.conversation.resample import check_output_rate
 from a2llm_ros.conversation.runtime import THREAD_JOIN_S, ConversationRuntime
 from a2llm_ros.conversation.session import ConversationSession
@@ -275,7 +275,7 @@ class A2llmNode(LifecycleNode):
         rate = output_rate_for(cfg.output.sample_rate, backend)
         frontend = AudioFrontEnd(cfg.audio.frontend, on_problem=self._on_audio_problem)
         chunk = max(1, int(round(cfg.output.audio_chunk_ms * rate / 1000.0)))
-        out = OutputScheduler(int(cfg.output.lead_s * 1e9), chunk, sample_rate=rate)
+        out = OutputScheduler(int(cfg.output.lead_s * NS_PER_S), chunk, sample_rate=rate)
         rt = _Runtime(cfg=cfg, backend=backend, layout=backend.model.layout, flavour=flavour,
                       frontend=frontend, output_rate=rate)
         rt.warmup_s = warm_up(backend, cfg.generation) if cfg.model.warmup else 0.0
@@ -419,7 +419,7 @@ class A2llmNode(LifecycleNode):
         rt.cfg = dataclasses.replace(rt.cfg, turn=cfg.turn, output=dataclasses.replace(
             rt.cfg.output, lead_s=cfg.output.lead_s))
         rt.session.config = cfg.turn
-        rt.out.lead_ns = int(cfg.output.lead_s * 1e9)
+        rt.out.lead_ns = int(cfg.output.lead_s * NS_PER_S)
         self.get_logger().info(f"updated live parameters: {', '.join(names)}")
 
     # ------------------------------------------------------------------ input callbacks
@@ -458,7 +458,7 @@ class A2llmNode(LifecycleNode):
         if last is not None and 0 < ns < last:
             self._count_input_warning("stamp_backwards")
             self._warn("stamp_backwards", f"microphone header stamp went back "
-                       f"{(last - ns) / 1e9:.3f} s; audio kept in arrival order")
+                       f"{(last - ns) / NS_PER_S:.3f} s; audio kept in arrival order")
 
     def _on_audio_stamped(self, msg) -> None:
         self._check_stamp(msg.header.stamp)

@@ -28,6 +28,7 @@ import numpy as np
 from rclpy.node import Node
 
 from a2llm_ros.configbase import ConfigBase, Bound, at_least
+from a2llm_ros.constants import NS_PER_S
 from a2llm_ros.retarget import RetargetConfig, RetargetConfigError, Retargeter
 from a2llm_ros.ros import msgconv as mc
 from a2llm_ros.conversation.output import PacedPublisher
@@ -42,7 +43,7 @@ PUBLISH_MODES = ("scheduled", "immediate")
 #: Largest overrides of the mapping file's smoothing time constant and latency lead (s).
 MAX_SMOOTHING_TAU_S, MAX_LATENCY_LEAD_S = 10.0, 5.0
 #: A stamp this far behind the last frame handled resets the filter (ns).
-RESET_JUMP_NS = 1_000_000_000
+RESET_JUMP_NS = NS_PER_S
 #: Parameters that may change while running (the mapping is reloaded).
 LIVE = ("preset", "mapping_file", "smoothing_tau_s", "latency_lead_s", "publish_mode",
         "frame_id", "flush_on_interrupt")
@@ -166,8 +167,8 @@ class FlameRetargetNode(Node):
             frames, stamps = self._fresh(frames, stamps)
             if not len(frames):
                 return
-            positions, cmd_s = self.retargeter.process(frames, stamps / 1e9)
-            lead_ns = int(round(self.retargeter.config.latency_lead_s * 1e9))
+            positions, cmd_s = self.retargeter.process(frames, stamps / NS_PER_S)
+            lead_ns = int(round(self.retargeter.config.latency_lead_s * NS_PER_S))
             self._last_ns = int(stamps[-1])
         self.frames_in += len(frames)
         names = self.retargeter.channels
