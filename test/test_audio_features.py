@@ -231,3 +231,17 @@ def test_numpy_stft_matches_torch_stft():
     ref = (spec.abs() ** 2).numpy()
     assert ours.shape == ref.shape == (2, cfg.n_freqs, 12345 // cfg.hop)
     assert np.abs(ours - ref).max() <= 1e-5 * ref.max()
+
+
+@pytest.mark.parametrize("preset", ["tiny", "edge", "paper"])
+def test_numpy_log_mel_equals_the_torch_log_mel(preset):
+    """The NumPy log-mel (``audio.mel``: engine backends without torch) equals the torch one
+    the model was trained with, for every preset (band_norm, Step's padding, 80/128 mels)."""
+    from a2llm_ros.audio import mel
+    cfg = MelConfig.preset(preset)
+    waves = np.stack([_voice_like(1.3), 0.3 * _voice_like(1.3, seed=2)])  # [2, N]
+    ours = mel.log_mel(waves, cfg)  # [2, M, T]
+    ref = log_mel_spectrogram(waves, cfg).numpy()
+    assert ours.shape == ref.shape and ours.dtype == np.float32
+    assert np.abs(ours - ref).max() < 1e-4
+    np.testing.assert_allclose(mel.log_mel(waves[1], cfg), ours[1], atol=1e-6)

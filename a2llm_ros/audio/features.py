@@ -1,5 +1,10 @@
-"""Torch-side audio front end: the log-mel of :mod:`a2llm_ros.audio.mel` as tensors, its
-inverse for the speech codec, resampling and mono mixdown.
+"""Torch-side audio front end: log-mel spectrogram of tensors, its inverse for the speech
+codec, resampling and mono mixdown.
+
+The recipe is in :mod:`a2llm_ros.audio.mel` (its docstring), which also holds the mel scale
+and filterbank (one definition) and the NumPy log-mel that the engine backends use without
+torch.  The torch log-mel here is what the model was trained with;
+``test_audio_features.py`` checks that the two agree for every preset.
 """
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import numpy as np
 import torch
 
 from a2llm_ros.audio import mel
-from a2llm_ros.audio.mel import hz_to_mel, mel_to_hz  # noqa: F401 (re-exported)
+from a2llm_ros.audio.mel import BAND_NORM_RANGE, hz_to_mel, mel_to_hz  # noqa: F401
 from a2llm_ros.audio.signals import resample as resample_array
 from a2llm_ros.model.configs import MelConfig
 
@@ -24,29 +29,58 @@ def mel_filterbank(cfg: MelConfig) -> torch.Tensor:
 
 
 def hann_window(n_fft: int) -> torch.Tensor:
-    """:func:`a2llm_ros.audio.mel.hann_window` (periodic), float32 ``[n_fft]``."""
-    return torch.from_numpy(mel.hann_window(n_fft))
+    """Periodic Hann window, float32 ``[n_fft]`` (``torch.hann_window``; the speech codec's
+    Griffin-Lim and its exported graph use this one)."""
+    return torch.hann_window(n_fft, periodic=True, dtype=torch.float32)
 
 
-def _array(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().float().cpu().numpy()
-    return np.asarray(x, np.float32)
+def power_spectrogram(wave: torch.Tensor, cfg: MelConfig) -> torch.Tensor:
+    """|STFT|^2 of ``[N]`` or ``[B, N]`` -> ``[F, T]`` or ``[B, F, T]``, ``T = N // hop``."""
+    if wave.shape[-1] <= cfg.n_fft // 2:
+        raise ValueError(f"wave too short for the STFT: {wave.shape[-1]} samples "
+                         f"(need > {cfg.n_fft // 2})")
+    spec = torch.stft(wave.float(), cfg.n_fft, cfg.hop, window=hann_window(cfg.n_fft),
+                      center=True, pad_mode="reflect", return_complex=True)  # [.., F, T + 1]
+    return spec[..., :-1].abs() ** 2  # [.., F, T]
 
 
-def mel_power(wave: ArrayLike, cfg: MelConfig,
+def mel_power(wave: torch.Tensor, cfg: MelConfig,
               filters: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """:func:`a2llm_ros.audio.mel.mel_power` of a ``[N]`` / ``[B, N]`` wave, as a tensor."""
-    return torch.from_numpy(mel.mel_power(_array(wave), cfg,
-                                          None if filters is None else _array(filters)))
+    """Mel power spectrogram ``[.., n_mels, T]`` of a ``[N]`` / ``[B, N]`` wave."""
+    filters = mel_filterbank(cfg) if filters is None else filters  # [M, F]
+    return filters @ power_spectrogram(wave, cfg)  # [.., M, T]
 
 
 def log_mel_spectrogram(wave: ArrayLike, cfg: Optional[MelConfig] = None,
                         filters: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """:func:`a2llm_ros.audio.mel.log_mel` of ``[N]`` or ``[B, N]``, as a float32 tensor
-    ``[.., n_mels, (N + pad_samples) // hop]``."""
-    return torch.from_numpy(mel.log_mel(_array(wave), cfg,
-                                        None if filters is None else _array(filters)))
+    """Normalised log-mel of ``[N]`` or ``[B, N]`` -> ``[.., n_mels, (N + pad_samples) // hop]``.
+
+    ``filters`` may pass a precomputed :func:`mel_filterbank` for speed.
+    """
+    cfg = cfg or MelConfig()
+    wave = torch.as_tensor(wave, dtype=torch.float32)
+    if cfg.pad_samples:
+        wave = torch.nn.functional.pad(wave, (0, cfg.pad_samples))
+    log = torch.log10(mel_power(wave, cfg, filters).clamp_min(cfg.log_floor))  # [.., M, T]
+    if cfg.dynamic_range > 0:
+        peak = log.amax(dim=(-2, -1), keepdim=True)  # [.., 1, 1]
+        log = torch.maximum(log, peak - cfg.dynamic_range)
+    out = (log + cfg.offset) / cfg.scale
+    if cfg.band_norm:
+        out = out - speech_band_mean(log, out)
+    return out
+
+
+def speech_band_mean(log: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Per-band mean of ``values`` [.., M, T] over the speech frames of ``log`` -> [.., M, 1].
+
+    Speech frames: mean log level over the bands within :data:`BAND_NORM_RANGE`
+    of the loudest frame (always at least that frame).
+    """
+    level = log.mean(dim=-2)  # [.., T]
+    speech = (level >= level.amax(dim=-1, keepdim=True) - BAND_NORM_RANGE).to(values.dtype)
+    total = (values * speech.unsqueeze(-2)).sum(dim=-1, keepdim=True)  # [.., M, 1]
+    return total / speech.sum(dim=-1)[..., None, None]
 
 
 def mel_power_from_log_mel(log_mel: torch.Tensor, cfg: MelConfig) -> torch.Tensor:

@@ -391,9 +391,9 @@ class ProcessGraph:
     def __init__(self, cfg: gr.GraphConfig, layout: str, log_dir=None):
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-        if cfg.fault is not None or cfg.record or cfg.keep_questions:
-            raise ValueError("fault, record and keep_questions need the in-process graph "
-                             "(graph_run.run_graph)")
+        if cfg.wrap_generator is not None or cfg.record or cfg.keep_questions:
+            raise ValueError("wrap_generator, record and keep_questions need the in-process "
+                             "graph (graph_run.run_graph)")
         self.cfg, self.layout = cfg, layout
         self.sidecar = gr.load_sidecar(cfg.sidecar)
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="a2llm_graph_"))
