@@ -48,7 +48,7 @@ BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "fp8": 1.0}
 TABLE = (("encode_audio_ms", "encode_audio ms", False),
          ("llm_prefill_ms", "LLM prefill ms", False),
          ("decode_ms", "LLM decode step ms", False),
-         ("motion_step_ms", "connector + motion decode ms", False),
+         ("motion_step_ms", "connector+RVQ ms", False),
          ("codec_step_ms", "token2wav chunk ms", False),
          ("decode_steps_per_s", "decode steps/s", True), ("tokens_per_s", "tokens/s (turn)", True),
          ("ttft_ms", "TTFT ms", False), ("ttfa_ms", "TTFA ms (1st FLAME)", False),
@@ -58,7 +58,16 @@ TABLE = (("encode_audio_ms", "encode_audio ms", False),
 
 
 def _rss_mb() -> float:
-    """Peak resident set size of this process (MiB)."""
+    """Peak resident set size of this process (MiB): ``VmHWM`` of /proc/self/status where
+    there is one (``ru_maxrss`` survives ``exec`` on Linux, so a child would report its
+    parent's peak), else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
