@@ -188,3 +188,27 @@ def test_onnxruntime_turn_runs_without_torch(ckpt):
     assert got["torch"] == []
     assert got["codes"] == ref.speech_codes and got["n_audio"] == ref.audio.shape[0]
     np.testing.assert_allclose(np.asarray(got["frames"]), ref.frames, atol=1e-4)
+
+
+@pytest.mark.parametrize("cfg, full", [
+    (GenerationConfig(greedy=True, max_speech_tokens=10), False),
+    (GenerationConfig(seed=3, temperature=0.9, top_k=50, max_speech_tokens=10), False),
+    (GenerationConfig(seed=3, temperature=0.9, top_k=0, max_speech_tokens=10), True)])
+def test_llm_steps_bring_only_the_top_tokens_to_the_host(ckpt, cfg, full):
+    """The LLM graphs mask and rank in-graph: a step fetches ``top_values`` / ``top_ids``
+    (64 each) and the hidden state, the whole logits only when the pick's top-k exceeds 64."""
+    path, _ = ckpt
+    backend = load_backend(path, BackendConfig(kind="onnxruntime"))
+    fetched = []
+    inner = backend.runner.run
+
+    def spy(graph, feeds, profile=None, host=()):
+        if graph.startswith("llm"):
+            fetched.append(tuple(host))
+        return inner(graph, feeds, profile, host)
+
+    backend.runner.run = spy
+    res = StreamingGenerator(backend, cfg).generate(QUESTION)
+    assert len(fetched) >= len(res.speech_codes) > 0
+    assert all(("logits" in h) == full for h in fetched)
+    assert all(("top_ids" in h) != full for h in fetched)

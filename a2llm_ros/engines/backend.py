@@ -123,3 +123,17 @@ def pick_from_host_logits(logits: np.ndarray, pick: Pick, masks, rng: np.random.
         x = np.where(x < kth, -np.inf, x)
     p = np.exp(x - x.max())
     return int(rng.choice(x.size, p=p / p.sum()))
+
+
+def pick_from_top(values: np.ndarray, ids: np.ndarray, pick: Pick,
+                  rng: np.random.Generator) -> int:
+    """:class:`Pick` on a graph's ranked top tokens: ``values`` [K] descending (the pick's
+    masks already applied in the graph), ``ids`` [K].  The pick's ``top_k`` must be
+    1..K when it samples (the caller fetches the whole logits otherwise)."""
+    if pick.forced is not None:
+        return int(pick.forced)
+    if pick.temperature <= 0:
+        return int(ids[0])
+    x = np.asarray(values[:pick.top_k], np.float64) / float(pick.temperature)
+    p = np.exp(x - x.max())
+    return int(ids[rng.choice(x.size, p=p / p.sum())])

@@ -27,9 +27,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from a2llm_ros.constants import SAMPLES_PER_SPEECH_TOKEN
-from a2llm_ros.engines.backend import Backend, LLMStep, Pick, pick_from_host_logits
+from a2llm_ros.engines.backend import (Backend, LLMStep, Pick, pick_from_host_logits,
+                                       pick_from_top)
 from a2llm_ros.engines.config import EngineError
-from a2llm_ros.engines.manifest import MAX_EMBED_IDS, NEEDED
+from a2llm_ros.engines.manifest import KIND_INDEX, MAX_EMBED_IDS, NEEDED
 from a2llm_ros.model.chat import SPEECH, TEXT, n_positions, splice_audio
 
 #: Gumbel noise is drawn from uniforms clamped to [TINY, 1 - TINY].
@@ -88,6 +89,8 @@ class GraphBackend(Backend):
         ccfg = model_info.cfg.connector
         self.n_levels, self.codebook_size = ccfg.n_levels, ccfg.codebook_size
         self._masks: Dict[str, np.ndarray] = {}
+        #: Ranked tokens the LLM graphs return (``top_values`` / ``top_ids``).
+        self.top_k = int(shapes.get("top_k", 0))
 
     # -- Backend ---------------------------------------------------------------------------
     def rng(self, seed: int) -> np.random.Generator:
@@ -98,18 +101,28 @@ class GraphBackend(Backend):
         prompt = self.model.prompt(n_positions(mel.shape[1]))
         embeds = splice_audio(prompt, self.embed_tokens(prompt.ids),
                               self.encode_audio(mel))  # [1, P, H]
-        logits, hidden, cache = self.llm_prefill(embeds)
-        return self.choose(logits, pick, rng), hidden, cache
+        out, cache = self._prefill(embeds, pick)
+        return self.choose(out, pick, rng), self._hidden(out), cache
 
     def decode(self, token: int, cache, pick: Pick, rng) -> LLMStep:
-        logits, hidden, cache = self.llm_decode(token, cache)
-        return self.choose(logits, pick, rng), hidden, cache
+        out, cache = self._decode(token, cache, pick)
+        return self.choose(out, pick, rng), self._hidden(out), cache
 
-    def choose(self, logits: np.ndarray, pick: Pick, rng) -> int:
-        """:class:`Pick` on the runner's host logits [V]."""
+    def _full_logits(self, pick: Optional[Pick]) -> bool:
+        """Whether ``pick`` needs the whole logits rather than the graph's top tokens."""
+        return pick is None or (pick.forced is None and pick.temperature > 0
+                                and not 0 < pick.top_k <= self.top_k)
+
+    def choose(self, out: Dict[str, Any], pick: Pick, rng) -> int:
+        """:class:`Pick` on an LLM graph's outputs: its ranked top tokens (masked in the
+        graph), or its whole logits when the pick's top-k exceeds them."""
+        if not self._full_logits(pick):
+            return pick_from_top(np.asarray(out["top_values"])[0], np.asarray(out["top_ids"])[0],
+                                 pick, rng)
         if not self._masks:
             self._masks = {k: self.model.vocab.kind_mask(k) for k in (TEXT, SPEECH)}
-        return pick_from_host_logits(logits, pick, self._masks, rng)
+        return pick_from_host_logits(np.asarray(out["logits"], np.float32)[0], pick,
+                                     self._masks, rng)
 
     def init_motion_state(self):
         return (self.init_connector_state(), [Zeros(s) for s in self.motion_shapes])
@@ -162,41 +175,57 @@ class GraphBackend(Backend):
 
     # -- LLM -------------------------------------------------------------------------------
     @staticmethod
-    def _head(out) -> Tuple[np.ndarray, np.ndarray]:
-        return np.asarray(out["logits"], np.float32)[0], np.asarray(out["hidden"], np.float32)[0]
+    def _hidden(out) -> np.ndarray:
+        return np.asarray(out["hidden"], np.float32)[0]  # [H]
 
-    def llm_prefill(self, embeds: np.ndarray):
-        """Prompt embeddings [1, P, H] -> (logits [V], hidden [H], cache)."""
+    def _pick_feeds(self, pick: Optional[Pick]) -> Tuple[Dict[str, np.ndarray], Tuple[str, ...]]:
+        """The LLM graphs' pick inputs and the outputs to bring to the host."""
+        kind = KIND_INDEX[pick.allowed] if pick is not None else 0
+        banned = pick.banned if pick is not None and pick.banned is not None else -1
+        feeds = {"kind": np.array([kind], np.int32), "banned": np.array([banned], np.int32)}
+        host = ("logits", "hidden") if self._full_logits(pick) else \
+            ("top_values", "top_ids", "hidden")
+        return feeds, host
+
+    def _prefill(self, embeds: np.ndarray, pick: Optional[Pick]):
         P = int(embeds.shape[1])
         self._check_room(P + 1)
         x = np.ascontiguousarray(np.asarray(embeds, np.float32))
+        feeds, host = self._pick_feeds(pick)
         if self.kv_mode == "dynamic":
-            out = self.runner.run("llm_prefill", {"inputs_embeds": x},
-                                  host=("logits", "hidden"))
+            out = self.runner.run("llm_prefill", {"inputs_embeds": x, **feeds}, host=host)
         else:
             out = self.runner.run("llm", {"inputs_embeds": x,
                                           "past_kv": Zeros(self._kv_shape(self.max_context)),
-                                          "past_len": np.array([0], np.int32)},
-                                  profile="prefill", host=("logits", "hidden"))
-        logits, hidden = self._head(out)
-        return logits, hidden, EngineKV(out["present_kv"], P)
+                                          "past_len": np.array([0], np.int32), **feeds},
+                                  profile="prefill", host=host)
+        return out, EngineKV(out["present_kv"], P)
 
-    def llm_decode(self, token_id: int, cache: EngineKV):
-        """Feed one token -> (logits [V], hidden [H], cache)."""
+    def _decode(self, token_id: int, cache: EngineKV, pick: Optional[Pick]):
         if cache is None:
             raise EngineError("decode() without a KV cache: call prefill() first")
         self._check_room(cache.length + 1)
         tok = np.array([[int(token_id)]], np.int32)
+        feeds, host = self._pick_feeds(pick)
         if self.kv_mode == "dynamic":
-            out = self.runner.run("llm_decode", {"token_id": tok, "past_kv": cache.value},
-                                  host=("logits", "hidden"))
+            out = self.runner.run("llm_decode", {"token_id": tok, "past_kv": cache.value,
+                                                 **feeds}, host=host)
         else:
             emb = self.runner.run("token_embed", {"ids": tok}, profile="one")["embeds"]
             out = self.runner.run("llm", {"inputs_embeds": emb, "past_kv": cache.value,
-                                          "past_len": np.array([cache.length], np.int32)},
-                                  profile="decode", host=("logits", "hidden"))
-        logits, hidden = self._head(out)
-        return logits, hidden, EngineKV(out["present_kv"], cache.length + 1)
+                                          "past_len": np.array([cache.length], np.int32),
+                                          **feeds}, profile="decode", host=host)
+        return out, EngineKV(out["present_kv"], cache.length + 1)
+
+    def llm_prefill(self, embeds: np.ndarray):
+        """Prompt embeddings [1, P, H] -> (logits [V], hidden [H], cache)."""
+        out, cache = self._prefill(embeds, None)
+        return np.asarray(out["logits"], np.float32)[0], self._hidden(out), cache
+
+    def llm_decode(self, token_id: int, cache: EngineKV):
+        """Feed one token -> (logits [V], hidden [H], cache)."""
+        out, cache = self._decode(token_id, cache, None)
+        return np.asarray(out["logits"], np.float32)[0], self._hidden(out), cache
 
     # -- motion connector ------------------------------------------------------------------
     def init_connector_state(self) -> EngineConnectorState:

@@ -11,8 +11,14 @@ from a2llm_ros.constants import CONFIG_FILE, WEIGHTS_FILE
 from a2llm_ros.engines.config import EngineError
 
 FORMAT = "a2llm_ros.onnx_export"
-#: 2: Step-Audio-2 encoder + adaptor and chat prompt (checkpoint format 2).
-FORMAT_VERSION = 2
+#: 2: Step-Audio-2 encoder + adaptor and chat prompt (checkpoint format 2); 3: the LLM
+#: graphs take the schedule's kind and a banned id and also return the top TOP_K tokens.
+FORMAT_VERSION = 3
+#: Most likely tokens the LLM graphs return ranked (``top_values``, ``top_ids``), so a
+#: backend samples from them and fetches the full logits only for larger top-k.
+TOP_K = 64
+#: The LLM graphs' ``kind`` input: no mask, the text ids, the speech ids (enforced schedule).
+KIND_INDEX = {None: 0, "text": 1, "speech": 2}
 MANIFEST = "manifest.json"
 
 #: Longest token_embed call the engines are built for.

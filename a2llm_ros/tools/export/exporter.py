@@ -14,7 +14,7 @@ from typing import Callable, Dict, Iterable, Optional
 import torch
 
 from a2llm_ros.engines.config import BackendConfig, EngineError
-from a2llm_ros.engines.manifest import (FORMAT, FORMAT_VERSION, GRAPHS, MANIFEST,
+from a2llm_ros.engines.manifest import (FORMAT, FORMAT_VERSION, GRAPHS, MANIFEST, TOP_K,
                                         checkpoint_fingerprint, read_json, write_json)
 from a2llm_ros.tools.export.graphs import (OPSET, build_spec, connector_state_shape, kv_shape,
                                            motion_cache_shapes, profile_dims,
@@ -121,7 +121,8 @@ def _state_shapes(model) -> dict:
             "connector_state": list(connector_state_shape(model)),
             "motion_caches": [list(s) for s in motion_cache_shapes(model)],
             "token2wav_state": {k: list(v) for k, v in token2wav_state_shapes(model).items()},
-            "chunk_tokens": model.cfg.codec.chunk_tokens}
+            "chunk_tokens": model.cfg.codec.chunk_tokens,
+            "top_k": min(TOP_K, model.vocab.size)}
 
 
 def _parity_line(name: str, parity: Optional[dict], seconds: float) -> str:

@@ -13,12 +13,21 @@ LLM layers, ``G`` KV heads, ``dh`` head size, ``C`` = ``max_context``)::
 
     audio_encoder   mel [1, M, T]                -> audio_embeds [1, A, H]
     token_embed     ids [1, n] i32               -> embeds [1, n, H]
-    llm_prefill     inputs_embeds [1, P, H]      -> logits [1, V], hidden [1, H],
-                                                    present_kv [L, 2, G, P, dh]
-    llm_decode      token_id [1, 1] i32, past_kv [L, 2, G, P, dh]
-                                                 -> logits, hidden, present_kv [.., P + 1, ..]
-    llm             inputs_embeds [1, T, H], past_kv [L, 2, G, C, dh], past_len [1] i32
-                                                 -> logits, hidden, present_kv [L, 2, G, C, dh]
+    llm_prefill     inputs_embeds [1, P, H], kind [1] i32, banned [1] i32
+                                                 -> logits [1, V], hidden [1, H],
+                                                    present_kv [L, 2, G, P, dh],
+                                                    top_values [1, K], top_ids [1, K] i32
+    llm_decode      token_id [1, 1] i32, past_kv [L, 2, G, P, dh], kind, banned
+                                                 -> logits, hidden, present_kv [.., P + 1, ..],
+                                                    top_values, top_ids
+    llm             inputs_embeds [1, T, H], past_kv [L, 2, G, C, dh], past_len [1] i32,
+                    kind, banned                 -> logits, hidden, present_kv [L, 2, G, C, dh],
+                                                    top_values, top_ids
+
+Every LLM graph also ranks its logits: ``kind`` (0: none, 1: text, 2: speech) adds the
+enforced schedule's mask, ``banned`` (-1: none) masks one id more, and ``TopK`` returns
+the ``K = TOP_K`` (64) most likely tokens, so a backend samples from those and brings
+the whole logits [V] to the host only for a larger top-k.
     connector_step  hidden [1, 5, H], self_kv / mem_kv [N, 2, h, W, dh], prev_codes [1, L] i32,
                     step [1] i32, noise [1, L, K], inv_temperature [1], top_k [1] i32
                                                  -> codes [1, L] i32, logits [1, L, K],
@@ -57,7 +66,7 @@ from torch import nn
 from a2llm_ros.constants import MEL_FRAME_RATE, SAMPLES_PER_SPEECH_TOKEN
 from a2llm_ros.engines.config import BackendConfig
 from a2llm_ros.model.chat import n_positions
-from a2llm_ros.engines.manifest import GRAPHS, MAX_EMBED_IDS
+from a2llm_ros.engines.manifest import GRAPHS, KIND_INDEX, MAX_EMBED_IDS, TOP_K
 from a2llm_ros.model.audio_llm import base_causal_lm
 from a2llm_ros.model.qwen2 import MASK_MIN
 from a2llm_ros.model.speech_codec import _EPS as GL_EPS
@@ -173,7 +182,7 @@ class LLMGraph(nn.Module):
     cos/sin values.
     """
 
-    def __init__(self, llm, max_positions: int):
+    def __init__(self, llm, max_positions: int, vocab):
         super().__init__()
         self.lm = base_causal_lm(llm)
         inner = self.lm.model
@@ -182,6 +191,13 @@ class LLMGraph(nn.Module):
             cos, sin = inner.rope(pos)  # [Pmax, dh] float32
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
+        # additive logit bias per KIND_INDEX row: 0 where allowed, MASK_MIN elsewhere
+        bias = torch.zeros(len(KIND_INDEX), vocab.size)  # [3, V]
+        for kind, row in KIND_INDEX.items():
+            if kind is not None:
+                bias[row] = torch.where(torch.from_numpy(vocab.kind_mask(kind)), 0.0, MASK_MIN)
+        self.register_buffer("kind_bias", bias, persistent=False)
+        self.top_k = min(TOP_K, vocab.size)
 
     @property
     def layers(self):
@@ -191,11 +207,18 @@ class LLMGraph(nn.Module):
         """Rotary rows of absolute positions ``pos`` [T] in ``x``'s dtype."""
         return self.cos[pos].to(x.dtype), self.sin[pos].to(x.dtype)
 
-    def head(self, x):
-        """x [1, T, H] -> (logits [1, V], hidden [1, H] after the final norm) of the last
-        position."""
+    def head(self, x, kind, banned):
+        """x [1, T, H] -> logits [1, V], hidden [1, H] after the final norm of the last
+        position, and the ``top_k`` most likely tokens under the ``kind`` mask with
+        ``banned`` (-1: none) masked too: values [1, K] (descending), ids [1, K] int32."""
         h = self.lm.model.norm(x[:, -1])  # [1, H]
-        return self.lm.logits(h), h
+        logits = self.lm.logits(h)  # [1, V]
+        masked = logits.float() + self.kind_bias[kind.long()]  # [1, V]
+        ids = _arange_like(masked, 1)  # [V]
+        masked = torch.where(ids[None] == banned.long(), torch.full_like(masked, MASK_MIN),
+                             masked)
+        values, top = torch.topk(masked, self.top_k, dim=-1)  # [1, K]
+        return logits, h, values, top.to(torch.int32)
 
 
 def _causal_bias(pos_q, pos_k, like):
@@ -208,7 +231,7 @@ def _causal_bias(pos_q, pos_k, like):
 class LLMPrefillGraph(LLMGraph):
     """Prompt embeddings [1, P, H] -> last logits, last hidden, KV cache [L, 2, G, P, dh]."""
 
-    def forward(self, inputs_embeds):
+    def forward(self, inputs_embeds, kind, banned):
         x = inputs_embeds
         pos = _arange_like(x, 1)  # [P]
         cos, sin = self.rope(pos, x)  # [P, dh]
@@ -218,14 +241,14 @@ class LLMPrefillGraph(LLMGraph):
             q, k, v = layer.qkv(x, cos, sin)  # k, v [1, G, P, dh]
             kv.append(torch.stack([k[0], v[0]]))  # [2, G, P, dh]
             x = layer.attend(x, q, k, v, bias)
-        logits, hidden = self.head(x)
-        return logits, hidden, torch.stack(kv)
+        logits, hidden, values, top = self.head(x, kind, banned)
+        return logits, hidden, torch.stack(kv), values, top
 
 
 class LLMDecodeGraph(LLMGraph):
     """One token [1, 1] + KV cache [L, 2, G, P, dh] -> logits, hidden, cache [.., P + 1, ..]."""
 
-    def forward(self, token_id, past_kv):
+    def forward(self, token_id, past_kv, kind, banned):
         x = self.lm.get_input_embeddings()(token_id.long())  # [1, 1, H]
         pos = _arange_like(past_kv, 3)[-1:] + 1  # [1] = P
         cos, sin = self.rope(pos, x)  # [1, dh]
@@ -236,14 +259,14 @@ class LLMDecodeGraph(LLMGraph):
             v = torch.cat([past_kv[i, 1][None], v], dim=2)
             kv.append(torch.stack([k[0], v[0]]))
             x = layer.attend(x, q, k, v)  # one query sees every key (as Qwen2LM.forward)
-        logits, hidden = self.head(x)
-        return logits, hidden, torch.stack(kv)
+        logits, hidden, values, top = self.head(x, kind, banned)
+        return logits, hidden, torch.stack(kv), values, top
 
 
 class LLMStaticGraph(LLMGraph):
     """T new positions over a fixed-capacity cache (see module docstring)."""
 
-    def forward(self, inputs_embeds, past_kv, past_len):
+    def forward(self, inputs_embeds, past_kv, past_len, kind, banned):
         x = inputs_embeds
         start = past_len.long()  # [1]
         offs = _arange_like(x, 1)  # [T]
@@ -262,8 +285,8 @@ class LLMStaticGraph(LLMGraph):
             v = torch.where(write[:, None], v[0][:, src], past_kv[i, 1])
             kv.append(torch.stack([k, v]))
             x = layer.attend(x, q, k[None], v[None], bias)
-        logits, hidden = self.head(x)
-        return logits, hidden, torch.stack(kv)
+        logits, hidden, values, top = self.head(x, kind, banned)
+        return logits, hidden, torch.stack(kv), values, top
 
 
 # ----------------------------------------------------------------------------- connector
@@ -579,30 +602,41 @@ def _spec_embed(model, cfg, dims):
 
 
 def _llm_outputs(model, kv_len):
-    V, H = model.vocab.size, _hidden(model)
+    V, H, K = model.vocab.size, _hidden(model), min(TOP_K, model.vocab.size)
     return [IOSpec("logits", "float32", (1, V)), IOSpec("hidden", "float32", (1, H)),
-            IOSpec("present_kv", "float32", kv_shape(model, kv_len))]
+            IOSpec("present_kv", "float32", kv_shape(model, kv_len)),
+            IOSpec("top_values", "float32", (1, K)), IOSpec("top_ids", "int32", (1, K))]
+
+
+#: The LLM graphs' pick inputs (the schedule's kind, a banned id) and their example values.
+PICK_INPUTS = [IOSpec("kind", "int32", (1,)), IOSpec("banned", "int32", (1,))]
+
+
+def _pick_example() -> Dict[str, torch.Tensor]:
+    return {"kind": torch.tensor([2], dtype=torch.int32),
+            "banned": torch.tensor([3], dtype=torch.int32)}
 
 
 def _spec_prefill(model, cfg, dims):
     gen = torch.Generator().manual_seed(1)
     H = _hidden(model)
     return GraphSpec(
-        "llm_prefill", LLMPrefillGraph(model.llm, cfg.max_context),
-        [IOSpec("inputs_embeds", "float32", (1, "prompt_len", H))],
+        "llm_prefill", LLMPrefillGraph(model.llm, cfg.max_context, model.vocab),
+        [IOSpec("inputs_embeds", "float32", (1, "prompt_len", H))] + PICK_INPUTS,
         _llm_outputs(model, "prompt_len"),
-        {"inputs_embeds": _rand((1, 9, H), gen)}, description="LLM prefill (dynamic cache)")
+        {"inputs_embeds": _rand((1, 9, H), gen), **_pick_example()},
+        description="LLM prefill (dynamic cache)")
 
 
 def _spec_decode(model, cfg, dims):
     gen = torch.Generator().manual_seed(2)
     outs = _llm_outputs(model, "present_len")
     return GraphSpec(
-        "llm_decode", LLMDecodeGraph(model.llm, cfg.max_context),
+        "llm_decode", LLMDecodeGraph(model.llm, cfg.max_context, model.vocab),
         [IOSpec("token_id", "int32", (1, 1)),
-         IOSpec("past_kv", "float32", kv_shape(model, "past_len"))], outs,
+         IOSpec("past_kv", "float32", kv_shape(model, "past_len"))] + PICK_INPUTS, outs,
         {"token_id": torch.tensor([[5]], dtype=torch.int32),
-         "past_kv": _rand(kv_shape(model, 11), gen, 0.5)},
+         "past_kv": _rand(kv_shape(model, 11), gen, 0.5), **_pick_example()},
         description="LLM single-step decode (dynamic cache)")
 
 
@@ -611,15 +645,16 @@ def _spec_static(model, cfg, dims):
     H, C = _hidden(model), cfg.max_context
     inputs = [IOSpec("inputs_embeds", "float32", (1, "query_len", H)),
               IOSpec("past_kv", "float32", kv_shape(model, C)),
-              IOSpec("past_len", "int32", (1,))]
+              IOSpec("past_len", "int32", (1,))] + PICK_INPUTS
     kv = kv_shape(model, C)
     prompt = dims["prompt_len"]
     profiles = {"prefill": {"inputs_embeds": tuple((1, p, H) for p in prompt)},
                 "decode": {"inputs_embeds": ((1, 1, H),) * 3}}
     return GraphSpec(
-        "llm", LLMStaticGraph(model.llm, cfg.max_context), inputs, _llm_outputs(model, C),
+        "llm", LLMStaticGraph(model.llm, cfg.max_context, model.vocab), inputs,
+        _llm_outputs(model, C),
         {"inputs_embeds": _rand((1, 7, H), gen), "past_kv": torch.zeros(kv),
-         "past_len": torch.tensor([0], dtype=torch.int32)},
+         "past_len": torch.tensor([0], dtype=torch.int32), **_pick_example()},
         profiles=profiles, description="LLM prefill/decode over a fixed-capacity cache")
 
 

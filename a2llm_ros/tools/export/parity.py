@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from a2llm_ros.constants import SAMPLES_PER_SPEECH_TOKEN
-from a2llm_ros.engines.config import BackendConfig
+from a2llm_ros.engines.config import BackendConfig, EngineError
 from a2llm_ros.tools.export.graphs import (connector_state_shape, motion_cache_shapes,
                                            token2wav_state_shapes)
 from a2llm_ros.model.speech_codec import OUTPUT_DELAY
@@ -93,6 +93,21 @@ def _embed(name, path, model, cfg, tol):
     return _result(errs, tol)
 
 
+#: The LLM graphs' pick inputs when nothing is masked (full-logit parity).
+NO_PICK = {"kind": np.array([0], np.int32), "banned": np.array([-1], np.int32)}
+
+
+def _check_top(out, logits) -> None:
+    """The graph's ranked top tokens (outputs 3, 4) are the largest of PyTorch's logits."""
+    ref = torch.as_tensor(logits).float().reshape(-1)
+    values, ids = np.asarray(out[3][0]), np.asarray(out[4][0])
+    want = torch.topk(ref, values.shape[0]).values.numpy()
+    if np.abs(values - want).max() > 1e-3 or not np.all(np.diff(values) <= 0):
+        raise EngineError(f"LLM graph top tokens differ from PyTorch's top-{values.shape[0]}")
+    if np.abs(ref.numpy()[ids] - values).max() > 1e-3:
+        raise EngineError("LLM graph top ids do not index their values")
+
+
 def _torch_kv(cache) -> np.ndarray:
     """Qwen2LM's per-layer (k, v) [1, G, T, dh] -> [L, 2, G, T, dh] (batch 1)."""
     return torch.stack([torch.stack([k[0], v[0]]) for k, v in cache]).numpy()
@@ -111,7 +126,8 @@ def _llm(name, path, model, cfg, tol):
         logits, hidden, cache = backend.llm_prefill(x)
         kv = _torch_kv(cache)
         if name == "llm_prefill":
-            out = s.run(None, {"inputs_embeds": x.numpy()})
+            out = s.run(None, {"inputs_embeds": x.numpy(), **NO_PICK})
+            _check_top(out, logits)
             errs.update({f"P={P} logits": _err(out[0][0], logits),
                          f"P={P} hidden": _err(out[1][0], hidden), f"P={P} kv": _err(out[2], kv)})
             continue
@@ -119,7 +135,8 @@ def _llm(name, path, model, cfg, tol):
             C = cfg.max_context
             past = np.zeros(kv_shape(model, C), np.float32)
             out = s.run(None, {"inputs_embeds": x.numpy(), "past_kv": past,
-                               "past_len": np.array([0], np.int32)})
+                               "past_len": np.array([0], np.int32), **NO_PICK})
+            _check_top(out, logits)
             errs.update({f"P={P} logits": _err(out[0][0], logits),
                          f"P={P} kv": _err(out[2][:, :, :, :P], kv),
                          f"P={P} unused slots": float(np.abs(out[2][:, :, :, P:]).max())})
@@ -133,12 +150,14 @@ def _llm(name, path, model, cfg, tol):
             if name == "llm":
                 e = model.embed_ids([[tok]]).numpy()  # token_embed has its own check
                 out = s.run(None, {"inputs_embeds": e, "past_kv": past,
-                                   "past_len": np.array([n - 1], np.int32)})
+                                   "past_len": np.array([n - 1], np.int32), **NO_PICK})
                 got_kv = out[2][:, :, :, :n]
             else:
-                out = s.run(None, {"token_id": np.array([[tok]], np.int32), "past_kv": past})
+                out = s.run(None, {"token_id": np.array([[tok]], np.int32), "past_kv": past,
+                                   **NO_PICK})
                 got_kv = out[2]
             past = out[2]
+            _check_top(out, logits)
             errs.update({f"P={P} step {step} logits": _err(out[0][0], logits),
                          f"P={P} step {step} hidden": _err(out[1][0], hidden),
                          f"P={P} step {step} kv": _err(got_kv, kv)})
