@@ -31,11 +31,10 @@ from safetensors.torch import load_file, save_file
 
 import a2llm_ros
 from a2llm_ros.config import PATH_FIELDS, A2LLMConfig
-from a2llm_ros.checkpoint_files import (  # noqa: F401 (one definition, re-exported)
-    BACKBONE_PREFIXES, CODEC_PREFIX, DEFAULT_CHECKPOINT, FORMAT, FORMAT_VERSION, LLM_PREFIX,
-    CheckpointError, backbone_dir, load_text_tokenizer, read_config, resolve_backbone,
-    resolve_checkpoint)
-from a2llm_ros.constants import CONFIG_FILE, LORA_DIR, TOKENIZER_FILE, WEIGHTS_FILE  # noqa: F401
+from a2llm_ros.checkpoint_files import (BACKBONE_PREFIXES, CODEC_PREFIX, FORMAT,
+                                        FORMAT_VERSION, CheckpointError, load_text_tokenizer,
+                                        read_config, resolve_backbone, resolve_checkpoint)
+from a2llm_ros.constants import CONFIG_FILE, LORA_DIR, WEIGHTS_FILE
 from a2llm_ros.model.a2llm import A2LLM
 from a2llm_ros.model.speech_codec import codec_state_dict, load_codec_state_dict
 

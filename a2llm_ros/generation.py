@@ -5,13 +5,14 @@ explicit :class:`GeneratorState`:
 
 * :meth:`~StreamingGenerator.start` validates the question wave, computes its
   log-mel, runs the audio encoder and adaptor and prefills the LLM with
-  Step-Audio-2's chat prompt (see :mod:`a2llm_ros.model.audio_llm`), the
+  Step-Audio-2's chat prompt (see :mod:`a2llm_ros.model.chat`), the
   adaptor outputs in place of the ``<audio_patch>`` tokens.
-* :meth:`~StreamingGenerator.step` samples ONE answer token, reads it
+* :meth:`~StreamingGenerator.step` takes ONE answer token (chosen by the backend
+  in the previous call as :class:`TokenChooser` asked: with
+  ``InterleaveConfig.enforce`` masked to the kind the
+  :class:`~a2llm_ros.model.chat.Schedule` expects), reads it
   (:class:`AnswerReader`: text and speech ids by range, padding dropped,
-  ``<|EOT|>`` ends the answer; with ``InterleaveConfig.enforce`` the logits
-  are masked to the kind the :class:`~a2llm_ros.model.chat.Schedule`
-  expects), feeds it to the LLM with the KV cache and returns the events it
+  ``<|EOT|>`` ends the answer), feeds it to the LLM with the KV cache and returns the events it
   caused, in time order: a :class:`TextEvent` per text token; every ``SPEECH_TOKENS_PER_SEGMENT``
   (5) speech tokens go through ``Token2Wav.step`` (an :class:`AudioEvent` when
   audio is ready: at once for the tiny codec, 5 x 640 samples = 200 ms; per

@@ -101,8 +101,8 @@ def default_model():
     """The shipped default checkpoint (one torch thread); skipped when it is not built."""
     import torch
 
-    from a2llm_ros import checkpoint
-    if not os.path.isfile(os.path.join(checkpoint.DEFAULT_CHECKPOINT, "config.json")):
+    from a2llm_ros import checkpoint, checkpoint_files
+    if not os.path.isfile(os.path.join(checkpoint_files.DEFAULT_CHECKPOINT, "config.json")):
         pytest.skip("the default checkpoint is not built (make default-checkpoint)")
     torch.set_num_threads(1)
     return checkpoint.load_checkpoint("default")

@@ -91,11 +91,12 @@ def test_weight_errors_name_keys(tiny_dir, tmp_path):
     assert "connector.bos" in msg and "extra.thing" in msg and "encoder.conv1.bias" in msg
 
 
-def test_resolve_default_and_missing(tmp_path):
-    from a2llm_ros import checkpoint
-    if not os.path.isdir(checkpoint.DEFAULT_CHECKPOINT):
-        with pytest.raises(FileNotFoundError, match="a2llm init"):
-            resolve_checkpoint("default")
+def test_resolve_default_and_missing(tmp_path, monkeypatch):
+    from a2llm_ros import checkpoint_files
+    assert resolve_checkpoint("default") == checkpoint_files.DEFAULT_CHECKPOINT
+    monkeypatch.setattr(checkpoint_files, "DEFAULT_CHECKPOINT", str(tmp_path / "not_built"))
+    with pytest.raises(FileNotFoundError, match="make default-checkpoint"):
+        resolve_checkpoint("default")
     with pytest.raises(FileNotFoundError, match="not found"):
         resolve_checkpoint(str(tmp_path / "nope"))
     with pytest.raises(FileNotFoundError, match="config.json"):

@@ -27,6 +27,7 @@ exported graphs on ONNX Runtime or TensorRT).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Tuple
 
@@ -102,11 +103,9 @@ class Backend:
 
 def pick_from_host_logits(logits: np.ndarray, pick: Pick, masks, rng: np.random.Generator
                           ) -> int:
-    """:class:`Pick` on host logits [V] (engine runners whose logits are NumPy arrays).
-
-    ``masks`` maps ``"text"`` / ``"speech"`` to bool [V] arrays.  Top-k keeps the
-    ``top_k`` largest logits, the draw is categorical over the softmax.
-    """
+    """:class:`Pick` on host logits [V]: the masks applied here (``masks`` maps ``"text"`` /
+    ``"speech"`` to bool [V] arrays), then the pick's top-k ranked and drawn from as
+    :func:`pick_from_top` does (all of V for top-k 0)."""
     if pick.forced is not None:
         return int(pick.forced)
     x = np.asarray(logits, np.float64).reshape(-1)
@@ -117,12 +116,10 @@ def pick_from_host_logits(logits: np.ndarray, pick: Pick, masks, rng: np.random.
         x = np.where(keep, x, -np.inf)
     if pick.temperature <= 0:
         return int(np.argmax(x))
-    x = x / float(pick.temperature)
-    if pick.top_k and pick.top_k < x.size:
-        kth = np.partition(x, -pick.top_k)[-pick.top_k]
-        x = np.where(x < kth, -np.inf, x)
-    p = np.exp(x - x.max())
-    return int(rng.choice(x.size, p=p / p.sum()))
+    k = pick.top_k if 0 < pick.top_k < x.size else x.size
+    ids = np.argpartition(-x, k - 1)[:k]  # the k largest, unordered
+    ids = ids[np.argsort(-x[ids], kind="stable")]  # [k] descending
+    return pick_from_top(x[ids], ids, dataclasses.replace(pick, top_k=k), rng)
 
 
 def pick_from_top(values: np.ndarray, ids: np.ndarray, pick: Pick,
