@@ -88,9 +88,10 @@ class GraphBackend(Backend):
         self.chunk_tokens = int(shapes["chunk_tokens"])
         ccfg = model_info.cfg.connector
         self.n_levels, self.codebook_size = ccfg.n_levels, ccfg.codebook_size
-        self._masks: Dict[str, np.ndarray] = {}
+        #: The schedule's kind masks, for picks that need the whole logits on the host.
+        self._masks = {k: model_info.vocab.kind_mask(k) for k in (TEXT, SPEECH)}
         #: Ranked tokens the LLM graphs return (``top_values`` / ``top_ids``).
-        self.top_k = int(shapes.get("top_k", 0))
+        self.top_k = int(shapes["top_k"])
 
     # -- Backend ---------------------------------------------------------------------------
     def rng(self, seed: int) -> np.random.Generator:
@@ -119,8 +120,6 @@ class GraphBackend(Backend):
         if not self._full_logits(pick):
             return pick_from_top(np.asarray(out["top_values"])[0], np.asarray(out["top_ids"])[0],
                                  pick, rng)
-        if not self._masks:
-            self._masks = {k: self.model.vocab.kind_mask(k) for k in (TEXT, SPEECH)}
         return pick_from_host_logits(np.asarray(out["logits"], np.float32)[0], pick,
                                      self._masks, rng)
 

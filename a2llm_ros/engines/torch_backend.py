@@ -35,7 +35,9 @@ class TorchBackend(Backend):
 
     def __init__(self, model: A2LLM):
         self.model = model.eval()
-        self._masks: Dict[str, torch.Tensor] = {}
+        #: The schedule's kind masks [V] on the model's device.
+        self._masks: Dict[str, torch.Tensor] = {
+            k: torch.from_numpy(model.vocab.kind_mask(k)).to(model.device) for k in (TEXT, SPEECH)}
 
     # -- Backend -------------------------------------------------------------------------
     def rng(self, seed: int) -> torch.Generator:
@@ -85,17 +87,12 @@ class TorchBackend(Backend):
             return int(pick.forced)
         logits = logits.detach().float()
         if pick.allowed is not None:
-            keep = self._mask(pick.allowed, logits.device)
+            keep = self._masks[pick.allowed].to(logits.device)
             if pick.banned is not None:
                 keep = keep.clone()
                 keep[pick.banned] = False
             logits = logits.masked_fill(~keep, float("-inf"))
         return int(sample_codes(logits[None], pick.temperature, rng, pick.top_k)[0])
-
-    def _mask(self, kind: str, device) -> torch.Tensor:
-        if kind not in self._masks:
-            self._masks[kind] = torch.from_numpy(self.model.vocab.kind_mask(kind)).to(device)
-        return self._masks[kind]
 
     # -- the model's lower-level calls (parity checks, benchmarks, the reference) --------
     @torch.no_grad()
