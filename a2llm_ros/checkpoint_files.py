@@ -16,7 +16,7 @@ from a2llm_ros.model.text_tokenizer import TextTokenizer, TokenizerError
 
 FORMAT = "a2llm_ros.checkpoint"
 FORMAT_VERSION = 2
-CODEC_PREFIX, LLM_PREFIX = "codec.", "llm."
+CODEC_PREFIX = "codec."
 #: Parts whose weights a Step-Audio-2-mini backbone folder provides.
 BACKBONE_PREFIXES = ("llm.", "encoder.", "adapter.")
 #: Where ``default`` points: the shipped checkpoint inside the package.
@@ -51,11 +51,6 @@ def resolve_backbone(path: str, base_dir: Optional[str]) -> str:
     if os.path.isabs(path) or base_dir is None:
         return path
     return os.path.join(base_dir, path)
-
-
-def backbone_dir(ckpt_dir: str, cfg: A2LLMConfig) -> str:
-    """Absolute path of the Step-Audio-2-mini folder named by a checkpoint's config."""
-    return resolve_backbone(cfg.llm.backbone, os.path.abspath(ckpt_dir))
 
 
 def read_config(ckpt_dir: str) -> A2LLMConfig:
