@@ -212,3 +212,21 @@ def test_llm_steps_bring_only_the_top_tokens_to_the_host(ckpt, cfg, full):
     assert len(fetched) >= len(res.speech_codes) > 0
     assert all(("logits" in h) == full for h in fetched)
     assert all(("top_ids" in h) != full for h in fetched)
+
+
+def test_model_info_refuses_a_codec_the_graphs_do_not_cover(ckpt, tmp_path):
+    """A checkpoint with Step-Audio-2's token2wav codec runs in PyTorch only: the engine
+    backends' ModelInfo says so by name instead of loading half a model."""
+    import json
+    from a2llm_ros.model.configs import SpeechCodecConfig
+    path, _ = ckpt
+    copy = str(tmp_path / "step_codec")
+    shutil.copytree(path, copy, ignore=shutil.ignore_patterns("onnx"))
+    meta_path = os.path.join(copy, "config.json")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    meta["config"]["codec"] = SpeechCodecConfig.step().to_dict()
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    with pytest.raises(EngineError, match="kmeans_mel speech codec only.*step_token2wav.*torch"):
+        ModelInfo(copy)
