@@ -52,6 +52,9 @@ def test_bench_exports_missing_graphs_and_prints_ratio_table(ckpt, capsys, tmp_p
         assert r["ttft_ms"]["n"] == 1 and r["ttfa_ms"]["mean"] >= r["ttft_ms"]["mean"] > 0
         assert r["rtf"]["mean"] > 0 and r["peak_rss_mb"] > 0 and r["device"] == "cpu"
         assert r["codec_step_ms"]["n"] == 2  # 10 speech tokens = two 5-token chunks
+        # the breakdown inside prefill / decode is timed on every backend
+        assert r["llm_prefill_ms"]["n"] == 1 and r["encode_audio_ms"]["n"] == 1
+        assert r["llm_decode_ms"]["n"] == r["decode_ms"]["n"]
     assert "error" in res["backends"]["tensorrt"]
     assert res["speech_tokens"] == 10 and res["answer_s"] == pytest.approx(0.4)
 

@@ -102,11 +102,11 @@ class GraphBackend(Backend):
         prompt = self.model.prompt(n_positions(mel.shape[1]))
         embeds = splice_audio(prompt, self.embed_tokens(prompt.ids),
                               self.encode_audio(mel))  # [1, P, H]
-        out, cache = self._prefill(embeds, pick)
+        out, cache = self.llm_prefill_outputs(embeds, pick)
         return self.choose(out, pick, rng), self._hidden(out), cache
 
     def decode(self, token: int, cache, pick: Pick, rng) -> LLMStep:
-        out, cache = self._decode(token, cache, pick)
+        out, cache = self.llm_decode_outputs(token, cache, pick)
         return self.choose(out, pick, rng), self._hidden(out), cache
 
     def _full_logits(self, pick: Optional[Pick]) -> bool:
@@ -186,7 +186,9 @@ class GraphBackend(Backend):
             ("top_values", "top_ids", "hidden")
         return feeds, host
 
-    def _prefill(self, embeds: np.ndarray, pick: Optional[Pick]):
+    def llm_prefill_outputs(self, embeds: np.ndarray, pick: Optional[Pick]):
+        """Prompt embeddings [1, P, H] -> (the graph's outputs, cache); only those ``pick``
+        needs are on the host (all logits when ``pick`` is None)."""
         P = int(embeds.shape[1])
         self._check_room(P + 1)
         x = np.ascontiguousarray(np.asarray(embeds, np.float32))
@@ -200,7 +202,8 @@ class GraphBackend(Backend):
                                   profile="prefill", host=host)
         return out, EngineKV(out["present_kv"], P)
 
-    def _decode(self, token_id: int, cache: EngineKV, pick: Optional[Pick]):
+    def llm_decode_outputs(self, token_id: int, cache: EngineKV, pick: Optional[Pick]):
+        """Feed one token -> (the graph's outputs, cache), as :meth:`llm_prefill_outputs`."""
         if cache is None:
             raise EngineError("decode() without a KV cache: call prefill() first")
         self._check_room(cache.length + 1)
@@ -218,12 +221,12 @@ class GraphBackend(Backend):
 
     def llm_prefill(self, embeds: np.ndarray):
         """Prompt embeddings [1, P, H] -> (logits [V], hidden [H], cache)."""
-        out, cache = self._prefill(embeds, None)
+        out, cache = self.llm_prefill_outputs(embeds, None)
         return np.asarray(out["logits"], np.float32)[0], self._hidden(out), cache
 
     def llm_decode(self, token_id: int, cache: EngineKV):
         """Feed one token -> (logits [V], hidden [H], cache)."""
-        out, cache = self._decode(token_id, cache, None)
+        out, cache = self.llm_decode_outputs(token_id, cache, None)
         return np.asarray(out["logits"], np.float32)[0], self._hidden(out), cache
 
     # -- motion connector ------------------------------------------------------------------

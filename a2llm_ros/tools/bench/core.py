@@ -46,8 +46,12 @@ from a2llm_ros.generation import (AudioEvent, FlameEvent, GenerationConfig, Stre
 #: calls that the PyTorch and graph backends make inside ``prefill`` / ``decode``.
 TIMED = ("prefill", "decode", "motion_step", "codec_step", "encode_audio", "llm_prefill",
          "llm_decode")
-#: The lower-level calls (wrapped on the inner backend's instance).
-INNER_TIMED = ("encode_audio", "llm_prefill", "llm_decode")
+#: The lower-level calls (wrapped on the inner backend's instance): timed name -> the
+#: backend method that implements it, the first one the backend has (the graph backends'
+#: ``prefill`` / ``decode`` run ``llm_*_outputs``, PyTorch's ``llm_prefill`` / ``llm_decode``).
+INNER_TIMED = {"encode_audio": ("encode_audio",),
+               "llm_prefill": ("llm_prefill_outputs", "llm_prefill"),
+               "llm_decode": ("llm_decode_outputs", "llm_decode")}
 
 
 class TimedBackend(Backend):
@@ -58,9 +62,10 @@ class TimedBackend(Backend):
     def __init__(self, inner: Backend):
         self.inner, self.model, self.kind = inner, inner.model, inner.kind
         self.times: Dict[str, List[float]] = defaultdict(list)
-        for name in INNER_TIMED:
-            if hasattr(inner, name):
-                setattr(inner, name, self._timer(name, getattr(inner, name)))
+        for name, methods in INNER_TIMED.items():
+            method = next((m for m in methods if hasattr(inner, m)), None)
+            if method is not None:
+                setattr(inner, method, self._timer(name, getattr(inner, method)))
 
     def _timer(self, name: str, fn):
         def timed(*args):
