@@ -3,8 +3,10 @@
     ros2 launch a2llm_ros a2llm.launch.py mic_topic:=/audio/audio_stamped \
         backend:=tensorrt checkpoint:=/path/to/ckpt preview:=true
 
-Every node reads ``params_file`` (default config/a2llm.yaml); the arguments
-below override single parameters.  ``a2llm bringup`` starts the same nodes
+Every node reads ``params_file`` (default config/a2llm.yaml); a2llm_node then
+reads ``turn_params_file`` (default: the same file; ``config/fast_turns.yaml``
+for fast turn-taking, docs/latency.md); the arguments below override single
+parameters.  ``a2llm bringup`` starts the same nodes
 with the same parameters in one process (its options mirror these arguments).
 """
 from launch import LaunchDescription
@@ -22,6 +24,8 @@ ARGUMENTS = {
     "namespace": ("", "namespace of every node"),
     "params_file": (PathJoinSubstitution([FindPackageShare(PACKAGE), "config", "a2llm.yaml"]),
                     "ROS 2 parameter file of all nodes"),
+    "turn_params_file": (LaunchConfiguration("params_file"),
+                         "second parameter file of a2llm_node, e.g. config/fast_turns.yaml"),
     "mic_topic": ("/audio/audio_stamped", "microphone topic (a2llm_node audio.topic)"),
     "backend": ("auto", "engine kind: auto, torch, onnxruntime or tensorrt"),
     "checkpoint": ("default", "checkpoint directory, or 'default'"),
@@ -39,11 +43,12 @@ def generate_launch_description():
     args = [DeclareLaunchArgument(name, default_value=default, description=text)
             for name, (default, text) in ARGUMENTS.items()]
     params_file = LaunchConfiguration("params_file")
+    turn_params_file = LaunchConfiguration("turn_params_file")
     use_sim_time = ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)
     a2llm = LifecycleNode(
         package=PACKAGE, executable="a2llm_node", name="a2llm_node",
         namespace=LaunchConfiguration("namespace"), output="screen",
-        parameters=[params_file, {
+        parameters=[params_file, turn_params_file, {
             "use_sim_time": use_sim_time,
             "autostart": ParameterValue(LaunchConfiguration("autostart"), value_type=bool),
             "audio.topic": ParameterValue(LaunchConfiguration("mic_topic"), value_type=str),

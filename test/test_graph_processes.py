@@ -199,7 +199,7 @@ def test_bench_compares_one_process_with_process_per_node(checkpoint, tmp_path, 
                "--graph-out", str(tmp_path)])
     stdout = capsys.readouterr().out
     assert rc == 0, stdout
-    assert "| Layout | Preview | Answered | EoS → FLAME p50 ms |" in stdout
+    assert "| Layout | Preview | Answered | End-pointing p50 ms | EoS → FLAME p50 / p95" in stdout
     report = json.loads((tmp_path / "graph_compare.json").read_text())
     runs = {r["layout"]: r for r in report["runs"]}
     assert set(runs) == {"one-process", "per-node"}

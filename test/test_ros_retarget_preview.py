@@ -73,7 +73,7 @@ def test_retarget_applies_mapping_limits_and_rates(recorded_bag, preset):
 
     from a2llm_ros.retarget import RetargetConfig, Retargeter
     from a2llm_ros.ros.flame_retarget_node import FlameRetargetNode
-    from a2llm_ros.ros.paths import retarget_preset_file
+    from a2llm_ros.paths import retarget_preset_file
     from a2llm_ros.ros.qos import output_qos
     bag, frames = recorded_bag
     chunks = _replay(bag)

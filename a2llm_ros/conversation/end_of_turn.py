@@ -32,6 +32,9 @@ class EndOfTurnHead:
     bias: float
     #: Probability at or above which a pause is taken as the end of the turn.
     threshold: float
+    #: ``vad.speech_pad_ms`` the head was trained with (None: not recorded); its
+    #: features depend on the silence padding the utterance.
+    pad_ms: Optional[float] = None
 
     def probability(self, hidden) -> float:
         """p(the question is complete) for a prompt's last hidden state [H]."""
@@ -43,8 +46,9 @@ class EndOfTurnHead:
         return float(1.0 / (1.0 + np.exp(-z))) if np.isfinite(z) else 0.0
 
     def to_dict(self) -> dict:
-        return {"mean": self.mean.tolist(), "std": self.std.tolist(),
-                "weight": self.weight.tolist(), "bias": self.bias, "threshold": self.threshold}
+        out = {"mean": self.mean.tolist(), "std": self.std.tolist(),
+               "weight": self.weight.tolist(), "bias": self.bias, "threshold": self.threshold}
+        return out if self.pad_ms is None else {**out, "pad_ms": self.pad_ms}
 
     @classmethod
     def from_dict(cls, data: dict, path: str = HEAD_FILE) -> "EndOfTurnHead":
@@ -52,13 +56,14 @@ class EndOfTurnHead:
             arrays = [np.asarray(data[k], np.float64).reshape(-1)
                       for k in ("mean", "std", "weight")]
             bias, threshold = float(data["bias"]), float(data["threshold"])
+            pad_ms = None if data.get("pad_ms") is None else float(data["pad_ms"])
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{path}: not an end-of-turn head ({err})") from err
         if len({a.size for a in arrays}) != 1 or not all(np.isfinite(a).all() for a in arrays) \
                 or (arrays[1] <= 0).any() or not 0.0 < threshold < 1.0:
             raise ValueError(f"{path}: end-of-turn head with mismatched, non-finite or "
                              f"non-positive values, or a threshold outside (0, 1)")
-        return cls(*arrays, bias=bias, threshold=threshold)
+        return cls(*arrays, bias=bias, threshold=threshold, pad_ms=pad_ms)
 
 
 def load_end_of_turn(checkpoint_dir: Optional[str]) -> Optional[EndOfTurnHead]:

@@ -50,6 +50,11 @@ hidden state right after its prefill and commits at once (reason
 ``end_of_turn``) when it takes the pause for the end; ``min_silence_ms`` stays
 the fallback.  Counted in ``counters``: ``speculations_started``,
 ``speculations_committed``, ``speculations_dropped``, ``end_of_turn_commits``.
+If the user speaks again after such a commit (before ``min_silence_ms`` of
+silence), barge-in (``TurnConfig.barge_in`` not ``off``) stops the answer with
+reason ``question_continued`` and the end-pointer continues the same utterance
+(:meth:`~.turns.TurnDetector.rejoin`): the next answer is to the whole question
+(counted in ``end_of_turn_rejoins``).
 
 Barge-in (``TurnConfig.barge_in``): ``off`` ignores the user while the avatar
 thinks or speaks (the end-pointer is reset afterwards, so the avatar's own
@@ -166,7 +171,7 @@ class TurnGenerator(Protocol):
 
 #: Counters of speculative answers (module docstring, "Speculation").
 SPECULATION_COUNTERS = ("speculations_started", "speculations_committed",
-                        "speculations_dropped", "end_of_turn_commits")
+                        "speculations_dropped", "end_of_turn_commits", "end_of_turn_rejoins")
 
 
 @dataclasses.dataclass
@@ -190,6 +195,8 @@ class _Turn:
     #: (start_sample, end_sample) of the utterance a speculative turn answers.
     span: Optional[Tuple[int, int]] = None
     held: List[Event] = dataclasses.field(default_factory=list)
+    #: Committed by the end-of-turn head at a pause (the user may still go on).
+    early: bool = False
 
     @property
     def held_end(self) -> bool:
@@ -227,7 +234,7 @@ class ConversationSession:
         self.counters: Dict[str, int] = collections.defaultdict(int)
         if vad_config.speculate_after_ms > 0:  # shown in diagnostics from the start
             for name in SPECULATION_COUNTERS:
-                if name != "end_of_turn_commits" or self.end_of_turn is not None:
+                if not name.startswith("end_of_turn") or self.end_of_turn is not None:
                     self.counters[name] = 0
         self.state = "idle"
         self.turn_id = 0
@@ -402,6 +409,7 @@ class ConversationSession:
         if utterance is None:
             self.counters["end_of_turn_commits"] += 1
             self.detector.end_utterance()
+            turn.early = True
         reason = ("end_of_turn" if utterance is None
                   else "forced_end" if utterance.forced else "utterance_end")
         self._set_state("thinking", reason)
@@ -434,6 +442,11 @@ class ConversationSession:
 
     def _interrupt(self, reason: str) -> None:
         self.counters["barge_ins"] += 1
+        if self._turn is not None and self._turn.early and self.detector.rejoin():
+            # The head took a pause for the end and the user went on: the answer is
+            # dropped and the question continues (it is answered whole).
+            self.counters["end_of_turn_rejoins"] += 1
+            reason = "question_continued"
         self._set_state("interrupted", reason)
         self._close_turn(cancel=True)
         self.turn_id += 1

@@ -14,6 +14,12 @@ segment an :class:`UtteranceEnd` would carry if the pause went on to
 is already there); a voiced chunk after it emits :class:`SpeechResumed`.  The
 session may start the answer on the first and must drop it on the second.
 
+When the session takes a pause for the end itself (:meth:`TurnDetector.end_utterance`,
+the end-of-turn head), the utterance's audio is kept until ``min_silence_ms`` of
+silence would have ended it anyway.  If the user speaks again before that, the
+session may call :meth:`TurnDetector.rejoin` (on barge-in): the new speech
+continues the same utterance, so its segment holds the whole question.
+
 A candidate interrupted by an unvoiced chunk is a blip and is forgotten.  Once
 in speech, chunks count as voiced down to ``threshold - hysteresis``.  An
 utterance reaching ``max_utterance_s`` is force-ended (``forced=True``).  The
@@ -108,6 +114,10 @@ class TurnDetector:
         self._silence_ms = 0.0   # unvoiced run inside speech
         self._last_voiced_end = 0
         self._paused = False     # a PauseStart was emitted for the current pause
+        #: Onset of an utterance ended by the session at a pause (``end_utterance``)
+        #: that speech may still continue (``rejoin``); None once the pause has lasted
+        #: ``min_silence_ms``.
+        self._rejoin_onset: Optional[int] = None
 
     @property
     def in_speech(self) -> bool:
@@ -136,7 +146,12 @@ class TurnDetector:
         events.append(Activity(frame.start_sample, frame.prob, voiced))
         if self.state == "speech":
             self._in_speech(frame, voiced, events)
-        elif voiced:
+            return
+        if self._rejoin_onset is not None and self.state == "silence" and \
+                frame.end_sample - self._last_voiced_end >= _ms_to_samples(
+                    self.config.min_silence_ms):
+            self._rejoin_onset = None  # the silence end-pointer would have ended it here
+        if voiced:
             if self.state == "silence":
                 self.state, self._onset, self._voiced_ms = "candidate", frame.start_sample, 0.0
             self._voiced_ms += CHUNK_MS
@@ -167,9 +182,24 @@ class TurnDetector:
 
     def end_utterance(self) -> None:
         """The session took the current pause for the end (no :class:`UtteranceEnd`
-        follows); voiced audio after it starts a new utterance."""
+        follows); voiced audio after it starts a new utterance, unless :meth:`rejoin`."""
         if self.state == "speech":
             self.state, self._paused = "silence", False
+            self._rejoin_onset = self._onset
+
+    @property
+    def can_rejoin(self) -> bool:
+        """Speech after an :meth:`end_utterance` pause shorter than ``min_silence_ms``."""
+        return self._rejoin_onset is not None and self.state in ("candidate", "speech")
+
+    def rejoin(self) -> bool:
+        """Make the speech under way continue the utterance ended by :meth:`end_utterance`
+        (its segment then starts at that utterance's pre-roll).  False when it cannot
+        (:attr:`can_rejoin`)."""
+        if not self.can_rejoin:
+            return False
+        self._onset, self._rejoin_onset = self._rejoin_onset, None
+        return True
 
     def _segment(self, end: int):
         """(samples [n], start, end) of the utterance from its pre-roll up to ``end``."""
@@ -179,12 +209,14 @@ class TurnDetector:
 
     def _cut(self, end: int, forced: bool) -> UtteranceEnd:
         segment, start, end = self._segment(end)
-        self.state, self._paused = "silence", False
+        self.state, self._paused, self._rejoin_onset = "silence", False, None
         return UtteranceEnd(segment, start, end, forced)
 
     def _trim(self) -> None:
         # Keep pre-roll + the candidate in silence/candidate; everything in speech.
-        if self.state in ("speech", "candidate"):
+        if self._rejoin_onset is not None:
+            keep_from = self._rejoin_onset - self._pad
+        elif self.state in ("speech", "candidate"):
             keep_from = self._onset - self._pad
         else:
             keep_from = self.vad.next_sample - self._pad

@@ -33,7 +33,7 @@ from a2llm_ros.retarget import RetargetConfig, RetargetConfigError, Retargeter
 from a2llm_ros.ros import msgconv as mc
 from a2llm_ros.conversation.output import PacedPublisher
 from a2llm_ros.ros.params import ParameterBinding, ParamError
-from a2llm_ros.ros.paths import retarget_preset_file
+from a2llm_ros.paths import retarget_preset_file
 from a2llm_ros.ros.qos import output_qos
 
 __all__ = ["RetargetNodeParams", "FlameRetargetNode", "main", "load_mapping"]

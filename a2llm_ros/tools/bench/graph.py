@@ -55,6 +55,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from a2llm_ros.constants import SPEECH_TOKEN_RATE
+from a2llm_ros.tools.bench.graph_pauses import FIXTURES, guard_rows, guard_summary
 
 __all__ = ["add_graph_arguments", "run_graph", "graph_metrics", "summarise", "TURN_KEYS"]
 
@@ -102,6 +103,16 @@ def add_graph_arguments(parser) -> None:
                         metavar="NAME=VALUE",
                         help="--graph: an a2llm_node parameter (YAML value), e.g. "
                              "vad.speculate_after_ms=200; repeatable")
+    parser.add_argument("--graph-fixture", choices=FIXTURES, default="questions",
+                        help="--graph: the bench's questions (default), or 'pause': the pause "
+                             "fixture (held-out voice, a 300-600 ms pause inside each "
+                             "question) with false cuts, barge-in stops and latencies per "
+                             "question (a2llm_ros/tools/bench/graph_pauses.py)")
+    parser.add_argument("--graph-questions", type=int, default=50,
+                        help="--graph-fixture pause: the first N of the 50 questions")
+    parser.add_argument("--graph-turn-config", default=None, metavar="FILE",
+                        help="--graph: a2llm_node parameters from this file too (a path or "
+                             "a name in config/, e.g. fast_turns.yaml), before --graph-param")
     parser.add_argument("--graph-layouts", default=",".join(LAYOUTS),
                         help=f"--graph-compare: comma-separated layouts out of "
                              f"{', '.join(LAYOUTS)} (default all)")
@@ -172,7 +183,16 @@ def graph_config(args, bag, sidecar, tokens: int, preview: bool, namespace: str 
         params={"generation.max_speech_tokens": tokens, "generation.min_speech_tokens": tokens,
                 "model.threads": int(_opt(args, "threads", 1)),
                 "backend.kind": str(_opt(args, "graph_backend", "auto")),
+                **turn_config_params(_opt(args, "graph_turn_config", None)),
                 **graph_params(_opt(args, "graph_params", []))})
+
+
+def turn_config_params(config: Optional[str]) -> dict:
+    """a2llm_node parameters of ``--graph-turn-config`` ({} without one)."""
+    if not config:
+        return {}
+    from a2llm_ros.tools.bench.turns import node_overrides
+    return node_overrides(config)
 
 
 def graph_params(items: List[str]) -> dict:
@@ -205,6 +225,9 @@ def _bench_bag(args, out: Path, answer_s: float):
     """(bag, sidecar): --graph-bag, or the generated question bag."""
     from a2llm_ros.tools.rosgraph.graph_run import load_sidecar, write_question_bag
     given = _opt(args, "graph_bag", None)
+    if _opt(args, "graph_fixture", "questions") == "pause" and not given:
+        from a2llm_ros.tools.bench.graph_pauses import write_pause_bag
+        return write_pause_bag(out, int(_opt(args, "graph_questions", 50)), answer_s)
     if given:
         side = Path(given).with_name(Path(given).name + ".json")
         return Path(given), load_sidecar(side) if side.exists() else {"utterances": []}
@@ -289,7 +312,9 @@ def build_report(res, inproc: Dict[int, dict], gr, args, tokens: int) -> dict:
     """Everything written to graph_bench.json."""
     import datetime
     rows = [graph_metrics(t, inproc.get(t.turn_id)) for t in res.turns]
+    pauses = guard_rows(res)
     return {
+        "pause_guard": guard_summary(pauses) if pauses else None, "pause_questions": pauses,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                     "processor": platform.processor() or platform.machine()},
@@ -381,6 +406,9 @@ def markdown(report: dict) -> str:
     if report["dropped"]:
         facts.append("counters: " + ", ".join(f"{k}={v}" for k, v in report["dropped"].items()))
     late = report.get("lateness") or {}
+    if report.get("pause_guard"):
+        facts.append("pause fixture:\n\n" + pause_markdown(
+            [(report.get("layout", IN_PROCESS), report["pause_guard"])]))
     facts.append(f"layout {report.get('layout', IN_PROCESS)}; output lateness max: audio "
                  f"{_cell(late.get('audio_max_ms'), '{:+.0f}')} ms, FLAME "
                  f"{_cell(late.get('flame_max_ms'), '{:+.0f}')} ms")
@@ -488,7 +516,14 @@ def run_compare(args, out: Path, bag, sidecar, tokens: int) -> int:
     print(table)
     print(f"wrote {json_path}, {out / 'graph_compare.md'}; process logs in "
           f"{out / 'graph_logs'}")
-    return 0 if all(r.get("answered") == r.get("questions") for r in runs) else 1
+    return 0 if all(_all_answered(r) for r in runs) else 1
+
+
+def _all_answered(run: dict) -> bool:
+    guard = run.get("pause_guard")
+    if guard:
+        return guard["answered"] == guard["questions"]
+    return run.get("answered") == run.get("questions")
 
 
 def compare_run(args, out: Path, bag, sidecar, tokens: int, layout: str, preview: bool,
@@ -519,7 +554,15 @@ def compare_row(res) -> dict:
             "lateness_ms": res.lateness_ms(), "published_late": published_late(res),
             "processes": process_rows(res),
             "face_commands": res.face_commands, "markers": len(res.markers),
-            "lifecycle_state": res.lifecycle_state, "turns": rows}
+            "lifecycle_state": res.lifecycle_state, "turns": rows,
+            **pause_fields(res)}
+
+
+def pause_fields(res) -> dict:
+    """``pause_guard`` (summary) and ``pause_questions`` (rows) of a pause-fixture replay;
+    {} for other bags."""
+    rows = guard_rows(res)
+    return {"pause_guard": guard_summary(rows), "pause_questions": rows} if rows else {}
 
 
 def published_late(res) -> dict:
@@ -560,7 +603,8 @@ def compare_report(args, runs: List[dict], tokens: int, questions: int) -> dict:
                        "(player + collector) runs in the bench process"}}
 
 
-COMPARE_HEADER = ("Layout", "Preview", "Answered", "EoS → FLAME p50 ms", "EoS → FLAME max ms",
+COMPARE_HEADER = ("Layout", "Preview", "Answered", "End-pointing p50 ms",
+                  "EoS → FLAME p50 / p95 / max ms",
                   "Audio late max ms", "FLAME late max ms", "Published late (node)",
                   "CPU % of one core", "Shutdown s (exit status)")
 
@@ -601,7 +645,8 @@ def compare_markdown(report: dict) -> str:
             continue
         late, ttff = run["lateness_ms"], run["ttff_ms"]
         cells = head + [f"{run['answered']}/{run['questions']}",
-                        _cell(ttff.get("p50"), "{:.0f}"), _cell(ttff.get("max"), "{:.0f}"),
+                        _cell(run["endpoint_ms"].get("p50"), "{:.0f}"),
+                        " / ".join(_cell(ttff.get(k), "{:.0f}") for k in ("p50", "p95", "max")),
                         _cell(late.get("audio_max_ms"), "{:+.0f}"),
                         _cell(late.get("flame_max_ms"), "{:+.0f}"),
                         _published_cell(run.get("published_late", {})),
@@ -614,4 +659,28 @@ def compare_markdown(report: dict) -> str:
              f"{report['speech_tokens']} speech tokens ({report['answer_s']:.1f} s), replay "
              f"{report['rate']:g}x"]
     facts += [f"**{k}**: {v}" for k, v in report["definitions"].items()]
-    return "\n".join(lines) + "\n\n" + "\n".join(f"- {f}" for f in facts) + "\n"
+    guards = [(f"{r['layout']}, preview {'on' if r['preview'] else 'off'}", r["pause_guard"])
+              for r in report["runs"] if r.get("pause_guard")]
+    pauses = ("\n" + pause_markdown(guards) + "\n") if guards else ""
+    return "\n".join(lines) + "\n" + pauses + "\n" + "\n".join(f"- {f}" for f in facts) + "\n"
+
+
+PAUSE_HEADER = ("Run", "False cuts", "Cut questions answered after their end",
+                "Cut answer stopped (max)",
+                "End-pointing p50 / p95 ms", "EoS → FLAME p50 / p95 / max ms")
+
+
+def pause_markdown(guards) -> str:
+    """The pause-fixture table: one row per (name, :func:`guard_summary`)."""
+    lines = ["| " + " | ".join(PAUSE_HEADER) + " |", "|---|" + "---:|" * 5]
+    for name, g in guards:
+        ep, ff = g["endpoint_ms"], g["ttff_ms"]
+        lines.append(
+            f"| {name} | {g['false_cuts']}/{g['questions']} "
+            f"({_cell(g['false_cut_pct'], '{:.0f}')} %)"
+            f" | {g['answered_after_cut']}/{g['false_cuts']} "
+            f"| {_cell(g['stop_ms_max'], '{:.0f} ms')} "
+            f"| {_cell(ep['p50'], '{:.0f}')} / {_cell(ep['p95'], '{:.0f}')} "
+            f"| {_cell(ff['p50'], '{:.0f}')} / {_cell(ff['p95'], '{:.0f}')} / "
+            f"{_cell(ff['max'], '{:.0f}')} |")
+    return "\n".join(lines) + "\n"

@@ -34,6 +34,11 @@ class PausedQuestion:
     pause: Tuple[int, int]   # [start, end) samples of the inserted silence
     speech_end: int          # sample where the question's speech ends
 
+    @property
+    def speech_start(self) -> int:
+        """Sample where the question's speech starts (after the lead silence)."""
+        return int(LEAD_S * SAMPLE_RATE)
+
 
 def split_point(text: str) -> Tuple[str, str]:
     """``text`` split at its first comma, else before its last word."""

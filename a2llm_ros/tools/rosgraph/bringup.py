@@ -6,6 +6,8 @@ options with the same meaning (a given option overrides the file, like a
 launch argument)::
 
     launch argument   bringup option       parameter
+    params_file       --config             (all nodes' parameter file)
+    turn_params_file  --turn-config        (a2llm_node's second file)
     namespace         --namespace          (all nodes' namespace)
     mic_topic         --mic-topic          a2llm_node audio.topic
     backend           --backend            a2llm_node backend.kind
@@ -48,6 +50,7 @@ LAUNCH_TO_OPTION = {
     "checkpoint": "checkpoint", "engine_path": "engine_path", "use_sim_time": "use_sim_time",
     "autostart": "autostart", "retarget": "retarget", "retarget_preset": "retarget_preset",
     "preview": "preview", "preview_model": "preview_model", "params_file": "config",
+    "turn_params_file": "turn_config",
 }
 
 
@@ -55,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=DEFAULT_CONFIG,
                         help="ROS 2 parameter file (a path, or a name in config/; "
                              "default a2llm.yaml)")
+    parser.add_argument("--turn-config", dest="turn_config", default=None,
+                        help="second parameter file, read after --config (a path, or a name "
+                             "in config/: fast_turns.yaml for fast turn-taking)")
     parser.add_argument("--namespace", default="", help="namespace of every node")
     parser.add_argument("--mic-topic", dest="mic_topic", default=None,
                         help="microphone topic (a2llm_node audio.topic)")
@@ -86,8 +92,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def ros_arguments(args) -> List[str]:
     """Global ROS arguments: parameter file, namespace, use_sim_time, extras."""
-    from a2llm_ros.ros.paths import config_file
+    from a2llm_ros.paths import config_file
     out = ["--ros-args", "--params-file", config_file(args.config)]
+    if getattr(args, "turn_config", None):
+        out += ["--params-file", config_file(args.turn_config)]
     if args.namespace:
         ns = args.namespace if args.namespace.startswith("/") else "/" + args.namespace
         out += ["-r", f"__ns:={ns}"]

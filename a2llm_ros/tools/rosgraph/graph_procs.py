@@ -438,7 +438,7 @@ class ProcessGraph:
         self._wait_matched()
 
     def _params_file(self) -> str:
-        from a2llm_ros.ros.paths import config_file
+        from a2llm_ros.paths import config_file
         return config_file(self.cfg.params_file)
 
     def _make_collector(self) -> gr.Collector:
@@ -548,6 +548,7 @@ class ProcessGraph:
             t_play_end=(wall0 + player.stats.wall_s) if wall0 is not None else None,
             t_end=t_end, timed_out=timed_out, play_stats=player.stats,
             utterance_ends=gr.utterance_ends(self.sidecar, player, wall0, cfg.rate),
+            bag_origin=gr.bag_origin(self.sidecar, player, wall0, cfg.rate),
             states=list(col.states), texts=list(col.texts), audio=list(col.audio),
             frames=list(col.frames), chunks=list(col.chunks),
             diagnostics=list(col.diagnostics), logs=list(col.logs),

@@ -502,6 +502,8 @@ class GraphResult:
     processes: List[Any] = dataclasses.field(default_factory=list)
     #: This process (player and collector) as a ProcessRecord; None in-process.
     client: Any = None
+    #: Monotonic time of the sidecar's time 0 (:func:`bag_origin`); None without one.
+    bag_origin: Optional[float] = None
 
     @property
     def answered(self) -> List[TurnResult]:
@@ -617,7 +619,7 @@ def _node_parameters(cfg: GraphConfig, ns: str, audio_topics: Dict[str, str]) ->
 def _cli_args(params_file: Optional[str]) -> Optional[List[str]]:
     if not params_file:
         return None
-    from a2llm_ros.ros.paths import config_file
+    from a2llm_ros.paths import config_file
     return ["--ros-args", "--params-file", config_file(params_file)]
 
 
@@ -917,21 +919,28 @@ def _result(graph: _Graph, cfg: GraphConfig, timed_out: bool, t_end: float,
         resources=list(graph.sampler.samples), node_values=values, lifecycle_state=lifecycle,
         threads_alive=alive, recorded=dict(graph.recorded), backend_kind=kind,
         node_config=node_cfg, probe=list(graph.probe_log),
-        ros_offset_s=time.time() - time.monotonic(), warmup_s=warmup)
+        ros_offset_s=time.time() - time.monotonic(), warmup_s=warmup,
+        bag_origin=bag_origin(graph.sidecar, player, wall0, cfg.rate))
     res.turns = build_turns(res, node_cfg.vad.min_silence_ms / 1000.0)
     return res
 
 
-def utterance_ends(sidecar, player, wall0, rate) -> List[Tuple[float, str]]:
+def bag_origin(sidecar, player, wall0, rate) -> Optional[float]:
+    """Monotonic time (s) of the sidecar's time 0: a sidecar time ``x_s`` was played at
+    ``origin + x_s / rate``.  None without a sidecar or before playback."""
     if not sidecar or wall0 is None:
-        return []
+        return None
     t0_ns = int(sidecar.get("t0_ns", player.bag_start_ns))
-    out = []
-    for utt in sidecar.get("utterances", []):
-        bag_ns = t0_ns + int(round(float(utt["offset_s"]) * NS_PER_S))
-        wall = wall0 + (bag_ns - player.start_ns) / NS_PER_S / rate
-        out.append((wall, str(utt.get("text", ""))))
-    return out
+    return wall0 + (t0_ns - player.start_ns) / NS_PER_S / rate
+
+
+def utterance_ends(sidecar, player, wall0, rate) -> List[Tuple[float, str]]:
+    """(monotonic s, text) of every sidecar utterance's end (``offset_s``)."""
+    origin = bag_origin(sidecar, player, wall0, rate)
+    if origin is None:
+        return []
+    return [(origin + float(utt["offset_s"]) / rate, str(utt.get("text", "")))
+            for utt in sidecar.get("utterances", [])]
 
 
 # ----------------------------------------------------------------------------- analysis

@@ -11,7 +11,7 @@ from typing import List
 __all__ = ["data_dirs", "config_file", "retarget_preset_file"]
 
 PACKAGE = "a2llm_ros"
-SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def data_dirs() -> List[str]:
