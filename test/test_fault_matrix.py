@@ -97,7 +97,11 @@ def test_malformed_bag_node_survives_reports_and_keeps_outputs(checkpoint, bags,
     print("diagnostics counters:", counts)
     assert counts["input_dropped.empty"] == 1
     assert counts["input_dropped.oversized"] == 1
-    assert counts["input_warnings.non_finite"] == 2  # NaN / Inf samples zeroed, audio kept
+    # NaN / Inf samples zeroed, audio kept: the NaN and the Inf message always; the five
+    # random-byte mp3 messages too when one overtakes its AudioInfo (two topics, see
+    # below) and is read as F32LE, where random bytes hold NaN/Inf patterns (seen once in
+    # a full `make test` on 2 busy cores, 2026-12-05: 5)
+    assert 2 <= counts["input_warnings.non_finite"] <= 2 + 5
     # info and audio travel on two topics: a message may overtake the info change
     assert 4 <= counts["input_dropped.unsupported_coding"] <= 6
     assert counts["input_dropped.odd_byte_count"] >= 1
