@@ -274,6 +274,9 @@ def test_end_of_turn_head_file_is_validated_and_the_shipped_one_loads(tmp_path):
     (tmp_path / HEAD_FILE).write_text(json.dumps(bad))
     with pytest.raises(ValueError, match="non-positive"):
         load_end_of_turn(str(tmp_path))
+    (tmp_path / HEAD_FILE).write_text(json.dumps(dict(good.to_dict(), pad_ms=-96.0)))
+    with pytest.raises(ValueError, match="negative pad_ms"):
+        load_end_of_turn(str(tmp_path))
     (tmp_path / HEAD_FILE).write_text(json.dumps({"mean": [0.0]}))
     with pytest.raises(ValueError, match="not an end-of-turn head"):
         load_end_of_turn(str(tmp_path))

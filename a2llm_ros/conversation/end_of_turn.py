@@ -60,9 +60,11 @@ class EndOfTurnHead:
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{path}: not an end-of-turn head ({err})") from err
         if len({a.size for a in arrays}) != 1 or not all(np.isfinite(a).all() for a in arrays) \
-                or (arrays[1] <= 0).any() or not 0.0 < threshold < 1.0:
+                or (arrays[1] <= 0).any() or not 0.0 < threshold < 1.0 \
+                or (pad_ms is not None and not (np.isfinite(pad_ms) and pad_ms >= 0.0)):
             raise ValueError(f"{path}: end-of-turn head with mismatched, non-finite or "
-                             f"non-positive values, or a threshold outside (0, 1)")
+                             f"non-positive values, a threshold outside (0, 1) or a "
+                             f"negative pad_ms")
         return cls(*arrays, bias=bias, threshold=threshold, pad_ms=pad_ms)
 
 

@@ -312,9 +312,8 @@ def build_report(res, inproc: Dict[int, dict], gr, args, tokens: int) -> dict:
     """Everything written to graph_bench.json."""
     import datetime
     rows = [graph_metrics(t, inproc.get(t.turn_id)) for t in res.turns]
-    pauses = guard_rows(res)
     return {
-        "pause_guard": guard_summary(pauses) if pauses else None, "pause_questions": pauses,
+        **pause_fields(res),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                     "processor": platform.processor() or platform.machine()},

@@ -57,13 +57,17 @@ def node_overrides(config: str = FAST_TURNS) -> Dict[str, object]:
 
     from a2llm_ros.paths import config_file
     with open(config_file(config)) as f:
-        section = yaml.safe_load(f)["/**/a2llm_node"]["ros__parameters"]
-    out: Dict[str, object] = {}
+        return _dotted(yaml.safe_load(f)["/**/a2llm_node"]["ros__parameters"])
 
-    def flat(d, prefix=""):
-        for k, v in d.items():
-            flat(v, f"{prefix}{k}.") if isinstance(v, dict) else out.__setitem__(prefix + k, v)
-    flat(section)
+
+def _dotted(tree: Dict[str, object], prefix: str = "") -> Dict[str, object]:
+    """Nested parameter maps -> {dotted name: value}."""
+    out: Dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
     return out
 
 
@@ -115,23 +119,18 @@ class _Timeline(SessionSink):
         return [k for _, k in self.thinking if k not in self.first_audio]
 
 
-class _Questions:
-    """Generator factory wrapper that records every question wave's length."""
+class _Recording:
+    """A generator that records the length of every question wave it starts on."""
 
-    def __init__(self, factory):
-        self.factory, self.lengths = factory, []
+    def __init__(self, generator, lengths: List[int]):
+        self._generator, self._lengths = generator, lengths
 
-    def __call__(self):
-        gen, lengths = self.factory(), self.lengths
+    def __getattr__(self, name):
+        return getattr(self._generator, name)
 
-        class Recording:
-            def __getattr__(self, name):
-                return getattr(gen, name)
-
-            def start(self, wave, turn_id=None):
-                lengths.append(len(wave))
-                return gen.start(wave, turn_id)
-        return Recording()
+    def start(self, wave, turn_id=None):
+        self._lengths.append(len(wave))
+        return self._generator.start(wave, turn_id)
 
 
 def run_question(audio: np.ndarray, speech_end: int, vad: VadConfig, generator_factory,
@@ -141,8 +140,9 @@ def run_question(audio: np.ndarray, speech_end: int, vad: VadConfig, generator_f
     first audio (``whole_answer``: its final text).  Worker time after each ``thinking``
     is summed until that turn's first audio.  Returns the timeline and the question wave
     lengths the generator got."""
-    sink, questions = _Timeline(), _Questions(generator_factory)
-    session = ConversationSession(questions, sink, TurnConfig(), vad, end_of_turn=end_of_turn)
+    sink, lengths = _Timeline(), []
+    session = ConversationSession(lambda: _Recording(generator_factory(), lengths), sink,
+                                  TurnConfig(), vad, end_of_turn=end_of_turn)
     wave = np.concatenate([audio, np.zeros(int(DRAIN_S * SAMPLE_RATE), np.float32)])
     done = sink.texts if whole_answer else sink.first_audio
     i = 0
@@ -158,7 +158,7 @@ def run_question(audio: np.ndarray, speech_end: int, vad: VadConfig, generator_f
         if any(t >= speech_end and k in done for t, k in sink.thinking):
             break
     sink.counters = dict(session.counters)
-    return sink, questions.lengths
+    return sink, lengths
 
 
 def _normal(text: str) -> str:
