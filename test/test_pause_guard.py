@@ -82,10 +82,20 @@ def test_bringup_reads_the_turn_parameter_file_after_the_main_one():
     assert [f.rsplit("/", 1)[-1] for f in files] == ["a2llm.yaml", "fast_turns.yaml"]
 
 
+def test_bench_graph_refuses_a_bag_and_the_pause_fixture_together(tmp_path, capsys):
+    from a2llm_ros.tools.cli import main
+    rc = main(["bench", "--graph", "--checkpoint", "default", "--graph-fixture", "pause",
+               "--graph-bag", str(tmp_path / "bag"), "--graph-out", str(tmp_path)])
+    assert rc == 2 and "exclude each other" in capsys.readouterr().err
+
+
 @pytest.mark.ros
-def test_bench_graph_pause_fixture_reports_the_guard(default_model, tmp_path, capsys):
-    """Two pause-fixture questions through the graph with fast turn-taking: every question
-    answered after its true end, and the table printed."""
+@pytest.mark.parametrize("layout", [[], ["--processes"]], ids=["in-process", "per-node"])
+def test_bench_graph_pause_fixture_reports_the_guard(default_model, layout, tmp_path, capsys):
+    """Two pause-fixture questions through the graph with fast turn-taking, the nodes in
+    this process or each in its own (the launch layout): every question answered after
+    its true end, and the table printed.  (``default_model``: skips without the shipped
+    checkpoint.)"""
     from conftest import require_ros
     require_ros()
     from a2llm_ros.tools.cli import main
@@ -93,7 +103,7 @@ def test_bench_graph_pause_fixture_reports_the_guard(default_model, tmp_path, ca
     rc = main(["bench", "--graph", "--checkpoint", "default", "--graph-fixture", "pause",
                "--graph-questions", "2", "--speech-tokens", "25",
                "--graph-turn-config", "fast_turns.yaml", "--json", str(json_path),
-               "--graph-out", str(tmp_path)])
+               "--graph-out", str(tmp_path)] + layout)
     stdout = capsys.readouterr().out
     assert rc == 0, stdout
     assert "| Run | False cuts |" in stdout

@@ -145,6 +145,10 @@ def run_graph(args) -> int:
         args, "json", None) else DEFAULT_OUT) or ".")
     out.mkdir(parents=True, exist_ok=True)
     tokens = int(_opt(args, "speech_tokens", 75))
+    if _opt(args, "graph_bag", None) and _opt(args, "graph_fixture", "questions") != "questions":
+        print("a2llm bench --graph: --graph-bag and --graph-fixture pause exclude each other",
+              file=sys.stderr)
+        return 2
     bag, sidecar = _bench_bag(args, out, tokens / SPEECH_TOKEN_RATE)
     if _opt(args, "graph_compare", False):
         return run_compare(args, out, bag, sidecar, tokens)
@@ -225,7 +229,7 @@ def _bench_bag(args, out: Path, answer_s: float):
     """(bag, sidecar): --graph-bag, or the generated question bag."""
     from a2llm_ros.tools.rosgraph.graph_run import load_sidecar, write_question_bag
     given = _opt(args, "graph_bag", None)
-    if _opt(args, "graph_fixture", "questions") == "pause" and not given:
+    if _opt(args, "graph_fixture", "questions") == "pause":
         from a2llm_ros.tools.bench.graph_pauses import write_pause_bag
         return write_pause_bag(out, int(_opt(args, "graph_questions", 50)), answer_s)
     if given:

@@ -35,7 +35,7 @@ from a2llm_ros.conversation.end_of_turn import HEAD_FILE, EndOfTurnHead
 #: Silence around each spoken part (ms): ``vad.speech_pad_ms`` of the fast profile
 #: (three 32 ms VAD decisions).  Measured 2026-12-05 on the held-out voice's pause
 #: fixture: with 200 ms of padding the head recognised 82 % of the question ends (6 %
-#: of the pauses taken for the end), with 96-100 ms 96 % (2 %).
+#: of the pauses taken for the end), with 100 ms 96 % (2 %).
 PAD_MS = 96.0
 #: L2 weight of the logistic regression (on standardised features).  Leave-one-
 #: training-voice-out (2026-12-05): 0.03 accepted 4.1 % of the left-out voice's cuts
@@ -59,10 +59,11 @@ def cut_points(text: str) -> List[int]:
 
 def prompt_feature(backend, audio: np.ndarray) -> np.ndarray:
     """The prompt's last hidden state [H] for ``audio`` trimmed and padded with
-    :data:`PAD_MS` of silence, as the end-pointer pads an utterance.  (Segments cut by
-    the silero end-pointer from the speech between noisy silences gave no better head:
-    86 % / 72 % of the ends recognised on the pause fixture / bench voice against
-    94 % / 74 % for this one, 2026-12-05.)"""
+    :data:`PAD_MS` of silence, as the end-pointer pads an utterance.  (Training on the
+    segments the silero end-pointer cuts from the speech between noisy silences instead
+    gave no better head: measured on such segments, 86 % / 72 % of the ends recognised
+    on the pause fixture / bench voice against 94 % / 74 % for a head trained this way,
+    2026-12-05.)"""
     from a2llm_ros.audio.signals import trim_silence
     from a2llm_ros.engines.backend import Pick
     from a2llm_ros.tools.data.pause_fixture import SILENCE_LEVEL
