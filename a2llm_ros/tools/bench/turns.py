@@ -161,13 +161,10 @@ def run_question(audio: np.ndarray, speech_end: int, vad: VadConfig, generator_f
     return sink, lengths
 
 
-def _normal(text: str) -> str:
-    return " ".join("".join(c for c in text.lower() if c.isalnum() or c == " ").split())
-
-
 def measure(questions, overrides: Dict[str, float], generator_factory,
             end_of_turn=None, answers: Optional[Dict[str, str]] = None) -> Dict[str, float]:
     """The figures of one setting over the fixture (module docstring)."""
+    from a2llm_ros.tools.asr import normalize_words
     vad = VadConfig(**overrides)
     cuts, whole_after_cut, right, endpoint, compute = 0, 0, 0, [], []
     spec = {name: 0 for name in SPECULATION_COUNTERS}
@@ -188,7 +185,7 @@ def measure(questions, overrides: Dict[str, float], generator_factory,
         if k in run.first_audio:
             compute.append(1000.0 * run.compute_s[k])
         if answers and q.text in answers:
-            right += _normal(run.texts.get(k, "")) == _normal(answers[q.text])
+            right += normalize_words(run.texts.get(k, "")) == normalize_words(answers[q.text])
     pct = (lambda xs, p: float(np.percentile(xs, p)) if xs else float("nan"))
     n = max(1, len(questions))
     return {"turns": len(questions), "false_cut_pct": 100.0 * cuts / n,
