@@ -170,15 +170,7 @@ def test_bag_play_command_present():
 def test_parameter_file_matches_node_parameters():
     data = yaml.safe_load((ROOT / "config" / "a2llm.yaml").read_text())
     params = _node_parameters()
-
-    def flat(d, prefix=""):
-        out = {}
-        for k, v in d.items():
-            if isinstance(v, dict):
-                out.update(flat(v, f"{prefix}{k}."))
-            else:
-                out[prefix + k] = v
-        return out
+    from a2llm_ros.tools.bench.turns import dotted as flat
 
     assert set(data) == {f"/**/{n}" for n in params}
     for key, section in data.items():

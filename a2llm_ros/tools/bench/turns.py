@@ -57,15 +57,15 @@ def node_overrides(config: str = FAST_TURNS) -> Dict[str, object]:
 
     from a2llm_ros.paths import config_file
     with open(config_file(config)) as f:
-        return _dotted(yaml.safe_load(f)["/**/a2llm_node"]["ros__parameters"])
+        return dotted(yaml.safe_load(f)["/**/a2llm_node"]["ros__parameters"])
 
 
-def _dotted(tree: Dict[str, object], prefix: str = "") -> Dict[str, object]:
+def dotted(tree: Dict[str, object], prefix: str = "") -> Dict[str, object]:
     """Nested parameter maps -> {dotted name: value}."""
     out: Dict[str, object] = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            out.update(_dotted(value, f"{prefix}{key}."))
+            out.update(dotted(value, f"{prefix}{key}."))
         else:
             out[prefix + key] = value
     return out
