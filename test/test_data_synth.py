@@ -104,6 +104,24 @@ def test_build_deterministic_and_held_out(tmp_path):
     assert test_answers <= train_answers
 
 
+def test_more_question_voices_keep_the_test_split_and_the_first_voices(tmp_path):
+    """Adding voices past the eighth leaves every earlier sample byte-identical, and no
+    training rendition shares the held-out rendition's seed (its blinks and head drift)."""
+    few, many = str(tmp_path / "few"), str(tmp_path / "many")
+    build_synthetic(few, seed=0, n_pairs=1, n_question_voices=8, workers=1)
+    build_synthetic(many, seed=0, n_pairs=1, n_question_voices=10, workers=1)
+    a = {s.id: s for s in FlameQAReader(few)}
+    b = {s.id: s for s in FlameQAReader(many)}
+    assert a.keys() < b.keys() and len(b) == 11
+    for key, sample in a.items():
+        assert np.array_equal(sample.question_audio, b[key].question_audio), key
+        assert np.array_equal(sample.answer_flame, b[key].answer_flame), key
+    test = [s for s in b.values() if s.split == "test"][0]
+    for s in b.values():
+        if s is not test:
+            assert not np.array_equal(s.answer_flame, test.answer_flame), s.id
+
+
 def test_blinks_seeded_every_few_seconds():
     lids = blink_track(np.random.default_rng(5), 25 * 20)  # 20 s
     closed = lids > 0.5

@@ -20,7 +20,7 @@ def add_arguments(parser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-pairs", type=int, default=50, help="question/answer pairs (max 50)")
     p.add_argument("--n-voices", type=int, default=5,
-                   help="question voices for train/val (1..6); test uses the held-out voice")
+                   help="question voices for train/val (1..16); test uses the held-out voice")
     p.add_argument("--workers", type=int, default=2, help="synthesis processes")
     p = sub.add_parser("import", help="convert real audio + FLAME tracks to FLAME-QA")
     p.add_argument("--audio-dir", required=True)

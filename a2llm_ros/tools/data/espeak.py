@@ -77,6 +77,14 @@ QUESTION_VOICES = (
     VoiceSpec("nyc_f5", "en-us-nyc+f5", rate=165, pitch=65, pitch_range=65),
     VoiceSpec("lanc_f1", "en-gb-x-gbclan+f1", rate=172, pitch=62, pitch_range=55),
     VoiceSpec("wmid_m2", "en-gb-x-gbcwmd+m2", rate=158, pitch=42, pitch_range=50),
+    VoiceSpec("us_m4", "en-us+m4", rate=150, pitch=35, pitch_range=45),
+    VoiceSpec("gb_m5", "en+m5", rate=180, pitch=48, pitch_range=60),
+    VoiceSpec("scot_f2", "en-gb-scotland+f2", rate=166, pitch=62, pitch_range=55),
+    VoiceSpec("nyc_m6", "en-us-nyc+m6", rate=172, pitch=38, pitch_range=50),
+    VoiceSpec("rp_f5", "en-gb-x-rp+f5", rate=160, pitch=68, pitch_range=70),
+    VoiceSpec("lanc_m8", "en-gb-x-gbclan+m8", rate=176, pitch=44, pitch_range=40),
+    VoiceSpec("us_aunty", "en-us+aunty", rate=162, pitch=60, pitch_range=65),
+    VoiceSpec("wmid_klatt2", "en-gb-x-gbcwmd+klatt2", rate=168, pitch=52, pitch_range=55),
 )
 HELD_OUT_VOICE = VoiceSpec("heldout_029_f4", "en-029+f4", rate=168, pitch=58, pitch_range=60)
 

@@ -77,11 +77,20 @@ class AugmentConfig(ConfigBase):
     warp_prob: float = 0.0
     warp_min: float = 0.9
     warp_max: float = 1.1
+    # A silence of pause_min_s..pause_max_s inserted at a quiet spot inside the speech
+    # (a question spoken with a pause, as people do) with probability pause_prob; 0 is off.
+    pause_prob: float = 0.0
+    pause_min_s: float = 0.2
+    pause_max_s: float = 0.7
 
     def __post_init__(self):
         if not 0.0 <= self.warp_prob <= 1.0 or not 0.0 < self.warp_min <= self.warp_max:
             raise ValueError("AugmentConfig: warp_prob in [0, 1] and 0 < warp_min <= warp_max "
                              f"required, got {self.warp_prob}, {self.warp_min}, {self.warp_max}")
+        if not 0.0 <= self.pause_prob <= 1.0 or not 0.0 <= self.pause_min_s <= self.pause_max_s:
+            raise ValueError("AugmentConfig: pause_prob in [0, 1] and 0 <= pause_min_s <= "
+                             f"pause_max_s required, got {self.pause_prob}, {self.pause_min_s}, "
+                             f"{self.pause_max_s}")
 
 
 _TINY = dict(

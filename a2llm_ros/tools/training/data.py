@@ -301,14 +301,54 @@ def frequency_warp(wave: np.ndarray, alpha: float) -> np.ndarray:
     return np.pad(z, (0, max(len(x) - len(z), 0)))[:len(x)]
 
 
+#: Pause insertion: 10 ms energy frames, smoothed over 3; a pause goes at one of the
+#: quietest local minima inside the middle of the speech.
+PAUSE_FRAME = SAMPLE_RATE // 100
+PAUSE_SPAN = (0.2, 0.9)
+PAUSE_CANDIDATES = 3
+
+
+def pause_spot(wave: np.ndarray, rng: np.random.Generator) -> Optional[int]:
+    """Sample index of a quiet spot inside the speech of ``wave`` [N] (a gap between words
+    or a stop closure), drawn from its :data:`PAUSE_CANDIDATES` quietest local energy minima
+    within :data:`PAUSE_SPAN` of the speech; None when the speech is too short."""
+    n = len(wave) // PAUSE_FRAME
+    if n < 10:
+        return None
+    frames = wave[:n * PAUSE_FRAME].reshape(n, PAUSE_FRAME).astype(np.float64)
+    energy = np.convolve((frames ** 2).mean(1), np.ones(3) / 3, "same")  # [n]
+    loud = np.flatnonzero(energy > energy.max() * 1e-3)   # within 30 dB of the loudest
+    first, last = int(loud[0]), int(loud[-1])
+    lo = first + int(PAUSE_SPAN[0] * (last - first))
+    hi = first + int(PAUSE_SPAN[1] * (last - first))
+    inner = np.arange(max(lo, 1), min(hi, n - 1))
+    minima = inner[(energy[inner] <= energy[inner - 1]) & (energy[inner] <= energy[inner + 1])]
+    if len(minima) == 0:
+        return None
+    quietest = minima[np.argsort(energy[minima], kind="stable")[:PAUSE_CANDIDATES]]
+    return int(quietest[rng.integers(len(quietest))]) * PAUSE_FRAME + PAUSE_FRAME // 2
+
+
+def insert_pause(wave: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """``wave`` [N] with ``pause_min_s..pause_max_s`` of silence at :func:`pause_spot`."""
+    spot = pause_spot(wave, rng)
+    seconds = rng.uniform(cfg.pause_min_s, cfg.pause_max_s)
+    if spot is None:
+        return wave
+    gap = np.zeros(int(seconds * SAMPLE_RATE), np.float32)
+    return np.concatenate([wave[:spot], gap, wave[spot:]])
+
+
 def augment_wave(wave: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
-    """Speed (resampling), frequency warp, gain, additive noise and silence padding of a
-    question wave."""
+    """Speed (resampling), frequency warp, inner pause, gain, additive noise and silence
+    padding of a question wave."""
     if rng.random() >= cfg.prob:
         return wave
     x = wave.astype(np.float32)
     if cfg.warp_prob > 0 and rng.random() < cfg.warp_prob:
         x = frequency_warp(x, float(rng.uniform(cfg.warp_min, cfg.warp_max)))
+    if cfg.pause_prob > 0 and rng.random() < cfg.pause_prob:
+        x = insert_pause(x, rng, cfg)
     speed = rng.uniform(cfg.speed_min, cfg.speed_max)
     n = max(int(len(x) / speed), 1)
     x = np.interp(np.linspace(0, len(x) - 1, n), np.arange(len(x)), x).astype(np.float32)
