@@ -129,6 +129,7 @@ def test_pause_is_not_put_at_the_edges_and_short_waves_pass():
     assert 0.2 <= rel <= 0.9
     short = _tones([300.0], seconds=0.05)
     assert pause_spot(short, np.random.default_rng(0)) is None
+    assert pause_spot(np.zeros(SAMPLE_RATE, np.float32), np.random.default_rng(0)) is None
     assert np.array_equal(insert_pause(short, np.random.default_rng(0), AugmentConfig()), short)
 
 

@@ -311,13 +311,15 @@ PAUSE_CANDIDATES = 3
 def pause_spot(wave: np.ndarray, rng: np.random.Generator) -> Optional[int]:
     """Sample index of a quiet spot inside the speech of ``wave`` [N] (a gap between words
     or a stop closure), drawn from its :data:`PAUSE_CANDIDATES` quietest local energy minima
-    within :data:`PAUSE_SPAN` of the speech; None when the speech is too short."""
+    within :data:`PAUSE_SPAN` of the speech; None when it is too short or silent."""
     n = len(wave) // PAUSE_FRAME
     if n < 10:
         return None
     frames = wave[:n * PAUSE_FRAME].reshape(n, PAUSE_FRAME).astype(np.float64)
     energy = np.convolve((frames ** 2).mean(1), np.ones(3) / 3, "same")  # [n]
     loud = np.flatnonzero(energy > energy.max() * 1e-3)   # within 30 dB of the loudest
+    if len(loud) == 0:                                     # all silence
+        return None
     first, last = int(loud[0]), int(loud[-1])
     lo = first + int(PAUSE_SPAN[0] * (last - first))
     hi = first + int(PAUSE_SPAN[1] * (last - first))
