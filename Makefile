@@ -23,7 +23,7 @@ test: env
 demo: env
 	@$(ENV) a2llm demo --out demo_out --polite --max-answer-s 5
 
-# The shipped default checkpoint, reproduced: synthetic FLAME-QA set + curriculum (tiny).
+# The shipped default checkpoint, rebuilt: synthetic FLAME-QA set + curriculum (tiny).
 DATA_DIR ?= .a2llm_data/flameqa_synth
 TRAIN_DIR ?= .a2llm_data/train_tiny
 default-checkpoint: env
