@@ -32,16 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def default_data_dir() -> str:
     """The synthetic FLAME-QA set the default checkpoint was trained on (built on demand)."""
     from a2llm_ros.tools.data.flameqa import INFO_FILE
-    from a2llm_ros.tools.data.synth import build_synthetic
+    from a2llm_ros.tools.data.synth import DEFAULT_SYNTH, build_synthetic
     root = os.path.join(os.path.expanduser("~"), ".cache", "a2llm_ros", "flameqa_synth")
     if not os.path.isfile(os.path.join(root, INFO_FILE)):
         print(f"building the synthetic FLAME-QA set in {root} ...")
         build_synthetic(root, **DEFAULT_SYNTH)
     return root
-
-
-#: Arguments of the synthetic set the shipped default checkpoint is trained on.
-DEFAULT_SYNTH = {"seed": 0, "n_pairs": 50, "n_question_voices": 8}
 
 
 def run(args) -> int:

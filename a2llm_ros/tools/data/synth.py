@@ -54,6 +54,10 @@ class SynthConfig(ConfigBase):
     }
 
 
+#: Arguments of the synthetic set the shipped default checkpoint is trained on
+#: (``make default-checkpoint`` passes the same on the command line).
+DEFAULT_SYNTH = {"seed": 0, "n_pairs": 50, "n_question_voices": 8}
+
 #: The held-out voice's renditions are seeded with index ``min(n_question_voices, 8)``:
 #: what it was when the default's test split was fixed, so builds of up to eight voices
 #: are unchanged, and adding voices past the eighth (voice ``i >= 8`` takes index

@@ -1,8 +1,8 @@
 """Train the end-of-turn head (:mod:`a2llm_ros.conversation.end_of_turn`).
 
 ``python -m a2llm_ros.tools.training.end_of_turn --checkpoint DIR``: every FLAME-QA
-question is spoken (espeak-ng) by each of :data:`HEAD_VOICES` training voices whole (label 1, "the
-turn has ended") and cut at every word boundary (label 0), each part padded
+question is spoken (espeak-ng) by each of the :data:`HEAD_VOICES` training voices whole
+(label 1, "the turn has ended") and cut at every word boundary (label 0), each part padded
 with :data:`PAD_MS` of silence as the end-pointer pads an utterance with
 ``vad.speech_pad_ms`` (the fast turn-taking profile, ``config/fast_turns.yaml``).
 The features are the checkpoint's own prompt hidden state after prefill (what a
@@ -31,6 +31,7 @@ import torch
 
 from a2llm_ros.constants import SAMPLE_RATE
 from a2llm_ros.conversation.end_of_turn import HEAD_FILE, EndOfTurnHead
+from a2llm_ros.tools.data.synth import DEFAULT_SYNTH
 
 #: Silence around each spoken part (ms): ``vad.speech_pad_ms`` of the fast profile
 #: (three 32 ms VAD decisions).  Measured 2026-12-05 on the held-out voice's pause
@@ -48,11 +49,11 @@ MAX_CUT_ACCEPTED = 0.0
 #: ... and at most this share of a voice's cuts when that voice was left out of the fit
 #: (a stand-in for a new speaker; :func:`held_out_threshold`).
 MAX_HELD_OUT_CUT = 0.01
-#: Training voices of the head: the first eight question voices, those the default
-#: checkpoint's questions were spoken by.  All sixteen (2026-12-05, default checkpoint) gave
-#: a worse head: some training cut scores above 0.98, so the threshold went to 0.99 and the
+#: Training voices of the head: the question voices the default checkpoint's questions
+#: were spoken by (the first eight).  All sixteen (2026-12-05, default checkpoint) gave a
+#: worse head: some training cut scores above 0.98, so the threshold went to 0.99 and the
 #: held-out pause fixture's ends were recognised 74 % of the time (0 % of pauses taken).
-HEAD_VOICES = 8
+HEAD_VOICES = DEFAULT_SYNTH["n_question_voices"]
 THRESHOLD_GRID = np.round(np.arange(0.50, 0.995, 0.01), 2)
 LBFGS_ITERATIONS = 500
 
