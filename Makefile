@@ -30,6 +30,7 @@ default-checkpoint: env
 	@$(ENV) a2llm data synth --out $(DATA_DIR) --seed 0 --n-pairs 50 --n-voices 8 && \
 	  a2llm train --config config/train_tiny.yaml --data $(DATA_DIR) --out $(TRAIN_DIR) \
 	    --install-default && \
+	  python -m a2llm_ros.tools.training.codec_refiner --checkpoint default && \
 	  python -m a2llm_ros.tools.training.end_of_turn --checkpoint default
 
 eval: env

@@ -15,14 +15,18 @@ explicit :class:`GeneratorState`:
   ``<|EOT|>`` ends the answer), feeds it to the LLM with the KV cache and returns the events it
   caused, in time order: a :class:`TextEvent` per text token; every ``SPEECH_TOKENS_PER_SEGMENT``
   (5) speech tokens go through ``Token2Wav.step`` (an :class:`AudioEvent` when
-  audio is ready: at once for the tiny codec, 5 x 640 samples = 200 ms; per
-  25-token chunk after 3 tokens of lookahead for Step's codec at 24 kHz), then
+  audio is ready: 640 samples per token one token late for the tiny codec (its
+  refiner's lookahead), so 4 x 640 after the first segment and 5 x 640 after each
+  later one; per 25-token chunk after 3 tokens of lookahead for Step's codec at
+  24 kHz), then
   one :class:`FlameEvent` (connector step on the five speech tokens' hidden
   states -> 6 RVQ codes -> MotionTokenizer.decode_step -> 5 frames); at the
   end ``Token2Wav.flush`` releases the held-back audio, then an :class:`EndEvent`.
-  A FlameEvent is held until the audio under its frames has been emitted, so
-  events always leave in time order (a codec with lookahead delays the motion
-  with its voice).
+  FLAME frames are held until the audio under them has been emitted, so events
+  always leave in time order (a codec with lookahead delays the motion with its
+  voice); what a step releases leaves as one FlameEvent, split mid-segment when
+  the audio covers only part of it (the tiny codec's one token of lookahead:
+  4 frames, then 5 per step).
 * :meth:`~StreamingGenerator.cancel` (barge-in) ends the turn at once with
   reason ``"cancel"``; :meth:`~StreamingGenerator.reset` drops all state.
 
@@ -355,17 +359,31 @@ class StreamingGenerator:
                            start)]
 
     def _release_motion(self, final: bool = False) -> List[Event]:
-        """Held FLAME events whose frames the emitted audio already covers (all when
-        ``final``): events leave in time order, audio first, so a consumer that
-        anchors the turn at its first output never sees motion ahead of its voice."""
+        """The held FLAME frames the emitted audio already covers (all when ``final``), as
+        one event: events leave in time order, audio first, so a consumer that anchors the
+        turn at its first output never sees motion ahead of its voice.  A segment only
+        partly covered (a codec with lookahead) is split; its rest stays held."""
         s = self.state
-        per_frame = self.model.token2wav.samples_per_token
-        out = []
-        while s.held_motion and (final or (s.held_motion[0].start_frame
-                                           + len(s.held_motion[0].frames)) * per_frame
-                                 <= s.n_samples):
-            out.append(s.held_motion.pop(0))
-        return out
+        covered = s.n_samples // self.model.token2wav.samples_per_token  # frames with audio
+        parts: List[FlameEvent] = []
+        while s.held_motion:
+            ev = s.held_motion[0]
+            n = len(ev.frames) if final else min(len(ev.frames), covered - ev.start_frame)
+            if n <= 0:
+                break
+            if n == len(ev.frames):
+                parts.append(s.held_motion.pop(0))
+                continue
+            parts.append(FlameEvent(ev.turn_id, ev.frames[:n], ev.fps, ev.start_time,
+                                    ev.start_frame))
+            rest = ev.start_frame + n
+            s.held_motion[0] = FlameEvent(ev.turn_id, ev.frames[n:], ev.fps, rest / ev.fps, rest)
+        if not parts:
+            return []
+        first = parts[0]
+        frames = np.concatenate([p.frames for p in parts]) if len(parts) > 1 else first.frames
+        return [FlameEvent(first.turn_id, frames, first.fps, first.start_time,
+                           first.start_frame)]
 
     def _motion(self, keep: int = SPEECH_TOKENS_PER_SEGMENT) -> List[Event]:
         s = self.state

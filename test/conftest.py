@@ -140,3 +140,13 @@ def pytest_sessionfinish(session, exitstatus):
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def trained_refiner(model, seed: int = 5, scale: float = 0.05) -> None:
+    """Small random weights in the tiny codec's mel refiner output layer (zero when
+    untrained), so that a decode depends on the whole code window."""
+    import torch
+    last = model.token2wav.refiner.net[-1]
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        last.weight.copy_(scale * torch.randn(last.weight.shape, generator=gen))

@@ -10,12 +10,13 @@ from a2llm_ros.checkpoint import init_model, save_checkpoint
 from a2llm_ros.config import A2LLMConfig
 from a2llm_ros.engines import BackendConfig, EngineError
 from a2llm_ros.engines.manifest import GRAPHS
-from a2llm_ros.tools.export.graphs import OPSET, prompt_overhead
+from a2llm_ros.tools.export.graphs import OPSET, prompt_overhead, token2wav_initial_state
 from a2llm_ros.tools.export.exporter import export_onnx
 from a2llm_ros.engines.manifest import MANIFEST, onnx_sha256, read_json
 from a2llm_ros.tools.export.onnx_export import (TENSORRT_OPS, repeat_token_graph,
                                                 token_step_graph, unsupported_ops)
 from a2llm_ros.tools.export.parity import run_token2wav, session
+from conftest import trained_refiner
 
 torch.set_num_threads(1)
 
@@ -24,6 +25,7 @@ torch.set_num_threads(1)
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     model = init_model(A2LLMConfig.preset("tiny"), seed=1)
+    trained_refiner(model)
     ckpt = save_checkpoint(model, str(root / "ckpt"))
     out = str(root / "onnx")
     lines = []
@@ -92,8 +94,9 @@ def test_chunk_graph_selects_state_of_last_valid_token(exported, tmp_path):
     onnx.save(chunk, str(tmp_path / "chunk.onnx"))
     s_chunk, s_step = session(str(tmp_path / "chunk.onnx")), session(step)
     # a 3-token chunk equals 3 single-token calls, audio and state
-    state = {"fixed": np.zeros(360, np.float32), "last_mags": np.zeros((2, 201), np.float32),
-             "tail": np.zeros(64, np.float32)}
+    state = {k: v.numpy() for k, v in token2wav_initial_state(model).items()}
+    assert list(state) == ["fixed", "last_mags", "tail", "window"]  # the tiny refiner's
+    assert state["window"].tolist() == [model.token2wav.refiner.empty] * 4
     ref, st = [], dict(state)
     for tok in (4, 9, 250):
         out = s_step.run(None, {"token": np.array([tok], np.int32), **st})
@@ -104,7 +107,10 @@ def test_chunk_graph_selects_state_of_last_valid_token(exported, tmp_path):
     np.testing.assert_allclose(got[0][:3 * 640], np.concatenate(ref), atol=1e-6)
     for name, value in zip(state, got[1:]):
         np.testing.assert_allclose(value, st[name], atol=1e-6)
-    assert run_token2wav(s_chunk, model, [(1, 2)]).shape == (1280,)
+    # one token of lookahead: the first call decodes nothing and keeps the Griffin-Lim state
+    assert not ref[0].any() and ref[1].any()
+    assert st["window"].tolist() == [model.token2wav.refiner.empty, 4, 9, 250]
+    assert run_token2wav(s_chunk, model, [(1, 2)]).shape == (1280,)  # flushed
 
 
 def test_reexport_keeps_other_graphs_and_rejects_unknown(exported):

@@ -15,6 +15,7 @@ from a2llm_ros.tools.export.exporter import export_onnx
 from a2llm_ros.tools.export.parity import spectral_error
 from a2llm_ros.generation import AudioEvent, FlameEvent, GenerationConfig, StreamingGenerator
 from a2llm_ros.engines.torch_backend import TorchBackend
+from conftest import trained_refiner
 
 torch.set_num_threads(1)
 QUESTION = synthetic_question(1.5)
@@ -24,6 +25,7 @@ QUESTION = synthetic_question(1.5)
 def ckpt(tmp_path_factory):
     root = tmp_path_factory.mktemp("ort")
     model = init_model(A2LLMConfig.preset("tiny"), seed=2)
+    trained_refiner(model)
     path = save_checkpoint(model, str(root / "ckpt"))
     export_onnx(model, os.path.join(path, "onnx"), BackendConfig.preset("tiny"), verify=False,
                 checkpoint_dir=path, log=lambda s: None)

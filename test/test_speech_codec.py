@@ -3,6 +3,7 @@ import dataclasses
 import shutil
 import subprocess
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from a2llm_ros.model.speech_codec import (CROSSFADE, OUTPUT_DELAY, GriffinLimSta
                                           SpeechTokenizer, Token2Wav, codec_state_dict,
                                           load_codec_state_dict, register_codec)
 from a2llm_ros.model.configs import SpeechCodecConfig
+from conftest import trained_refiner
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -56,6 +58,7 @@ def fitted():
     torch.set_num_threads(1)
     tok, t2w = make_codec(SpeechCodecConfig.preset("tiny", kmeans_iters=10))
     tok.fit([_synthetic(6.0, s) for s in range(3)], seed=0)
+    trained_refiner(SimpleNamespace(token2wav=t2w))
     return tok, t2w
 
 
@@ -95,16 +98,66 @@ def test_streaming_equals_batch_for_any_chunking(fitted):
     full = t2w.decode(codes)
     assert full.dtype == torch.float32 and full.shape == (codes.numel() * 640,)
     assert torch.isfinite(full).all() and full.abs().max() > 1e-3
+    lookahead = t2w.lookahead_tokens
+    assert lookahead == 1 and t2w.first_chunk_tokens == 2  # the tiny preset's refiner
     for size in (1, 2, 5, 7):
-        state, parts = t2w.init_state(), []
+        state, parts, pushed = t2w.init_state(), [], 0
         for start in range(0, codes.numel(), size):
             piece = codes[start:start + size]
             audio, state = t2w.step(piece, state)
-            assert audio.shape == (piece.numel() * SAMPLES_PER_SPEECH_TOKEN,)
+            # each token's audio comes out once the next token is known
+            ready = max(0, pushed + piece.numel() - lookahead) - max(0, pushed - lookahead)
+            assert audio.shape == (ready * SAMPLES_PER_SPEECH_TOKEN,)
+            pushed += piece.numel()
             parts.append(audio)
-        assert torch.equal(torch.cat(parts), full), f"chunk size {size} differs"
+        assert state.n_tokens == codes.numel() - lookahead
+        rest, state = t2w.flush(state)
+        assert rest.shape == (lookahead * SAMPLES_PER_SPEECH_TOKEN,)
+        assert torch.equal(torch.cat(parts + [rest]), full), f"chunk size {size} differs"
         assert isinstance(state, GriffinLimState) and state.n_tokens == codes.numel()
     assert torch.equal(t2w.decode(codes, chunk_tokens=3), full)
+
+
+def test_refiner_reads_its_window_and_starts_as_the_centroid_decode(fitted):
+    tok, t2w = fitted
+    codes = tok.encode(_synthetic(1.0, 3))  # 25 tokens
+    plain_cfg = dataclasses.replace(t2w.cfg, refiner_hidden=0, refiner_context=0,
+                                    lookahead_tokens=0)
+    _, plain = make_codec(plain_cfg)
+    plain.codebook.set_centroids(tok.codebook.centroids)
+    assert plain.refiner is None and plain.lookahead_tokens == 0
+    fresh_tok, fresh = make_codec(t2w.cfg)  # untrained refiner: exactly the centroids
+    fresh.codebook.set_centroids(tok.codebook.centroids)
+    assert torch.equal(fresh.decode(codes), plain.decode(codes))
+    # the perturbed refiner: a token's spectrum depends on its neighbours
+    windows = t2w.refiner.windows(codes)  # [n, 5]
+    assert windows.shape == (codes.numel(), 5)
+    assert windows[0, :3].tolist() == [t2w.refiner.pad] * 3
+    assert windows[-1, 4].item() == t2w.refiner.pad
+    changed = windows.clone()
+    changed[:, 0] = (changed[:, 0] + 1) % 256
+    with torch.no_grad():
+        a = t2w.refined_magnitudes(windows[3:4])
+        b = t2w.refined_magnitudes(changed[3:4])
+    assert not torch.allclose(a, b)
+    assert not torch.equal(t2w.decode(codes), plain.decode(codes))
+    # a turn shorter than the lookahead still yields its audio on flush
+    state = t2w.init_state()
+    nothing, state = t2w.step(codes[:1], state)
+    rest, state = t2w.flush(state)
+    assert nothing.numel() == 0 and rest.shape == (SAMPLES_PER_SPEECH_TOKEN,)
+    assert torch.equal(rest, t2w.decode(codes[:1]))
+    empty, _ = t2w.flush(t2w.init_state())
+    assert empty.numel() == 0
+
+
+def test_config_refuses_context_without_a_refiner():
+    with pytest.raises(ValueError, match="refiner"):
+        SpeechCodecConfig(lookahead_tokens=1)
+    with pytest.raises(ValueError, match="refiner"):
+        SpeechCodecConfig(refiner_context=2)
+    assert SpeechCodecConfig.preset("tiny").refiner_hidden > 0
+    assert SpeechCodecConfig.preset("edge").refiner_hidden == 0
 
 
 def test_step_does_not_mutate_state_and_empty_step(fitted):
@@ -158,7 +211,8 @@ def test_unfitted_codec_raises():
 def test_state_dict_round_trip_through_safetensors(fitted, tmp_path):
     tok, t2w = fitted
     state = codec_state_dict(tok, t2w)
-    assert set(state) == {"centroids", "mel_filters"}
+    refiner_keys = {"refiner." + k for k in t2w.refiner.state_dict()}
+    assert set(state) == {"centroids", "mel_filters"} | refiner_keys
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     path = tmp_path / "codec.safetensors"
     safetensors.torch.save_file(state, str(path))
@@ -171,6 +225,14 @@ def test_state_dict_round_trip_through_safetensors(fitted, tmp_path):
     other, _ = make_codec(dataclasses.replace(tok.cfg, n_mels=64))
     with pytest.raises(ValueError):
         other.load_state_dict(state)
+    # a codec config with a refiner refuses weights without one, naming the key
+    no_refiner = {k: v for k, v in state.items() if k not in refiner_keys}
+    with pytest.raises(KeyError, match="refiner"):
+        load_codec_state_dict(tok2, t2w2, no_refiner)
+    wider = dict(state)
+    wider["refiner.pad_vector"] = torch.zeros(7)
+    with pytest.raises(ValueError, match="refiner.pad_vector"):
+        load_codec_state_dict(tok2, t2w2, wider)
 
 
 def test_registry_accepts_other_codecs():

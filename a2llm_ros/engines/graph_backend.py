@@ -32,9 +32,12 @@ from a2llm_ros.engines.backend import (Backend, LLMStep, Pick, pick_from_host_lo
 from a2llm_ros.engines.config import EngineError
 from a2llm_ros.engines.manifest import KIND_INDEX, MAX_EMBED_IDS, NEEDED
 from a2llm_ros.model.chat import SPEECH, TEXT, n_positions, splice_audio
+from a2llm_ros.model.configs import refiner_empty_code, refiner_pad_code
 
 #: Gumbel noise is drawn from uniforms clamped to [TINY, 1 - TINY].
 GUMBEL_TINY = 1e-10
+#: Host-side entry of the codec state: codes pushed through the token2wav graph this turn.
+PUSHED = "pushed"
 
 
 @dataclass(frozen=True)
@@ -136,10 +139,24 @@ class GraphBackend(Backend):
         return frames[0], (connector_state, decoder_state)  # [5, D]
 
     def init_codec_state(self):
-        return {k: Zeros(s) for k, s in self.t2w_shapes.items()}
+        state: Dict[str, Any] = {k: Zeros(s) for k, s in self.t2w_shapes.items()}
+        if "window" in state:  # the mel refiner's window starts empty
+            empty = refiner_empty_code(self.model.cfg.codec.n_codes)
+            state["window"] = np.full(self.t2w_shapes["window"], empty, np.float32)
+        state[PUSHED] = 0
+        return state
+
+    @property
+    def codec_lookahead(self) -> int:
+        """Codes the token2wav graph must receive before a token's audio comes out."""
+        return self.model.cfg.codec.lookahead_tokens if "window" in self.t2w_shapes else 0
 
     def codec_flush(self, state):
-        return np.zeros(0, np.float32), state  # the graphs' codec holds nothing back
+        """The last ``lookahead`` tokens' audio: the window is completed with pad codes."""
+        if not self.codec_lookahead:
+            return np.zeros(0, np.float32), state
+        pad = refiner_pad_code(self.model.cfg.codec.n_codes)
+        return self._token2wav(np.full(self.codec_lookahead, pad, np.int64), state)
 
     # -- helpers ---------------------------------------------------------------------------
     def _kv_shape(self, length: int) -> Tuple[int, ...]:
@@ -282,18 +299,28 @@ class GraphBackend(Backend):
         if toks.size and (toks.min() < 0 or toks.max() >= n_codes):
             raise ValueError(f"speech tokens must lie in [0, {n_codes}), got range "
                              f"[{toks.min()}, {toks.max()}]")
+        return self._token2wav(toks, state)
+
+    def _token2wav(self, toks: np.ndarray, state: Dict[str, Any]):
+        """Codes [n] through the chunk graph; the audio of the calls that decoded a token
+        (with a refiner, the first ``lookahead`` codes of a turn decode nothing)."""
         audio = []
         n = self.chunk_tokens
+        pushed = state[PUSHED]
         for start in range(0, toks.size, n):
             chunk = toks[start:start + n]
             padded = np.zeros(n, np.int32)
             padded[:chunk.size] = chunk
+            feeds = {k: state[k] for k in self.t2w_shapes}
             out = self.runner.run("token2wav", {
-                "tokens": padded, "n_valid": np.array([chunk.size], np.int32), **state},
+                "tokens": padded, "n_valid": np.array([chunk.size], np.int32), **feeds},
                 host=("audio",))
-            n_samples = chunk.size * SAMPLES_PER_SPEECH_TOKEN
-            audio.append(np.asarray(out["audio"], np.float32)[:n_samples])
+            skip = min(chunk.size, max(0, self.codec_lookahead - pushed))
+            audio.append(np.asarray(out["audio"], np.float32)[
+                skip * SAMPLES_PER_SPEECH_TOKEN:chunk.size * SAMPLES_PER_SPEECH_TOKEN])
+            pushed += chunk.size
             state = {k: out[f"{k}_out"] for k in self.t2w_shapes}
+            state[PUSHED] = pushed
         if not audio:
             return np.zeros(0, np.float32), state
         return np.concatenate(audio), state

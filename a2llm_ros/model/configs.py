@@ -239,6 +239,16 @@ STEP_RATE = 24_000
 STEP_CODES = 6561
 
 
+def refiner_pad_code(n_codes: int) -> int:
+    """The mel refiner's code for "before the start / after the end of the answer"."""
+    return n_codes
+
+
+def refiner_empty_code(n_codes: int) -> int:
+    """The mel refiner's code for a window slot not filled yet (nothing to decode)."""
+    return n_codes + 1
+
+
 @dataclasses.dataclass
 class SpeechCodecConfig(ConfigBase):
     """Speech codec settings.
@@ -272,12 +282,21 @@ class SpeechCodecConfig(ConfigBase):
     max_fit_vectors: int = 50_000
     #: Mel power floor before log10 (silence level of the tokens).
     log_floor: float = 1e-6
+    #: Hidden width of the decoder's mel refiner (0: no refiner, each token decodes
+    #: to its centroid).  The refiner reads the centroids of ``refiner_context``
+    #: earlier tokens, the token and ``lookahead_tokens`` later ones and predicts the
+    #: token's log-mel (:class:`~a2llm_ros.model.speech_codec.MelRefiner`).
+    refiner_hidden: int = 0
+    #: Earlier tokens the mel refiner reads.
+    refiner_context: int = 0
     # -- kind "step_token2wav" (Step-Audio-2-mini's token2wav/ folder) -----------------
     #: The token2wav/ folder; empty: ``<llm.backbone>/token2wav``.
     token2wav_dir: str = ""
     #: Voice prompt WAV; empty: the shipped default voice.
     prompt_wav: str = ""
-    #: Tokens past a chunk the flow encoder reads (flow.yaml ``pre_lookahead_len``).
+    #: Tokens after a token the decoder reads before that token's audio is out:
+    #: the flow encoder's (flow.yaml ``pre_lookahead_len``) for ``step_token2wav``,
+    #: the mel refiner's for ``kmeans_mel``.
     lookahead_tokens: int = 0
     #: Euler steps of the flow-matching decoder.
     flow_steps: int = 10
@@ -289,7 +308,9 @@ class SpeechCodecConfig(ConfigBase):
     device: str = "auto"
 
     PRESETS = {
-        "tiny": {},
+        # the tiny codec's decoder refines each centroid from 3 earlier tokens and 1
+        # later one (docs/codec.md)
+        "tiny": {"refiner_hidden": 512, "refiner_context": 3, "lookahead_tokens": 1},
         # Step-Audio-2's speech vocabulary: <audio_0> ... <audio_6560> (+ <audio_6561>
         # as padding); its untrained placeholder is fitted with ``placeholder=True``
         "edge": {"n_codes": 6561},
@@ -308,6 +329,13 @@ class SpeechCodecConfig(ConfigBase):
         if self.context_tokens < 1 or self.chunk_tokens < 1 or self.n_codes < 2:
             raise ValueError("SpeechCodecConfig: context_tokens, chunk_tokens >= 1 and "
                              "n_codes >= 2 required")
+        if min(self.refiner_hidden, self.refiner_context, self.lookahead_tokens) < 0 or (
+                self.refiner_hidden == 0 and self.refiner_context + self.lookahead_tokens):
+            raise ValueError("SpeechCodecConfig: kmeans_mel needs refiner_hidden, "
+                             "refiner_context, lookahead_tokens >= 0, and context or "
+                             "lookahead only with a refiner (refiner_hidden > 0); got "
+                             f"{self.refiner_hidden}, {self.refiner_context}, "
+                             f"{self.lookahead_tokens}")
 
     def _check_step(self) -> None:
         if self.sample_rate != STEP_RATE or self.n_codes != STEP_CODES:

@@ -12,8 +12,9 @@ Interfaces
   output is exactly ``samples_per_token = sample_rate / 25`` samples per token.
   ``lookahead_tokens`` / ``first_chunk_tokens`` declare the latency.  States
   are immutable: ``step`` never modifies the state it is given.  The k-means
-  decoder below emits every token's 640 samples at once, needs no flush, and
-  its output does not depend on how the stream is chunked, bit for bit; Step's
+  decoder below emits a token's 640 samples once ``lookahead_tokens`` later
+  tokens have arrived (at once without a refiner; ``flush`` decodes the last
+  ones), and its output does not depend on how the stream is chunked, bit for bit; Step's
   codec (:mod:`a2llm_ros.model.step_token2wav`, 24 kHz, 3 tokens of lookahead,
   25-token chunks) also decodes independently of the arrival pattern.
 * :func:`a2llm_ros.model.codecs.make_codec` ``(cfg) -> (tokenizer, token2wav)``
@@ -36,7 +37,11 @@ takes every vector once and the rest drawn with replacement, jittered
 :mod:`a2llm_ros.audio.features` without the per-utterance dynamic-range
 clamp, so it is invertible.
 
-The decoder looks the centroid up (4 mel frames), maps mel power to linear
+The decoder looks the centroid up (4 mel frames) or, with ``refiner_hidden``
+> 0, predicts the token's log-mel from the centroids of ``refiner_context``
+earlier tokens, the token and ``lookahead_tokens`` later ones
+(:class:`MelRefiner`; the tiny preset: 3 + 1 + 1, fitted on speech in the
+answer voice, docs/codec.md), maps mel power to linear
 power with a non-negative least-squares inverse of the mel filterbank
 (:func:`mel_to_linear_power`) and runs a streaming fast Griffin-Lim
 (momentum 0.99) per token, in the spirit of RTISI: the audio already
@@ -46,8 +51,8 @@ re-estimated, and their phases start from the committed audio's phase
 advanced by ``2 pi f hop`` per frame (stationary sinusoid continuation).
 Because the committed samples are constrained, chunk joins are nearly
 continuous; a 4 ms raised-cosine crossfade from the previous step's
-continuation (:data:`CROSSFADE`) removes what is left.  No lookahead is used,
-but the output lags the encoder's time axis by :data:`OUTPUT_DELAY` = 160
+continuation (:data:`CROSSFADE`) removes what is left.  Griffin-Lim itself
+uses no lookahead, but the output lags the encoder's time axis by :data:`OUTPUT_DELAY` = 160
 samples (10 ms): token ``k`` emits the audio of samples
 ``[640 k - 160, 640 k + 480)`` so that every emitted sample is covered by at
 least two STFT frames (the first 160 samples of a stream are the lead-in
@@ -68,7 +73,8 @@ from a2llm_ros.audio.features import (hann_window, log_mel_spectrogram, mel_filt
                                       mel_power_from_log_mel)
 from a2llm_ros.constants import (MEL_HOP, SAMPLE_RATE, SAMPLES_PER_SPEECH_TOKEN,
                                  SPEECH_TOKEN_RATE)
-from a2llm_ros.model.configs import SpeechCodecConfig
+from a2llm_ros.model.configs import (SpeechCodecConfig, refiner_empty_code,
+                                     refiner_pad_code)
 
 #: Magnitudes below this are treated as "no phase information".
 _EPS = 1e-8
@@ -83,6 +89,8 @@ N_PAST_FRAMES = 2
 NNLS_ITERS = 20
 #: Crossfade (samples) from the previous step's continuation into a new token.
 CROSSFADE = 64
+#: Key prefix of the mel refiner's parameters in the codec state.
+REFINER_PREFIX = "refiner."
 
 
 # ----------------------------------------------------------------------------- interfaces
@@ -362,6 +370,62 @@ def mel_to_linear_power(power_mel: torch.Tensor, filters: torch.Tensor,
     return power
 
 
+def log_mel_to_magnitudes(vectors: torch.Tensor, filters: torch.Tensor, mel_cfg,
+                          stack: int) -> torch.Tensor:
+    """Token vectors of normalised log-mel ``[n, stack * M]`` -> STFT magnitudes
+    ``[n, stack, F]`` (mel power, :func:`mel_to_linear_power`, square root)."""
+    log_mel = vectors.reshape(vectors.shape[0], stack, -1)  # [n, S, M]
+    power_mel = mel_power_from_log_mel(log_mel, mel_cfg)  # [n, S, M]
+    return mel_to_linear_power(power_mel, filters).sqrt()  # [n, S, F]
+
+
+class MelRefiner(torch.nn.Module):
+    """Context refinement of the centroid decode (the ``kmeans_mel`` decoder's learned part).
+
+    A token's log-mel is predicted from the centroids of a window of codes:
+    ``context`` earlier tokens, the token, ``lookahead`` later ones.  Codes
+    ``n_codes`` (:attr:`pad`) and ``n_codes + 1`` (:attr:`empty`) stand for
+    "before the start / after the end" and share the learned :attr:`pad_vector`.
+    The output is the token's centroid plus an MLP correction; the last layer
+    starts at zero, so an untrained refiner decodes exactly to the centroid.
+    Fitted by :mod:`a2llm_ros.tools.training.codec_refiner`.
+    """
+
+    def __init__(self, n_codes: int, dim: int, context: int, lookahead: int, hidden: int):
+        super().__init__()
+        self.n_codes, self.context, self.lookahead = n_codes, context, lookahead
+        self.width = context + 1 + lookahead
+        self.pad_vector = torch.nn.Parameter(torch.zeros(dim))
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(self.width * dim, hidden), torch.nn.GELU(),
+            torch.nn.Linear(hidden, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, dim))
+        torch.nn.init.zeros_(self.net[-1].weight)
+        torch.nn.init.zeros_(self.net[-1].bias)
+
+    @property
+    def pad(self) -> int:
+        """Code of a position before the start or after the end of the answer."""
+        return refiner_pad_code(self.n_codes)
+
+    @property
+    def empty(self) -> int:
+        """Code of a window slot not yet filled (nothing to decode there)."""
+        return refiner_empty_code(self.n_codes)
+
+    def windows(self, codes: torch.Tensor) -> torch.Tensor:
+        """A whole answer's codes ``[n]`` -> their windows ``[n, width]``, as the streaming
+        decoder sees them (pad codes before the start and after the end)."""
+        before = torch.full((self.context,), self.pad, dtype=torch.long)
+        after = torch.full((self.lookahead,), self.pad, dtype=torch.long)
+        return torch.cat([before, codes.long(), after]).unfold(0, self.width, 1)  # [n, W]
+
+    def forward(self, centroids: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+        """Centroids ``[K, D]``, code windows int64 ``[n, width]`` -> log-mel ``[n, D]``."""
+        table = torch.cat([centroids, self.pad_vector[None], self.pad_vector[None]])  # [K+2, D]
+        v = table[windows]  # [n, width, D]
+        return v[:, self.context] + self.net(v.reshape(v.shape[0], -1))  # [n, D]
+
+
 class MelCodebook:
     """Parameters shared by the k-means tokenizer and the Griffin-Lim decoder."""
 
@@ -403,11 +467,9 @@ class MelCodebook:
     def magnitudes(self) -> torch.Tensor:
         """Linear STFT magnitudes of every code's frames, ``[K, stack, F]`` (cached)."""
         if self._magnitudes is None:
-            cents = self.require_fitted()
-            log_mel = cents.reshape(-1, self.cfg.stack, self.cfg.n_mels)  # [K, S, M]
-            power_mel = mel_power_from_log_mel(log_mel.double(), self.mel_cfg)  # [K, S, M]
-            power = mel_to_linear_power(power_mel, self.filters.double())  # [K, S, F]
-            self._magnitudes = power.sqrt().float()
+            cents = self.require_fitted().double()  # [K, S * M]
+            self._magnitudes = log_mel_to_magnitudes(cents, self.filters.double(), self.mel_cfg,
+                                                     self.cfg.stack).float()  # [K, S, F]
         return self._magnitudes
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
@@ -486,14 +548,30 @@ class GriffinLimState:
     tail: torch.Tensor  # [CROSSFADE] float32
     #: Tokens decoded so far.
     n_tokens: int = 0
+    #: The mel refiner's window past its last decoded token: ``refiner_context``
+    #: decoded codes, then the ``lookahead_tokens`` codes received but not decoded
+    #: (:attr:`MelRefiner.empty` where nothing was received yet); ``()`` without a
+    #: refiner.
+    window: Tuple[int, ...] = ()
 
 
 class GriffinLimToken2Wav(Token2Wav):
-    """Centroid lookup -> non-negative mel inversion -> streaming fast Griffin-Lim."""
+    """Centroid lookup (refined from context with ``refiner_hidden`` > 0) -> non-negative
+    mel inversion -> streaming fast Griffin-Lim.
+
+    With a refiner, token ``k`` is decoded once token ``k + lookahead_tokens`` has
+    arrived (``flush`` decodes the last ones against :attr:`MelRefiner.pad`); the
+    window of codes lives in the state, so the output still does not depend on
+    how the stream is chunked.
+    """
 
     def __init__(self, cfg: SpeechCodecConfig, codebook: MelCodebook):
         super().__init__(cfg)
         self.codebook = codebook
+        self.refiner: Optional[MelRefiner] = None
+        if cfg.refiner_hidden > 0:
+            self.refiner = MelRefiner(cfg.n_codes, cfg.stack * cfg.n_mels, cfg.refiner_context,
+                                      cfg.lookahead_tokens, cfg.refiner_hidden).eval()
         mel = codebook.mel_cfg
         self.n_fft, self.hop = mel.n_fft, mel.hop
         #: Frames re-estimated per token: two earlier frames + the token's own.
@@ -520,21 +598,62 @@ class GriffinLimToken2Wav(Token2Wav):
     def is_fitted(self) -> bool:
         return self.codebook.is_fitted
 
+    @property
+    def lookahead_tokens(self) -> int:
+        return self.cfg.lookahead_tokens if self.refiner is not None else 0
+
+    @property
+    def first_chunk_tokens(self) -> int:
+        return self.lookahead_tokens + 1
+
     def init_state(self) -> GriffinLimState:
         n_hist = self.cfg.context_tokens * SAMPLES_PER_SPEECH_TOKEN
         n_freqs = self.codebook.mel_cfg.n_freqs
+        window = () if self.refiner is None else \
+            (self.refiner.empty,) * (self.refiner.width - 1)
         return GriffinLimState(torch.zeros(n_hist), torch.zeros(N_PAST_FRAMES, n_freqs),
-                               torch.zeros(CROSSFADE))
+                               torch.zeros(CROSSFADE), window=window)
 
     def step(self, tokens, state: GriffinLimState) -> Tuple[torch.Tensor, GriffinLimState]:
-        """int64 ``[n]`` -> (float32 ``[n * 640]``, new state); one token at a time."""
+        """int64 ``[n]`` -> (float32 audio ready ``[m]``, new state); one token at a time.
+
+        Without a refiner ``m = n * 640``; with one, each token's audio comes out
+        ``lookahead_tokens`` tokens later.
+        """
         tokens = _as_tokens(tokens, self.cfg.n_codes)
-        mags = self.codebook.magnitudes()  # [K, stack, F]
         outs = [torch.zeros(0)]
         for tok in tokens.tolist():
-            audio, state = self._step_token(mags[tok], state)
+            audio, state = self._push(tok, state)
             outs.append(audio)
         return torch.cat(outs), state
+
+    def flush(self, state: GriffinLimState) -> Tuple[torch.Tensor, GriffinLimState]:
+        """The audio of the last ``lookahead_tokens`` tokens (decoded against the pad code)."""
+        outs = [torch.zeros(0)]
+        for _ in range(self.lookahead_tokens):
+            audio, state = self._push(self.refiner.pad, state)
+            outs.append(audio)
+        return torch.cat(outs), state
+
+    def _push(self, code: int, state: GriffinLimState) -> Tuple[torch.Tensor, GriffinLimState]:
+        """One code in; the audio of the token it completes (``[640]`` or ``[0]``)."""
+        if self.refiner is None:
+            return self._step_token(self.codebook.magnitudes()[code], state)
+        window = state.window + (code,)
+        state = dataclasses.replace(state, window=window[1:])
+        if window[self.refiner.context] >= self.cfg.n_codes:  # nothing to decode yet
+            return torch.zeros(0), state
+        with torch.no_grad():
+            mags = self.refined_magnitudes(torch.tensor([window]))[0]  # [stack, F]
+        return self._step_token(mags, state)
+
+    def refined_magnitudes(self, windows: torch.Tensor) -> torch.Tensor:
+        """Code windows int64 ``[n, width]`` -> magnitudes ``[n, stack, F]`` (inverted in
+        float64 like :meth:`MelCodebook.magnitudes`, returned in the decoder's dtype)."""
+        book = self.codebook
+        vectors = self.refiner(book.require_fitted(), windows)  # [n, S * M]
+        return log_mel_to_magnitudes(vectors.double(), book.filters.double(), book.mel_cfg,
+                                     self.cfg.stack).to(self.window.dtype)
 
     # -- local STFT over the fixed-size window -------------------------------------------
     def _stft(self, x: torch.Tensor) -> torch.Tensor:
@@ -576,13 +695,33 @@ class GriffinLimToken2Wav(Token2Wav):
         history = torch.cat([state.history, audio])[-state.history.shape[0]:]
         last = token_mags[-N_PAST_FRAMES:].clone()  # [2, F]
         tail = x[end:end + CROSSFADE].clone()  # [CROSSFADE]
-        return audio, GriffinLimState(history, last, tail, state.n_tokens + 1)
+        return audio, GriffinLimState(history, last, tail, state.n_tokens + 1, state.window)
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
-        return self.codebook.state_dict()
+        out = self.codebook.state_dict()
+        if self.refiner is not None:
+            out.update({REFINER_PREFIX + k: v.detach().clone()
+                        for k, v in self.refiner.state_dict().items()})
+        return out
 
     def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
         self.codebook.load_state_dict(state)
+        if self.refiner is None:
+            return
+        mine = {k[len(REFINER_PREFIX):]: v for k, v in state.items()
+                if k.startswith(REFINER_PREFIX)}
+        want = self.refiner.state_dict()
+        missing = sorted(set(want) - set(mine))
+        if missing:
+            raise KeyError(f"speech codec state has no mel refiner weights ({REFINER_PREFIX}"
+                           f"{missing[0]} ...), but the config asks for one "
+                           f"(refiner_hidden={self.cfg.refiner_hidden})")
+        for key, value in mine.items():
+            if key not in want or tuple(value.shape) != tuple(want[key].shape):
+                raise ValueError(f"speech codec state: {REFINER_PREFIX}{key} has shape "
+                                 f"{tuple(value.shape)}, the config expects "
+                                 f"{tuple(want[key].shape) if key in want else 'no such key'}")
+        self.refiner.load_state_dict({k: v.float() for k, v in mine.items()})
 
 
 @register_codec("kmeans_mel")

@@ -34,8 +34,9 @@ the whole logits [V] to the host only for a larger top-k.
                                                     self_kv_out, mem_kv_out
     motion_decoder  codes [1, 1, L] i32, cache_i   -> frames [1, 5, D], cache_i_out
     token2wav       tokens [n] i32, n_valid [1] i32, fixed [c], last_mags [2, F], tail [64]
+                    (, window [w] with a mel refiner)
                                                  -> audio [n * 640], fixed_out, last_mags_out,
-                                                    tail_out
+                                                    tail_out (, window_out)
 
 ``llm_prefill`` + ``llm_decode`` grow the KV cache by one position per step
 (dynamic shapes).  ``llm`` keeps a fixed-capacity cache: the new keys/values
@@ -70,7 +71,8 @@ from a2llm_ros.engines.manifest import GRAPHS, KIND_INDEX, MAX_EMBED_IDS, TOP_K
 from a2llm_ros.model.audio_llm import base_causal_lm
 from a2llm_ros.model.qwen2 import MASK_MIN
 from a2llm_ros.model.speech_codec import _EPS as GL_EPS
-from a2llm_ros.model.speech_codec import CROSSFADE, N_PAST_FRAMES, GriffinLimToken2Wav
+from a2llm_ros.model.speech_codec import (CROSSFADE, N_PAST_FRAMES, GriffinLimToken2Wav,
+                                          log_mel_to_magnitudes)
 
 #: ONNX opset of every exported graph.  TensorRT 10's ONNX parser supports
 #: opsets 9-20 (8.6: up to 17); 17 is the first with LayerNormalization.
@@ -403,10 +405,25 @@ class Token2WavStepGraph(nn.Module):
     :mod:`a2llm_ros.tools.export.onnx_export`).  The chunk graph is this graph
     repeated ``chunk_tokens`` times
     (:func:`a2llm_ros.tools.export.onnx_export.repeat_token_graph`).
+
+    With a mel refiner the state has one more tensor, ``window`` (the codes
+    after the last decoded token, as floats; ``MelRefiner.empty`` at the start),
+    and the graph runs the decoder's own :class:`MelRefiner` and
+    :func:`log_mel_to_magnitudes` (in float32) on the window plus the new code.
+    A call whose window centre is not a token yet (the first ``lookahead_tokens``
+    calls of a turn) leaves the Griffin-Lim state unchanged and its audio is to
+    be dropped; ``flush`` is ``lookahead_tokens`` calls with ``MelRefiner.pad``
+    (:class:`a2llm_ros.engines.graph_backend.GraphBackend` does both).
     """
 
     def __init__(self, t2w: GriffinLimToken2Wav, iters: Optional[int] = None):
         super().__init__()
+        self.refiner = t2w.refiner
+        if self.refiner is not None:
+            book = t2w.codebook
+            self.register_buffer("centroids", book.require_fitted().float(), persistent=True)
+            self.register_buffer("filters", book.filters.float(), persistent=True)
+            self.mel_cfg, self.stack = book.mel_cfg, t2w.cfg.stack
         W, hop, nF = t2w.n_fft, t2w.hop, t2w.n_frames
         self.W, self.hop, self.nF, self.Lw, self.C = W, hop, nF, t2w.length, t2w.committed
         self.n_blocks = -(-W // hop)  # hop-sized blocks per (zero-padded) frame
@@ -456,9 +473,23 @@ class Token2WavStepGraph(nn.Module):
         x = self._overlap_add(frames) * self.inv_envelope
         return torch.cat([fixed, x[self.C:]])
 
-    def forward(self, token, fixed, last_mags, tail):
-        """token [1] i32, fixed [C], last_mags [2, F], tail [64] -> audio [640] + new state."""
-        token_mags = self.mags[token.long()[0]]  # [stack, F]
+    def forward(self, token, fixed, last_mags, tail, window=None):
+        """token [1] i32, fixed [C], last_mags [2, F], tail [64] (, window [width - 1])
+        -> audio [640] + new state."""
+        if self.refiner is None:
+            return self._decode(self.mags[token.long()[0]], fixed, last_mags, tail)
+        codes = torch.cat([window.long(), token.long()])  # [width]
+        vector = self.refiner(self.centroids, codes[None])  # [1, S * M]
+        token_mags = log_mel_to_magnitudes(vector, self.filters, self.mel_cfg,
+                                           self.stack)[0]  # [stack, F]
+        audio, new_fixed, new_last, new_tail = self._decode(token_mags, fixed, last_mags, tail)
+        real = codes[self.refiner.context] < self.refiner.n_codes  # the centre is a token
+        return (torch.where(real, audio, torch.zeros_like(audio)),
+                torch.where(real, new_fixed, fixed), torch.where(real, new_last, last_mags),
+                torch.where(real, new_tail, tail), codes[1:].to(window.dtype))
+
+    def _decode(self, token_mags, fixed, last_mags, tail):
+        """Magnitudes [stack, F] of one token + Griffin-Lim state -> audio [640] + state."""
         mags = torch.cat([last_mags, token_mags])[None]  # [1, nF, F]
         x0 = torch.cat([fixed, torch.zeros_like(self.inv_envelope[self.C:])])  # [Lw]
         first = torch.matmul(x0[:self.W][None], self.fwd)[:, 0]  # [2, F] frame 0
@@ -550,8 +581,20 @@ def token2wav_state_shapes(model) -> Dict[str, Tuple[int, ...]]:
     """Shapes of the token2wav graph's state tensors."""
     t2w = model.token2wav
     n_freqs = t2w.codebook.mel_cfg.n_freqs
-    return {"fixed": (t2w.committed,), "last_mags": (N_PAST_FRAMES, n_freqs),
-            "tail": (CROSSFADE,)}
+    shapes = {"fixed": (t2w.committed,), "last_mags": (N_PAST_FRAMES, n_freqs),
+              "tail": (CROSSFADE,)}
+    if t2w.refiner is not None:
+        shapes["window"] = (t2w.refiner.width - 1,)
+    return shapes
+
+
+def token2wav_initial_state(model) -> Dict[str, "torch.Tensor"]:
+    """The token2wav graph's state before a turn: zeros, and ``window`` all
+    ``MelRefiner.empty`` (as the PyTorch decoder's :meth:`init_state`)."""
+    state = {k: torch.zeros(s) for k, s in token2wav_state_shapes(model).items()}
+    if "window" in state:
+        state["window"].fill_(float(model.token2wav.refiner.empty))
+    return state
 
 
 def _rand(shape, gen, scale=1.0):
@@ -704,7 +747,7 @@ def _spec_token2wav(model, cfg, dims):
     inputs = [IOSpec("tokens", "int32", (n,)), IOSpec("n_valid", "int32", (1,))] + state_in
     outputs = [IOSpec("audio", "float32", (n * SAMPLES_PER_SPEECH_TOKEN,))] + state_out
     example = {"token": torch.tensor([7], dtype=torch.int32)}
-    example.update({k: torch.zeros(s) for k, s in st.items()})
+    example.update(token2wav_initial_state(model))
     return GraphSpec("token2wav", Token2WavStepGraph(t2w), inputs, outputs, example,
                      description=f"Griffin-Lim token-to-wave, {n}-token chunk", repeat=n,
                      trace_inputs=[IOSpec("token", "int32", (1,))] + state_in,

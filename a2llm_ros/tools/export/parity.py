@@ -19,7 +19,7 @@ import torch
 from a2llm_ros.constants import SAMPLES_PER_SPEECH_TOKEN
 from a2llm_ros.engines.config import BackendConfig, EngineError
 from a2llm_ros.tools.export.graphs import (connector_state_shape, motion_cache_shapes,
-                                           token2wav_state_shapes)
+                                           token2wav_initial_state)
 from a2llm_ros.model.speech_codec import OUTPUT_DELAY
 
 #: Max-abs-error tolerances of the ORT-vs-PyTorch checks (fp32 graphs).
@@ -236,16 +236,24 @@ def _gl_iters(t2w, iters: int):
 
 
 def run_token2wav(s, model, chunks) -> np.ndarray:
-    """Decode ``chunks`` (token lists of <= chunk_tokens) with a token2wav ORT session."""
+    """Decode ``chunks`` (token lists of <= chunk_tokens) with a token2wav ORT session,
+    then flush (a mel refiner's lookahead: pad codes, the first calls' audio dropped, as
+    :class:`~a2llm_ros.engines.graph_backend.GraphBackend` does)."""
     n = model.cfg.codec.chunk_tokens
-    state = {k: np.zeros(v, np.float32) for k, v in token2wav_state_shapes(model).items()}
-    audio = []
+    state = {k: v.numpy() for k, v in token2wav_initial_state(model).items()}
+    refiner = model.token2wav.refiner
+    lookahead = refiner.lookahead if refiner is not None else 0
+    if lookahead:
+        chunks = list(chunks) + [[refiner.pad] * lookahead]
+    audio, pushed = [], 0
     for chunk in chunks:
         toks = np.zeros(n, np.int32)
         toks[:len(chunk)] = chunk
         out = s.run(None, {"tokens": toks, "n_valid": np.array([len(chunk)], np.int32),
                            **state})
-        audio.append(out[0][:len(chunk) * SAMPLES_PER_SPEECH_TOKEN])
+        skip = min(len(chunk), max(0, lookahead - pushed))
+        audio.append(out[0][skip * SAMPLES_PER_SPEECH_TOKEN:len(chunk) * SAMPLES_PER_SPEECH_TOKEN])
+        pushed += len(chunk)
         state = dict(zip(state, out[1:]))
     return np.concatenate(audio)
 
@@ -256,6 +264,7 @@ def _torch_token2wav(model, chunks, t2w=None) -> np.ndarray:
     for chunk in chunks:
         a, state = t2w.step(torch.tensor(chunk), state)
         audio.append(a.double().numpy())
+    audio.append(t2w.flush(state)[0].double().numpy())
     return np.concatenate(audio)
 
 
@@ -283,15 +292,20 @@ def _float64_decoder(t2w):
 
 
 def spectral_error(model, audio: np.ndarray, tokens: List[int]) -> float:
-    """Mean |log magnitude - log target| of decoded audio against the codebook spectrum.
+    """Mean |log magnitude - log target| of decoded audio against the codebook spectrum
+    (with a mel refiner: the refined spectrum of the whole answer).
 
     Output sample ``s`` holds the signal of time ``s - OUTPUT_DELAY``, so output
     STFT frame ``t + 1`` (centred) shows the token frames' mel frame ``t``.
     """
     t2w = model.token2wav
-    mags = t2w.codebook.magnitudes()  # [K, stack, F]
-    stack = mags.shape[1]
-    target = torch.cat([mags[t] for t in tokens]).numpy()  # [n * stack, F]
+    if t2w.refiner is None:
+        target = t2w.codebook.magnitudes()[torch.tensor(tokens)]  # [n, stack, F]
+    else:
+        with torch.no_grad():
+            target = t2w.refined_magnitudes(t2w.refiner.windows(torch.tensor(tokens)))
+    stack = target.shape[1]
+    target = target.reshape(-1, target.shape[-1]).numpy()  # [n * stack, F]
     x = torch.as_tensor(audio, dtype=torch.float32)
     spec = torch.stft(x, t2w.n_fft, t2w.hop, window=t2w.window, center=True,
                       return_complex=True).abs().T.numpy()  # [frames, F]

@@ -413,6 +413,7 @@ class TurnResult:
     frame_recv: Optional[np.ndarray] = None    # [T] s
     frames: Optional[np.ndarray] = None       # [T, D]
     chunk_indices: List[int] = dataclasses.field(default_factory=list)
+    chunk_sizes: List[int] = dataclasses.field(default_factory=list)  # frames per chunk
     chunk_frames: int = 0
     gen: Optional[dict] = None                # ProbeGenerator record
 
@@ -1020,7 +1021,8 @@ def _assign_outputs(turns: List[TurnResult], res: GraphResult) -> None:
             turn.frames = np.stack([f[3] for f in frames])
         chunks = [c for c in res.chunks if c[2] == turn.turn_id and c[4] == SOURCE_SPEECH]
         turn.chunk_indices = [c[3] for c in chunks]
-        turn.chunk_frames = sum(c[5] for c in chunks)
+        turn.chunk_sizes = [c[5] for c in chunks]
+        turn.chunk_frames = sum(turn.chunk_sizes)
         first = [c[0] for c in chunks] + [f[0] for f in frames]
         turn.first_flame = min(first) if first else None
 
