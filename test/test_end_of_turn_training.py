@@ -1,0 +1,50 @@
+"""Training samples of the end-of-turn head (a2llm_ros.tools.training.end_of_turn)."""
+import numpy as np
+
+from a2llm_ros.constants import SAMPLE_RATE
+from a2llm_ros.tools.data.espeak import QUESTION_VOICES
+from a2llm_ros.tools.training import end_of_turn as eot
+
+
+class _LengthBackend:
+    """Stands in for a model: the "hidden state" of a prompt is its wave's length."""
+
+    def rng(self, seed):
+        return None
+
+    def prefill(self, wave, pick, rng):
+        return 0, np.array([float(len(wave))]), None
+
+    def host(self, hidden):
+        return hidden
+
+
+def _longest_silence(wave: np.ndarray) -> int:
+    quiet = np.abs(wave) <= 1e-3
+    best = run = 0
+    for q in quiet:
+        run = run + 1 if q else 0
+        best = max(best, run)
+    return best
+
+
+def test_paused_whole_question_has_a_silence_inside_and_is_deterministic():
+    text = "How many legs does a spider have?"
+    a = eot.paused_whole(text, QUESTION_VOICES[0], np.random.default_rng([16, 0, 3]))
+    b = eot.paused_whole(text, QUESTION_VOICES[0], np.random.default_rng([16, 0, 3]))
+    assert np.array_equal(a, b) and a.dtype == np.float32
+    lo, hi = eot.PAUSED_WHOLE_S
+    assert lo * SAMPLE_RATE <= _longest_silence(a) <= hi * SAMPLE_RATE + 400
+    assert np.abs(a[:1600]).max() > 1e-3 and np.abs(a[-1600:]).max() > 1e-3  # trimmed parts
+
+
+def test_training_set_labels_whole_paused_and_cut_questions():
+    texts = ["What is your name?", "Hello"]  # 4 words and 1 word (no pause, no cut)
+    X, y, voices = eot.training_set(_LengthBackend(), texts, QUESTION_VOICES[:2],
+                                    progress=False)
+    # per voice: text 1 whole + paused + 3 cuts, text 2 whole only
+    assert len(y) == 2 * (5 + 1) and voices.tolist() == [0] * 6 + [1] * 6
+    assert y.tolist() == [1, 1, 0, 0, 0, 1] * 2
+    whole, paused, cuts = X[0, 0], X[1, 0], X[2:5, 0]
+    assert paused > whole + eot.PAUSED_WHOLE_S[0] * SAMPLE_RATE * 0.9  # the inner silence
+    assert (cuts < whole).all()
