@@ -90,3 +90,4 @@ def test_add_gives_a_checkpoint_from_before_the_refiner_one(tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)
     with pytest.raises(ValueError, match="nothing to add"):
         codec_refiner.add_refiner(out, 512, 3, 1)
+    assert codec_refiner.main(["--checkpoint", out, "--add", "--no-progress"]) == 2

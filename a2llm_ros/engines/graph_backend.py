@@ -40,6 +40,13 @@ GUMBEL_TINY = 1e-10
 PUSHED = "pushed"
 
 
+def undecoded_calls(lookahead: int, pushed: int, n: int) -> int:
+    """How many of ``n`` token2wav graph calls, after ``pushed`` earlier calls this turn,
+    decode nothing: with a mel refiner, the first ``lookahead`` calls of a turn only fill
+    its window (their audio is dropped)."""
+    return min(n, max(0, lookahead - pushed))
+
+
 @dataclass(frozen=True)
 class Zeros:
     """A zero-filled input of ``shape`` (the runner chooses dtype and placement)."""
@@ -315,7 +322,7 @@ class GraphBackend(Backend):
             out = self.runner.run("token2wav", {
                 "tokens": padded, "n_valid": np.array([chunk.size], np.int32), **feeds},
                 host=("audio",))
-            skip = min(chunk.size, max(0, self.codec_lookahead - pushed))
+            skip = undecoded_calls(self.codec_lookahead, pushed, chunk.size)
             audio.append(np.asarray(out["audio"], np.float32)[
                 skip * SAMPLES_PER_SPEECH_TOKEN:chunk.size * SAMPLES_PER_SPEECH_TOKEN])
             pushed += chunk.size

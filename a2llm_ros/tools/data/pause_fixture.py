@@ -51,14 +51,22 @@ def split_point(text: str) -> Tuple[str, str]:
     return " ".join(words[:-1]), words[-1]
 
 
+def spoken_parts(parts: Tuple[str, str], pause_ms: float, voice
+                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(first part [a], ``pause_ms`` of silence [g], second part [b]): each part spoken
+    on its own (espeak-ng) and trimmed of its leading and trailing silence."""
+    from a2llm_ros.tools.data.espeak import synthesize
+    head, tail = (trim_silence(synthesize(p, voice).audio, SILENCE_LEVEL) for p in parts)
+    gap = np.zeros(int(round(pause_ms * SAMPLE_RATE / 1000.0)), np.float32)
+    return head, gap, tail
+
+
 def paused_question(text: str, pause_ms: float, voice=None) -> PausedQuestion:
     """Speak ``text`` (espeak-ng) in two parts with ``pause_ms`` of silence between."""
-    from a2llm_ros.tools.data.espeak import HELD_OUT_VOICE, synthesize
-    voice = voice or HELD_OUT_VOICE
+    from a2llm_ros.tools.data.espeak import HELD_OUT_VOICE
     parts = split_point(text)
-    head, tail = (trim_silence(synthesize(p, voice).audio, SILENCE_LEVEL) for p in parts)
+    head, gap, tail = spoken_parts(parts, pause_ms, voice or HELD_OUT_VOICE)
     lead = np.zeros(int(LEAD_S * SAMPLE_RATE), np.float32)
-    gap = np.zeros(int(round(pause_ms * SAMPLE_RATE / 1000.0)), np.float32)
     end = np.zeros(int(TAIL_S * SAMPLE_RATE), np.float32)
     audio = np.concatenate([lead, head, gap, tail, end]).astype(np.float32)
     p0 = len(lead) + len(head)

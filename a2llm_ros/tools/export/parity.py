@@ -18,6 +18,7 @@ import torch
 
 from a2llm_ros.constants import SAMPLES_PER_SPEECH_TOKEN
 from a2llm_ros.engines.config import BackendConfig, EngineError
+from a2llm_ros.engines.graph_backend import undecoded_calls
 from a2llm_ros.tools.export.graphs import (connector_state_shape, motion_cache_shapes,
                                            token2wav_initial_state)
 from a2llm_ros.model.speech_codec import OUTPUT_DELAY
@@ -251,7 +252,7 @@ def run_token2wav(s, model, chunks) -> np.ndarray:
         toks[:len(chunk)] = chunk
         out = s.run(None, {"tokens": toks, "n_valid": np.array([len(chunk)], np.int32),
                            **state})
-        skip = min(len(chunk), max(0, lookahead - pushed))
+        skip = undecoded_calls(lookahead, pushed, len(chunk))
         audio.append(out[0][skip * SAMPLES_PER_SPEECH_TOKEN:len(chunk) * SAMPLES_PER_SPEECH_TOKEN])
         pushed += len(chunk)
         state = dict(zip(state, out[1:]))

@@ -194,7 +194,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.add:
         from a2llm_ros.model.configs import SpeechCodecConfig
         tiny = SpeechCodecConfig.preset("tiny")
-        add_refiner(out, tiny.refiner_hidden, tiny.refiner_context, tiny.lookahead_tokens)
+        try:
+            add_refiner(out, tiny.refiner_hidden, tiny.refiner_context, tiny.lookahead_tokens)
+        except ValueError as exc:
+            print(f"codec_refiner: --add: {exc}", file=sys.stderr)
+            return 2
     model = load_checkpoint(out)
     if getattr(model.token2wav, "refiner", None) is None:
         print(f"codec_refiner: {ckpt}: its speech codec ({model.cfg.codec.kind}, "

@@ -65,6 +65,8 @@ HEAD_VOICES = DEFAULT_SYNTH["n_question_voices"]
 PAUSED_WHOLE_S = (0.15, 0.70)
 #: Seed of the split points and silences of the paused whole questions.
 PAUSED_WHOLE_SEED = 16
+#: Marks a paused whole question among the training items (the others: words kept).
+PAUSED = -1
 THRESHOLD_GRID = np.round(np.arange(0.50, 0.995, 0.01), 2)
 LBFGS_ITERATIONS = 500
 
@@ -93,16 +95,14 @@ def prompt_feature(backend, audio: np.ndarray) -> np.ndarray:
 
 def paused_whole(text: str, voice, rng: np.random.Generator) -> np.ndarray:
     """``text`` spoken in two parts split at a random word boundary, a silence of
-    :data:`PAUSED_WHOLE_S` between them: a whole question with a pause inside [n]."""
-    from a2llm_ros.audio.signals import trim_silence
-    from a2llm_ros.tools.data.espeak import synthesize
-    from a2llm_ros.tools.data.pause_fixture import SILENCE_LEVEL
+    :data:`PAUSED_WHOLE_S` between them (as the pause fixture speaks its questions): a
+    whole question with a pause inside [n]."""
+    from a2llm_ros.tools.data.pause_fixture import spoken_parts
     words = text.split()
     k = int(rng.integers(1, len(words)))
-    head, tail = (trim_silence(synthesize(" ".join(part), voice).audio, SILENCE_LEVEL)
-                  for part in (words[:k], words[k:]))
-    gap = np.zeros(int(round(rng.uniform(*PAUSED_WHOLE_S) * SAMPLE_RATE)), np.float32)
-    return np.concatenate([head, gap, tail]).astype(np.float32)
+    pause_ms = 1000.0 * rng.uniform(*PAUSED_WHOLE_S)
+    parts = (" ".join(words[:k]), " ".join(words[k:]))
+    return np.concatenate(spoken_parts(parts, pause_ms, voice)).astype(np.float32)
 
 
 def training_set(backend, texts: Sequence[str], voices, progress: bool = True
@@ -113,17 +113,18 @@ def training_set(backend, texts: Sequence[str], voices, progress: bool = True
     from tqdm import tqdm
 
     from a2llm_ros.tools.data.espeak import synthesize
+    # k: words kept (0: whole, spoken in one go; PAUSED: whole, in two parts; > 0: a cut)
     items = [(j, i, k) for i in range(len(voices)) for j, t in enumerate(texts)
-             for k in [0] + (["paused"] if len(t.split()) > 1 else []) + cut_points(t)]
+             for k in [0] + ([PAUSED] if len(t.split()) > 1 else []) + cut_points(t)]
     X, y = [], []
     for j, i, k in tqdm(items, desc="end-of-turn samples", disable=not progress):
         text, voice = texts[j], voices[i]
-        if k == "paused":
+        if k == PAUSED:
             audio = paused_whole(text, voice, np.random.default_rng([PAUSED_WHOLE_SEED, i, j]))
         else:
             audio = synthesize(" ".join(text.split()[:k]) if k else text, voice).audio
         X.append(prompt_feature(backend, audio))
-        y.append(0.0 if isinstance(k, int) and k else 1.0)
+        y.append(0.0 if k > 0 else 1.0)
     return np.stack(X), np.asarray(y, np.float32), np.array([i for _, i, _ in items])
 
 
