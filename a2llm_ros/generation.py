@@ -220,7 +220,8 @@ class GeneratorState:
     llm_rng: Any = None
     motion_rng: Any = None
     end_reason: Optional[str] = None
-    #: The LLM's hidden state at the last prompt position [H] (end-of-turn head input).
+    #: The LLM's hidden states at the prompt's last positions [E, H] (``Prompt.tail``: the
+    #: last audio position and the chat template after it; end-of-turn head input).
     prompt_hidden: Optional[np.ndarray] = None
 
 
@@ -258,12 +259,14 @@ class StreamingGenerator:
         self.state = GeneratorState(
             turn_id=turn, active=True, reader=reader, cache=cache, next_token=token,
             t2w_state=b.init_codec_state(), motion_state=b.init_motion_state(),
-            llm_rng=llm_rng, motion_rng=motion_rng, prompt_hidden=b.host(hidden))
+            llm_rng=llm_rng, motion_rng=motion_rng,
+            prompt_hidden=b.host(hidden).reshape(-1, self.model.cfg.llm.hidden_size))
         return turn
 
     @property
     def prompt_hidden(self) -> Optional[np.ndarray]:
-        """The current turn's last prompt hidden state [H] (None before a start)."""
+        """The current turn's hidden states at the prompt's last positions [E, H] (None
+        before a start)."""
         return self.state.prompt_hidden
 
     def step(self) -> List[Event]:

@@ -1,4 +1,6 @@
 """Training samples of the end-of-turn head (a2llm_ros.tools.training.end_of_turn)."""
+from types import SimpleNamespace
+
 import numpy as np
 
 from a2llm_ros.constants import SAMPLE_RATE
@@ -8,6 +10,8 @@ from a2llm_ros.tools.training import end_of_turn as eot
 
 class _LengthBackend:
     """Stands in for a model: the "hidden state" of a prompt is its wave's length."""
+
+    model = SimpleNamespace(cfg=SimpleNamespace(llm=SimpleNamespace(hidden_size=1)))
 
     def rng(self, seed):
         return None
@@ -48,3 +52,18 @@ def test_training_set_labels_whole_paused_and_cut_questions():
     whole, paused, cuts = X[0, 0], X[1, 0], X[2:5, 0]
     assert paused > whole + eot.PAUSED_WHOLE_S[0] * SAMPLE_RATE * 0.9  # the inner silence
     assert (cuts < whole).all()
+
+
+def test_fit_reads_the_tail_positions_it_was_trained_on():
+    """Features [N, E, H]: the head records E and reads the last E rows of a longer tail;
+    only the last position carries the label here, and the head finds it."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 2, 3))  # [N, E, H]
+    y = (X[:, -1, 0] > 0).astype(np.float32)
+    head = eot.fit(X, y, l2=0.1)
+    assert head.positions == 2 and head.weight.shape == (6,)
+    w = head.weight.reshape(2, 3)
+    assert np.argmax(np.abs(w).reshape(-1)) == 3  # last position, first value
+    longer = np.concatenate([rng.normal(size=(5, 3)), X[7]])  # [7, 3]: 5 rows before
+    assert head.probability(longer) == head.probability(X[7])
+    assert head.probability(X[y == 1][0]) > head.probability(X[y == 0][0])

@@ -80,6 +80,12 @@ def test_graphs_are_tensorrt_parser_compatible_and_described(exported):
     assert static["profiles"]["prefill"]["inputs_embeds"] == [
         [1, len(model.prompt(n).ids), 256] for n in (1, 62, 375)]  # 0.1 s, 5 s, 30 s
     assert static["profiles"]["decode"]["inputs_embeds"] == [[1, 1, 256]] * 3
+    tail = model.prompt(1).tail  # the last audio position and the template after it: 15
+    assert tail == 15 and tail == len(model.prompt(7).ids) - model.prompt(7).patch_start - 6
+    outs = {g: {o["name"]: o["shape"] for o in read_json(os.path.join(out, g + ".json"))[
+        "outputs"]} for g in ("llm_prefill", "llm", "llm_decode")}
+    assert outs["llm_prefill"]["tail"] == [1, tail, 256]
+    assert outs["llm"]["tail"] == [1, "tail_len", 256] and "tail" not in outs["llm_decode"]
     audio = read_json(os.path.join(out, "audio_encoder.json"))
     assert audio["dims"]["mel_frames"] == [10, 500, 3000]
     m = read_json(os.path.join(out, MANIFEST))

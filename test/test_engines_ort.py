@@ -51,6 +51,15 @@ def test_greedy_whole_turn_equals_pytorch_token_for_token(ckpt, kv_cache):
     assert err_ort <= 1.5 * err_torch + 0.05
     kinds = [type(e).__name__ for e in res.events]
     assert kinds == [type(e).__name__ for e in ref.events]
+    # the prefill's tail (end-of-turn head input): the last audio position and the template
+    tails = []
+    for b in (TorchBackend(model), backend):
+        gen = StreamingGenerator(b, cfg)
+        gen.start(QUESTION)
+        tails.append(gen.prompt_hidden)
+        gen.cancel()
+    assert tails[0].shape == (model.prompt(1).tail, model.cfg.llm.hidden_size)
+    np.testing.assert_allclose(tails[1], tails[0], atol=1e-4)
 
 
 def test_sampled_turn_is_reproducible_and_lockstep(ckpt):
@@ -198,7 +207,8 @@ def test_onnxruntime_turn_runs_without_torch(ckpt):
     (GenerationConfig(seed=3, temperature=0.9, top_k=0, max_speech_tokens=10), True)])
 def test_llm_steps_bring_only_the_top_tokens_to_the_host(ckpt, cfg, full):
     """The LLM graphs mask and rank in-graph: a step fetches ``top_values`` / ``top_ids``
-    (64 each) and the hidden state, the whole logits only when the pick's top-k exceeds 64."""
+    (64 each) and the hidden state, the whole logits only when the pick's top-k exceeds 64;
+    the prefill also the hidden states of the prompt's tail (end-of-turn head)."""
     path, _ = ckpt
     backend = load_backend(path, BackendConfig(kind="onnxruntime"))
     fetched = []
@@ -214,6 +224,7 @@ def test_llm_steps_bring_only_the_top_tokens_to_the_host(ckpt, cfg, full):
     assert len(fetched) >= len(res.speech_codes) > 0
     assert all(("logits" in h) == full for h in fetched)
     assert all(("top_ids" in h) != full for h in fetched)
+    assert ["tail" in h for h in fetched] == [True] + [False] * (len(fetched) - 1)
 
 
 def test_model_info_refuses_a_codec_the_graphs_do_not_cover(ckpt, tmp_path):

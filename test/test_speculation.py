@@ -257,7 +257,7 @@ def test_detector_rejoins_only_speech_that_comes_back_before_min_silence(gap_s, 
     assert (end.start_sample <= first_onset) is joins  # the whole question, or its tail
 
 
-def test_end_of_turn_head_file_is_validated_and_the_shipped_one_loads(tmp_path):
+def test_end_of_turn_head_file_is_validated_and_the_shipped_one_loads(tmp_path, default_model):
     import json
 
     from a2llm_ros.checkpoint_files import DEFAULT_CHECKPOINT
@@ -265,11 +265,29 @@ def test_end_of_turn_head_file_is_validated_and_the_shipped_one_loads(tmp_path):
     head = load_end_of_turn(DEFAULT_CHECKPOINT)
     assert head is not None and 0.5 <= head.threshold < 1.0
     assert load_end_of_turn(str(tmp_path)) is None  # no file: no head
+    head.check_model(default_model)  # reads the default model's prompt tail
+    assert head.positions == default_model.prompt(1).tail
     good = EndOfTurnHead(np.zeros(3), np.ones(3), np.array([1.0, 0, 0]), 0.0, 0.6)
     assert good.probability([0, 0, 0]) == pytest.approx(0.5)
     assert good.probability([10, 0, 0]) > 0.99
-    with pytest.raises(ValueError, match="3 values, got 2"):
+    assert good.probability([[10, 0, 0], [0, 0, 0]]) == pytest.approx(0.5)  # the last row
+    with pytest.raises(ValueError, match="last 1 prompt positions \\(3 values each\\), got 2"):
         good.probability([1, 2])
+    with pytest.raises(ValueError, match="hidden size 256"):
+        good.check_model(default_model)
+    two = EndOfTurnHead(np.zeros(4), np.ones(4), np.array([0, 0, 1.0, 0]), 0.0, 0.6,
+                        positions=2)
+    assert two.probability([[9, 9], [5, 0], [0, 0]]) == pytest.approx(0.5)  # last two rows
+    assert two.probability([[0, 0], [5, 0], [0, 0]]) == two.probability([[5, 0], [0, 0]])
+    with pytest.raises(ValueError, match="last 2 prompt positions"):
+        two.probability([0, 0])
+    old = good.to_dict()
+    del old["positions"]  # a head written before positions existed reads the last one
+    (tmp_path / HEAD_FILE).write_text(json.dumps(old))
+    assert load_end_of_turn(str(tmp_path)).positions == 1
+    (tmp_path / HEAD_FILE).write_text(json.dumps(dict(good.to_dict(), positions=2)))
+    with pytest.raises(ValueError, match="positions that do not divide"):
+        load_end_of_turn(str(tmp_path))
     bad = dict(good.to_dict(), std=[1.0, 0.0, 1.0])
     (tmp_path / HEAD_FILE).write_text(json.dumps(bad))
     with pytest.raises(ValueError, match="non-positive"):

@@ -70,7 +70,9 @@ class Backend:
         raise NotImplementedError
 
     def prefill(self, wave: np.ndarray, pick: Pick, rng: Any) -> LLMStep:
-        """Question wave float32 [N] at 16 kHz -> (first token, hidden [H], cache)."""
+        """Question wave float32 [N] at 16 kHz -> (first token, hidden [E, H] of the
+        prompt's last ``E`` positions (``Prompt.tail``: the last audio position and the
+        chat template after it), cache)."""
         raise NotImplementedError
 
     def decode(self, token: int, cache: Any, pick: Pick, rng: Any) -> LLMStep:
@@ -78,7 +80,7 @@ class Backend:
         raise NotImplementedError
 
     def host(self, hidden: Any) -> np.ndarray:
-        """A hidden state as a float32 host vector [H]."""
+        """Hidden states [..., H] as a flat float32 host vector."""
         return np.asarray(hidden, np.float32).reshape(-1)
 
     def init_motion_state(self) -> Any:

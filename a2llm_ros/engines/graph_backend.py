@@ -112,8 +112,8 @@ class GraphBackend(Backend):
         prompt = self.model.prompt(n_positions(mel.shape[1]))
         embeds = splice_audio(prompt, self.embed_tokens(prompt.ids),
                               self.encode_audio(mel))  # [1, P, H]
-        out, cache = self.llm_prefill_outputs(embeds, pick)
-        return self.choose(out, pick, rng), self._hidden(out), cache
+        out, cache = self.llm_prefill_outputs(embeds, pick, tail=True)
+        return self.choose(out, pick, rng), np.asarray(out["tail"], np.float32)[0], cache
 
     def decode(self, token: int, cache, pick: Pick, rng) -> LLMStep:
         out, cache = self.llm_decode_outputs(token, cache, pick)
@@ -210,13 +210,16 @@ class GraphBackend(Backend):
             ("top_values", "top_ids", "hidden")
         return feeds, host
 
-    def llm_prefill_outputs(self, embeds: np.ndarray, pick: Optional[Pick]):
+    def llm_prefill_outputs(self, embeds: np.ndarray, pick: Optional[Pick],
+                            tail: bool = False):
         """Prompt embeddings [1, P, H] -> (the graph's outputs, cache); only those ``pick``
-        needs are on the host (all logits when ``pick`` is None)."""
+        needs are on the host (all logits when ``pick`` is None), and ``tail`` with
+        ``tail``."""
         P = int(embeds.shape[1])
         self._check_room(P + 1)
         x = np.ascontiguousarray(np.asarray(embeds, np.float32))
         feeds, host = self._pick_feeds(pick)
+        host += ("tail",) if tail else ()
         if self.kv_mode == "dynamic":
             out = self.runner.run("llm_prefill", {"inputs_embeds": x, **feeds}, host=host)
         else:

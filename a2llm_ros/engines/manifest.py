@@ -12,8 +12,9 @@ from a2llm_ros.engines.config import EngineError
 
 FORMAT = "a2llm_ros.onnx_export"
 #: 2: Step-Audio-2 encoder + adaptor and chat prompt (checkpoint format 2); 3: the LLM
-#: graphs take the schedule's kind and a banned id and also return the top TOP_K tokens.
-FORMAT_VERSION = 3
+#: graphs take the schedule's kind and a banned id and also return the top TOP_K tokens;
+#: 4: the prefill graphs also return ``tail`` (the end-of-turn head's hidden states).
+FORMAT_VERSION = 4
 #: Most likely tokens the LLM graphs return ranked (``top_values``, ``top_ids``), so a
 #: backend samples from them and fetches the full logits only for larger top-k.
 TOP_K = 64

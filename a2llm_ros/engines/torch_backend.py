@@ -38,14 +38,18 @@ class TorchBackend(Backend):
         #: The schedule's kind masks [V] on the model's device.
         self._masks: Dict[str, torch.Tensor] = {
             k: torch.from_numpy(model.vocab.kind_mask(k)).to(model.device) for k in (TEXT, SPEECH)}
+        #: Prompt positions :meth:`prefill` returns hidden states of (the prefill graphs'
+        #: ``tail``: the last audio position and the chat template after it).
+        self.prompt_tail = model.prompt(1).tail
 
     # -- Backend -------------------------------------------------------------------------
     def rng(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.model.device).manual_seed(int(seed))
 
     def prefill(self, wave, pick: Pick, rng) -> LLMStep:
-        logits, hidden, cache = self.llm_prefill(prompt_embeds(self, wave))
-        return self.choose(logits, pick, rng), hidden, cache
+        with torch.no_grad():
+            logits, tail, cache = self._run(prompt_embeds(self, wave), tail=self.prompt_tail)
+        return self.choose(logits, pick, rng), tail, cache
 
     def decode(self, token: int, cache, pick: Pick, rng) -> LLMStep:
         logits, hidden, cache = self.llm_decode(token, cache)
@@ -105,9 +109,12 @@ class TorchBackend(Backend):
         """Token ids -> embeddings [1, n, H]."""
         return self.model.embed_ids(list(ids))[None]
 
-    def _run(self, embeds, cache=None):
+    def _run(self, embeds, cache=None, tail: int = 0):
+        """-> (logits [V], hidden [H] of the last position, or [tail, H] of the last
+        ``tail`` positions, cache)."""
         hidden, cache = llm_hidden(self.model.llm, embeds, past=cache)  # [1, T, H]
-        return llm_logits(self.model.llm, hidden[0, -1]).float(), hidden[0, -1], cache
+        out = hidden[0, -tail:] if tail else hidden[0, -1]  # [tail, H] | [H]
+        return llm_logits(self.model.llm, hidden[0, -1]).float(), out, cache
 
     @torch.no_grad()
     def llm_prefill(self, embeds: torch.Tensor):

@@ -187,6 +187,12 @@ class Prompt:
     patch_start: int
     n_patches: int
 
+    @property
+    def tail(self) -> int:
+        """Positions from the last ``<audio_patch>`` to the end of the prompt (the same for
+        every audio length): the prefill's hidden states the end-of-turn head reads."""
+        return len(self.ids) - (self.patch_start + self.n_patches) + 1
+
 
 def build_prompt(tok: TextTokenizer, vocab: Vocab, n_patches: int,
                  task: int = TASK_ANSWER, system: str = SYSTEM_PROMPT) -> Prompt:

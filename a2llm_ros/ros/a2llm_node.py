@@ -310,6 +310,7 @@ class A2llmNode(LifecycleNode):
             raise FileNotFoundError(f"vad.end_of_turn is on but the checkpoint ({base}) has no "
                                     f"{HEAD_FILE} (python -m "
                                     "a2llm_ros.tools.training.end_of_turn)")
+        head.check_model(model)
         if head.pad_ms is not None and abs(head.pad_ms - cfg.vad.speech_pad_ms) > 1.0:
             self.get_logger().warning(
                 f"{HEAD_FILE} was trained with {head.pad_ms:g} ms of speech padding, "

@@ -235,6 +235,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from a2llm_ros.conversation.end_of_turn import load_end_of_turn
     model = load_checkpoint(args.checkpoint)
     head = load_end_of_turn(model.base_dir)
+    head = head.check_model(model) if head is not None else None
     cfg = GenerationConfig(greedy=True)
     questions = pause_fixture([p.question for p in QA_PAIRS[:args.questions]])
     results: Dict[str, Dict[str, float]] = {}

@@ -16,18 +16,21 @@ LLM layers, ``G`` KV heads, ``dh`` head size, ``C`` = ``max_context``)::
     llm_prefill     inputs_embeds [1, P, H], kind [1] i32, banned [1] i32
                                                  -> logits [1, V], hidden [1, H],
                                                     present_kv [L, 2, G, P, dh],
-                                                    top_values [1, K], top_ids [1, K] i32
+                                                    top_values [1, K], top_ids [1, K] i32,
+                                                    tail [1, E, H]
     llm_decode      token_id [1, 1] i32, past_kv [L, 2, G, P, dh], kind, banned
                                                  -> logits, hidden, present_kv [.., P + 1, ..],
                                                     top_values, top_ids
     llm             inputs_embeds [1, T, H], past_kv [L, 2, G, C, dh], past_len [1] i32,
                     kind, banned                 -> logits, hidden, present_kv [L, 2, G, C, dh],
-                                                    top_values, top_ids
+                                                    top_values, top_ids, tail [1, min(E, T), H]
 
 Every LLM graph also ranks its logits: ``kind`` (0: none, 1: text, 2: speech) adds the
 enforced schedule's mask, ``banned`` (-1: none) masks one id more, and ``TopK`` returns
 the ``K = TOP_K`` (64) most likely tokens, so a backend samples from those and brings
-the whole logits [V] to the host only for a larger top-k.
+the whole logits [V] to the host only for a larger top-k.  ``tail`` holds the hidden
+states of the prompt's last ``E`` positions (its last audio position and the chat
+template after it, :func:`prompt_tail`): the end-of-turn head's input.
     connector_step  hidden [1, 5, H], self_kv / mem_kv [N, 2, h, W, dh], prev_codes [1, L] i32,
                     step [1] i32, noise [1, L, K], inv_temperature [1], top_k [1] i32
                                                  -> codes [1, L] i32, logits [1, L, K],
@@ -184,9 +187,11 @@ class LLMGraph(nn.Module):
     cos/sin values.
     """
 
-    def __init__(self, llm, max_positions: int, vocab):
+    def __init__(self, llm, max_positions: int, vocab, tail: int = 1):
         super().__init__()
         self.lm = base_causal_lm(llm)
+        #: Last positions whose hidden states the prefill graphs also return (``tail``).
+        self.tail = int(tail)
         inner = self.lm.model
         with torch.no_grad():
             pos = torch.arange(max_positions, device=inner.norm.weight.device)
@@ -222,6 +227,11 @@ class LLMGraph(nn.Module):
         values, top = torch.topk(masked, self.top_k, dim=-1)  # [1, K]
         return logits, h, values, top.to(torch.int32)
 
+    def tail_hidden(self, x):
+        """x [1, T, H] -> the last ``min(tail, T)`` positions after the final norm
+        [1, min(tail, T), H] (the end-of-turn head's input)."""
+        return self.lm.model.norm(x[:, -self.tail:])
+
 
 def _causal_bias(pos_q, pos_k, like):
     """Additive bias [T, S]: 0 where key position <= query position, else MASK_MIN."""
@@ -231,7 +241,8 @@ def _causal_bias(pos_q, pos_k, like):
 
 
 class LLMPrefillGraph(LLMGraph):
-    """Prompt embeddings [1, P, H] -> last logits, last hidden, KV cache [L, 2, G, P, dh]."""
+    """Prompt embeddings [1, P, H] -> last logits, last hidden, KV cache [L, 2, G, P, dh],
+    top tokens and the hidden states of the last ``tail`` positions."""
 
     def forward(self, inputs_embeds, kind, banned):
         x = inputs_embeds
@@ -244,7 +255,7 @@ class LLMPrefillGraph(LLMGraph):
             kv.append(torch.stack([k[0], v[0]]))  # [2, G, P, dh]
             x = layer.attend(x, q, k, v, bias)
         logits, hidden, values, top = self.head(x, kind, banned)
-        return logits, hidden, torch.stack(kv), values, top
+        return logits, hidden, torch.stack(kv), values, top, self.tail_hidden(x)
 
 
 class LLMDecodeGraph(LLMGraph):
@@ -288,7 +299,7 @@ class LLMStaticGraph(LLMGraph):
             kv.append(torch.stack([k, v]))
             x = layer.attend(x, q, k[None], v[None], bias)
         logits, hidden, values, top = self.head(x, kind, banned)
-        return logits, hidden, torch.stack(kv), values, top
+        return logits, hidden, torch.stack(kv), values, top, self.tail_hidden(x)
 
 
 # ----------------------------------------------------------------------------- connector
@@ -644,11 +655,20 @@ def _spec_embed(model, cfg, dims):
         description="LLM input embedding lookup")
 
 
-def _llm_outputs(model, kv_len):
+def _llm_outputs(model, kv_len, tail: Optional[Dim] = None):
+    """The LLM graphs' outputs; ``tail``: the length of the prefill graphs' ``tail``
+    output (None: the graph has none)."""
     V, H, K = model.vocab.size, _hidden(model), min(TOP_K, model.vocab.size)
-    return [IOSpec("logits", "float32", (1, V)), IOSpec("hidden", "float32", (1, H)),
+    outs = [IOSpec("logits", "float32", (1, V)), IOSpec("hidden", "float32", (1, H)),
             IOSpec("present_kv", "float32", kv_shape(model, kv_len)),
             IOSpec("top_values", "float32", (1, K)), IOSpec("top_ids", "int32", (1, K))]
+    return outs if tail is None else outs + [IOSpec("tail", "float32", (1, tail, H))]
+
+
+def prompt_tail(model) -> int:
+    """Positions the prefill graphs return in ``tail``: the prompt's last audio position
+    and every position after it (:attr:`~a2llm_ros.model.chat.Prompt.tail`)."""
+    return model.prompt(1).tail
 
 
 #: The LLM graphs' pick inputs (the schedule's kind, a banned id) and their example values.
@@ -664,9 +684,10 @@ def _spec_prefill(model, cfg, dims):
     gen = torch.Generator().manual_seed(1)
     H = _hidden(model)
     return GraphSpec(
-        "llm_prefill", LLMPrefillGraph(model.llm, cfg.max_context, model.vocab),
+        "llm_prefill", LLMPrefillGraph(model.llm, cfg.max_context, model.vocab,
+                                       prompt_tail(model)),
         [IOSpec("inputs_embeds", "float32", (1, "prompt_len", H))] + PICK_INPUTS,
-        _llm_outputs(model, "prompt_len"),
+        _llm_outputs(model, "prompt_len", prompt_tail(model)),
         {"inputs_embeds": _rand((1, 9, H), gen), **_pick_example()},
         description="LLM prefill (dynamic cache)")
 
@@ -694,8 +715,8 @@ def _spec_static(model, cfg, dims):
     profiles = {"prefill": {"inputs_embeds": tuple((1, p, H) for p in prompt)},
                 "decode": {"inputs_embeds": ((1, 1, H),) * 3}}
     return GraphSpec(
-        "llm", LLMStaticGraph(model.llm, cfg.max_context, model.vocab), inputs,
-        _llm_outputs(model, C),
+        "llm", LLMStaticGraph(model.llm, cfg.max_context, model.vocab, prompt_tail(model)),
+        inputs, _llm_outputs(model, C, "tail_len"),
         {"inputs_embeds": _rand((1, 7, H), gen), "past_kv": torch.zeros(kv),
          "past_len": torch.tensor([0], dtype=torch.int32), **_pick_example()},
         profiles=profiles, description="LLM prefill/decode over a fixed-capacity cache")

@@ -115,7 +115,7 @@ def _torch_kv(cache) -> np.ndarray:
 
 
 def _llm(name, path, model, cfg, tol):
-    from a2llm_ros.tools.export.graphs import kv_shape, prompt_overhead
+    from a2llm_ros.tools.export.graphs import kv_shape, prompt_overhead, prompt_tail
     from a2llm_ros.engines.torch_backend import TorchBackend
     backend = TorchBackend(model)
     s = session(path)
@@ -126,11 +126,13 @@ def _llm(name, path, model, cfg, tol):
         x = torch.randn(1, P, H, generator=gen)
         logits, hidden, cache = backend.llm_prefill(x)
         kv = _torch_kv(cache)
+        tail = backend.forward_full(x)[1][-prompt_tail(model):]  # [min(E, P), H]
         if name == "llm_prefill":
             out = s.run(None, {"inputs_embeds": x.numpy(), **NO_PICK})
             _check_top(out, logits)
             errs.update({f"P={P} logits": _err(out[0][0], logits),
-                         f"P={P} hidden": _err(out[1][0], hidden), f"P={P} kv": _err(out[2], kv)})
+                         f"P={P} hidden": _err(out[1][0], hidden), f"P={P} kv": _err(out[2], kv),
+                         f"P={P} tail": _err(out[5][0], tail)})
             continue
         if name == "llm":
             C = cfg.max_context
@@ -140,6 +142,7 @@ def _llm(name, path, model, cfg, tol):
             _check_top(out, logits)
             errs.update({f"P={P} logits": _err(out[0][0], logits),
                          f"P={P} kv": _err(out[2][:, :, :, :P], kv),
+                         f"P={P} tail": _err(out[5][0], tail),
                          f"P={P} unused slots": float(np.abs(out[2][:, :, :, P:]).max())})
             past = out[2]
         else:  # llm_decode starts from PyTorch's prefilled cache
