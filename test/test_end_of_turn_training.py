@@ -67,3 +67,19 @@ def test_fit_reads_the_tail_positions_it_was_trained_on():
     longer = np.concatenate([rng.normal(size=(5, 3)), X[7]])  # [7, 3]: 5 rows before
     assert head.probability(longer) == head.probability(X[7])
     assert head.probability(X[y == 1][0]) > head.probability(X[y == 0][0])
+
+
+def test_end_pointer_feature_reads_the_utterance_the_fast_end_pointer_cuts():
+    """Measurement input: the segment of the last PauseStart of the fast profile's end-pointer
+    (a question with a pause inside: the whole of it), and None when it hears no speech."""
+    from a2llm_ros.tools.data.espeak import synthesize
+    backend = _LengthBackend()
+    whole = synthesize("How many legs does a spider have?", QUESTION_VOICES[0]).audio
+    paused = eot.paused_whole("How many legs does a spider have?", QUESTION_VOICES[0],
+                              np.random.default_rng([16, 0, 3]))
+    n_whole = float(eot.end_pointer_feature(backend, whole)[-1, 0])
+    n_paused = float(eot.end_pointer_feature(backend, paused)[-1, 0])
+    pad = eot.PAD_MS * SAMPLE_RATE / 1000
+    assert len(whole) * 0.8 < n_whole < len(whole) + 4 * pad
+    assert n_paused > n_whole + eot.PAUSED_WHOLE_S[0] * SAMPLE_RATE * 0.9  # not the first part
+    assert eot.end_pointer_feature(backend, np.zeros(SAMPLE_RATE, np.float32)) is None

@@ -113,3 +113,18 @@ def test_bench_graph_pause_fixture_reports_the_guard(default_model, layout, tmp_
     assert [r["pause_ms"] for r in rows] == pytest.approx([300.0, 450.0], abs=1.0)
     for row in rows:
         assert 0 < row["endpoint_ms"] < row["ttff_ms"] < 1500.0
+
+
+def test_plain_fixture_bag_holds_the_first_questions_spoken_in_one_go(tmp_path):
+    """``--graph-fixture plain``: the first N of the 50 questions, one utterance each (no
+    pause inside), answer time apart; N outside 1..50 is refused."""
+    from a2llm_ros.tools.bench.graph_pauses import PLAIN_GAP_S, write_plain_bag
+    from a2llm_ros.tools.data.qa_text import QA_PAIRS
+    bag, side = write_plain_bag(tmp_path, 3, 1.0)
+    utts = side["utterances"]
+    assert [u["text"] for u in utts] == [p.question for p in QA_PAIRS[:3]]
+    assert all("pause_s" not in u for u in utts)
+    for a, b in zip(utts, utts[1:]):
+        assert b["onset_s"] - a["offset_s"] >= 1.0 + PLAIN_GAP_S - 0.01
+    with pytest.raises(ValueError, match="1..50"):
+        write_plain_bag(tmp_path, 51, 1.0)

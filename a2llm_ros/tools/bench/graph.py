@@ -104,12 +104,13 @@ def add_graph_arguments(parser) -> None:
                         help="--graph: an a2llm_node parameter (YAML value), e.g. "
                              "vad.speculate_after_ms=200; repeatable")
     parser.add_argument("--graph-fixture", choices=FIXTURES, default="questions",
-                        help="--graph: the bench's questions (default), or 'pause': the pause "
+                        help="--graph: the bench's questions (default), 'pause': the pause "
                              "fixture (held-out voice, a 300-600 ms pause inside each "
                              "question) with false cuts, barge-in stops and latencies per "
-                             "question (a2llm_ros/tools/bench/graph_pauses.py)")
+                             "question (a2llm_ros/tools/bench/graph_pauses.py), or 'plain': "
+                             "the same questions spoken in one go by the bench's voice")
     parser.add_argument("--graph-questions", type=int, default=50,
-                        help="--graph-fixture pause: the first N of the 50 questions")
+                        help="--graph-fixture pause/plain: the first N of the 50 questions")
     parser.add_argument("--graph-turn-config", default=None, metavar="FILE",
                         help="--graph: a2llm_node parameters from this file too (a path or "
                              "a name in config/, e.g. fast_turns.yaml), before --graph-param")
@@ -146,8 +147,8 @@ def run_graph(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     tokens = int(_opt(args, "speech_tokens", 75))
     if _opt(args, "graph_bag", None) and _opt(args, "graph_fixture", "questions") != "questions":
-        print("a2llm bench --graph: --graph-bag and --graph-fixture pause exclude each other",
-              file=sys.stderr)
+        print("a2llm bench --graph: --graph-bag and --graph-fixture pause/plain exclude each "
+              "other", file=sys.stderr)
         return 2
     bag, sidecar = _bench_bag(args, out, tokens / SPEECH_TOKEN_RATE)
     if _opt(args, "graph_compare", False):
@@ -229,9 +230,11 @@ def _bench_bag(args, out: Path, answer_s: float):
     """(bag, sidecar): --graph-bag, or the generated question bag."""
     from a2llm_ros.tools.rosgraph.graph_run import load_sidecar, write_question_bag
     given = _opt(args, "graph_bag", None)
-    if _opt(args, "graph_fixture", "questions") == "pause":
-        from a2llm_ros.tools.bench.graph_pauses import write_pause_bag
-        return write_pause_bag(out, int(_opt(args, "graph_questions", 50)), answer_s)
+    fixture = _opt(args, "graph_fixture", "questions")
+    if fixture in ("pause", "plain"):
+        from a2llm_ros.tools.bench.graph_pauses import write_pause_bag, write_plain_bag
+        write = write_pause_bag if fixture == "pause" else write_plain_bag
+        return write(out, int(_opt(args, "graph_questions", 50)), answer_s)
     if given:
         side = Path(given).with_name(Path(given).name + ".json")
         return Path(given), load_sidecar(side) if side.exists() else {"utterances": []}

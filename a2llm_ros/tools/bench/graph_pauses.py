@@ -17,6 +17,11 @@ received (times: the bag's timeline mapped onto this process's clock):
   wave itself);
 * ``endpoint_ms``: true end -> ``thinking`` of the answer started after it;
   ``ttff_ms``: true end -> that answer's first speech FLAME chunk.
+
+``--graph-fixture plain`` (:func:`write_plain_bag`) replays the same questions spoken
+in one go by the bag fixtures' espeak-ng voice (the bench's own voice), with the
+bench's usual per-turn figures: plain-question latency over up to 50 texts instead
+of the bench's two.
 """
 from __future__ import annotations
 
@@ -28,24 +33,41 @@ import numpy as np
 
 from a2llm_ros.constants import SAMPLE_RATE
 
-__all__ = ["FIXTURES", "write_pause_bag", "guard_rows", "guard_summary", "PAUSE_GAP_S"]
+__all__ = ["FIXTURES", "write_pause_bag", "write_plain_bag", "guard_rows", "guard_summary",
+           "PAUSE_GAP_S"]
 
 #: ``--graph-fixture`` values: the bench's plain questions, or the pause fixture.
-FIXTURES = ("questions", "pause")
+FIXTURES = ("questions", "pause", "plain")
 #: Silence after a question besides its answer: fallback end-pointing, first output,
 #: margin (s).
 PAUSE_GAP_S = 2.0
+#: ... and after a plain question (no barge-in to wait for; the 800 ms fallback + margin).
+PLAIN_GAP_S = 1.5
+
+
+def _texts(n_questions: int) -> List[str]:
+    from a2llm_ros.tools.data.qa_text import QA_PAIRS
+    if not 1 <= n_questions <= len(QA_PAIRS):
+        raise ValueError(f"--graph-questions: 1..{len(QA_PAIRS)}, got {n_questions}")
+    return [p.question for p in QA_PAIRS[:n_questions]]
+
+
+def write_plain_bag(out: Path, n_questions: int, answer_s: float) -> Tuple[Path, dict]:
+    """(bag, sidecar) of the first ``n_questions`` of the 50 questions spoken in one go by
+    the bag fixtures' espeak-ng voice (``--graph-fixture plain``): the latency of plain
+    questions over more than the bench's two texts."""
+    from a2llm_ros.tools.rosgraph.graph_run import write_question_bag
+    bag = out / "graph_bench_plain"
+    return bag, write_question_bag(bag, _texts(n_questions), answer_s + PLAIN_GAP_S,
+                                   name=bag.name)
 
 
 def write_pause_bag(out: Path, n_questions: int, answer_s: float) -> Tuple[Path, dict]:
     """(bag, sidecar) of the first ``n_questions`` pause-fixture questions; every sidecar
     utterance gains ``pause_s`` = [start, end] of its inner pause (bag seconds)."""
     from a2llm_ros.tools.data.pause_fixture import pause_fixture
-    from a2llm_ros.tools.data.qa_text import QA_PAIRS
     from a2llm_ros.tools.rosgraph.graph_run import write_question_bag
-    if not 1 <= n_questions <= len(QA_PAIRS):
-        raise ValueError(f"--graph-questions: 1..{len(QA_PAIRS)}, got {n_questions}")
-    questions = pause_fixture([p.question for p in QA_PAIRS[:n_questions]])
+    questions = pause_fixture(_texts(n_questions))
     bag = out / "graph_bench_pauses"
     meta = write_question_bag(
         bag, [(q.text, q.audio[q.speech_start:q.speech_end]) for q in questions],

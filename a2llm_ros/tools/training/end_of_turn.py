@@ -3,20 +3,21 @@
 ``python -m a2llm_ros.tools.training.end_of_turn --checkpoint DIR``: every FLAME-QA
 question is spoken (espeak-ng) by each of the :data:`HEAD_VOICES` training voices whole
 (label 1, "the turn has ended"), whole with a silence inside (label 1,
-:data:`PAUSED_WHOLE_S`) and cut at every word boundary (label 0), each part padded
-with :data:`PAD_MS` of silence as the end-pointer pads an utterance with
-``vad.speech_pad_ms`` (the fast turn-taking profile, ``config/fast_turns.yaml``).
-The features are the checkpoint's own hidden states of the prompt's last
-positions after prefill (``Prompt.tail``: the last audio position and the chat
-template after it; what a speculative answer computes).  A logistic regression on the standardised
-features (L2, LBFGS) is fitted; the threshold keeps the training cuts accepted
-at most :data:`MAX_CUT_ACCEPTED`, and the cuts of a training voice left out of
-the fit at most :data:`MAX_HELD_OUT_CUT` (mean over the voices).  It is then
-measured on the pause fixture of the held-out voice (:mod:`a2llm_ros.tools.data.pause_fixture`: the
-audio up to the pause must be refused, the whole question accepted) and
-measured on the plain questions of two voices it never heard (the held-out voice and
-the bench's espeak-ng command-line voice) and written to ``DIR/end_of_turn.json``
-with those figures.
+:data:`PAUSED_WHOLE_S`) and cut at every word boundary (label 0), each padded with
+:data:`PAD_MS` of silence as the end-pointer pads an utterance with
+``vad.speech_pad_ms`` (the fast profile, ``config/fast_turns.yaml``).  The features are the
+checkpoint's own hidden states at the prompt's last positions after prefill
+(``Prompt.tail``: the last audio position and the chat template after it; what a
+speculative answer computes).  A logistic regression on the standardised features
+(L2, LBFGS) is fitted; the threshold keeps the training cuts accepted at most
+:data:`MAX_CUT_ACCEPTED`, and the cuts of a training voice left out of the fit at most
+:data:`MAX_HELD_OUT_CUT` (mean over the voices).
+
+It is then measured, on the utterances the end-pointer itself cuts, on the held-out
+voice's pause fixture (:mod:`a2llm_ros.tools.data.pause_fixture`: the audio up to the
+pause must be refused, the whole question accepted) and on the plain questions of two
+voices it never heard (the held-out voice and the bench's espeak-ng command-line
+voice), and written to ``DIR/end_of_turn.json`` with those figures.
 
 What it learns on this data: whether a *known* question is complete.  The same
 50 question texts are used for training (other voices) and measurement.
@@ -38,12 +39,25 @@ from a2llm_ros.conversation.end_of_turn import HEAD_FILE, EndOfTurnHead
 from a2llm_ros.tools.data.espeak import QUESTION_VOICES
 
 #: Silence around each spoken part (ms): ``vad.speech_pad_ms`` of the fast profile
-#: (three 32 ms VAD decisions).  Measured 2026-12-05 on the held-out voice's pause
+#: (three 32 ms VAD decisions).  Measured 2026-12-05 (last position only) on the pause
 #: fixture: with 200 ms of padding the head recognised 82 % of the question ends (6 %
 #: of the pauses taken for the end), with 100 ms 96 % (2 %).
 PAD_MS = 96.0
+#: The end-pointer actually leaves 40-104 ms of silence before the speech and 60-185 ms
+#: after it (p5-p95, median 104 / 150; its 32 ms decisions and hysteresis; three espeak-ng
+#: voices over a -60 dBFS noise floor, 2026-12-05).  Training with silences drawn from
+#: those ranges instead of :data:`PAD_MS` gave no better head on the end-pointer's own
+#: segments (held-out voice 2.4 % of cuts taken / 96 % of ends recognised, bench voice
+#: 5.3 % / 96 %, pause fixture 4 % / 100 %; this way 2.9 % / 100 %, 6.3 % / 98 %, 4 % /
+#: 100 %).
+#: Seed of the noise floor under :func:`end_pointer_feature`.
+NOISE_SEED = 96
+#: Samples fed to the end-pointer at a time by :func:`end_pointer_feature`, and its
+#: fallback silence (``config/fast_turns.yaml``).
+VAD_FEED = 512
+END_POINTER_SILENCE_MS = 800.0
 #: L2 weight of the logistic regression (on standardised features).  On the 15 tail
-#: positions of the default checkpoint (2026-12-06, 16 training voices, threshold 0.8),
+#: positions of the default checkpoint (2026-12-05, 16 training voices, threshold 0.8),
 #: 0.5 / 2 / 5 / 17 recognised 96 / 96 / 94 / 88 % of the held-out voice's plain
 #: questions, all with 0-2 % of the two unheard voices' cuts taken for the end.
 L2 = 2.0
@@ -54,11 +68,11 @@ MAX_CUT_ACCEPTED = 0.0
 #: ... and at most this share of a voice's cuts when that voice was left out of the fit
 #: (a stand-in for a new speaker; :func:`held_out_threshold`).  Two of the sixteen voices
 #: (en-us-nyc+m6, en-gb-x-gbclan+f1) account for most of it: 1 % put the threshold at
-#: 0.92 (held-out voice: 92 % of the ends), 1.5 % at 0.75 (96 %), 2 % at 0.55 (2026-12-06).
+#: 0.92 (held-out voice: 92 % of the ends), 1.5 % at 0.75 (96 %), 2 % at 0.55 (2026-12-05).
 MAX_HELD_OUT_CUT = 0.015
 #: Training voices of the head: every question voice.  With the last prompt position
 #: only, all sixteen gave a worse head than the first eight (training cut scores above
-#: 0.98); with the tail positions they give a better one (2026-12-06: held-out voice's
+#: 0.98); with the tail positions they give a better one (2026-12-05: held-out voice's
 #: plain questions 96 % against 92 % with eight).
 HEAD_VOICES = len(QUESTION_VOICES)
 #: Each training voice also speaks every question whole *with a silence inside* (label 1):
@@ -88,7 +102,7 @@ def prompt_feature(backend, audio: np.ndarray) -> np.ndarray:
     utterance.  (Training on the segments the silero end-pointer cuts from the speech
     between noisy silences instead gave no better head: measured on such segments, 86 % /
     72 % of the ends recognised on the pause fixture / bench voice against 94 % / 74 % for
-    a head trained this way, 2026-12-05.)"""
+    a head trained this way, last position only, 2026-12-05.)"""
     from a2llm_ros.audio.signals import trim_silence
     from a2llm_ros.engines.backend import Pick
     from a2llm_ros.tools.data.pause_fixture import SILENCE_LEVEL
@@ -96,6 +110,30 @@ def prompt_feature(backend, audio: np.ndarray) -> np.ndarray:
     wave = np.concatenate([pad, trim_silence(np.asarray(audio, np.float32), SILENCE_LEVEL),
                            pad])
     _, hidden, _ = backend.prefill(wave, Pick(), backend.rng(0))
+    return backend.host(hidden).reshape(-1, backend.model.cfg.llm.hidden_size)
+
+
+def end_pointer_feature(backend, audio: np.ndarray) -> Optional[np.ndarray]:
+    """The prompt's last hidden states [E, H] for the utterance the fast profile's
+    end-pointer (silero VAD, :data:`PAD_MS` of padding) hands the head when ``audio`` is
+    spoken between silences over a -60 dBFS noise floor: the segment of its last
+    :class:`~a2llm_ros.conversation.turns.PauseStart` (None: it found no speech)."""
+    from a2llm_ros.conversation.turns import PauseStart, TurnDetector
+    from a2llm_ros.conversation.vad import VadConfig
+    from a2llm_ros.engines.backend import Pick
+    from a2llm_ros.tools.bags.fixtures import NOISE_FLOOR_RMS
+    cfg = VadConfig(speech_pad_ms=PAD_MS, speculate_after_ms=PAD_MS, end_of_turn=True,
+                    min_silence_ms=END_POINTER_SILENCE_MS)
+    quiet = np.zeros(SAMPLE_RATE, np.float32)
+    wave = np.concatenate([quiet, np.asarray(audio, np.float32), quiet])
+    wave += np.random.default_rng(NOISE_SEED).normal(0, NOISE_FLOOR_RMS, len(wave)).astype(
+        np.float32)
+    detector = TurnDetector(cfg)
+    pauses = [e for i in range(0, len(wave), VAD_FEED)
+              for e in detector.process(wave[i:i + VAD_FEED]) if isinstance(e, PauseStart)]
+    if not pauses:
+        return None
+    _, hidden, _ = backend.prefill(pauses[-1].segment, Pick(), backend.rng(0))
     return backend.host(hidden).reshape(-1, backend.model.cfg.llm.hidden_size)
 
 
@@ -177,28 +215,32 @@ def fit(X: np.ndarray, y: np.ndarray, l2: float = L2) -> EndOfTurnHead:
                          positions)
 
 
+def _accepted(head: EndOfTurnHead, feature: Optional[np.ndarray]) -> bool:
+    return feature is not None and head.probability(feature) >= head.threshold
+
+
 def measure(head: EndOfTurnHead, backend, questions) -> dict:
-    """Share of pause-fixture questions refused at the pause and accepted at the end."""
-    at_pause = [head.probability(prompt_feature(backend, q.audio[:q.pause[0]]))
+    """Share of pause-fixture questions refused at the pause and accepted at the end, on
+    the utterances the end-pointer cuts (:func:`end_pointer_feature`)."""
+    at_pause = [_accepted(head, end_pointer_feature(backend, q.audio[:q.pause[0]]))
                 for q in questions]
-    at_end = [head.probability(prompt_feature(backend, q.audio[:q.speech_end]))
+    at_end = [_accepted(head, end_pointer_feature(backend, q.audio[:q.speech_end]))
               for q in questions]
-    return {"questions": len(questions),
-            "pause_accepted_pct": 100.0 * float(np.mean(np.array(at_pause) >= head.threshold)),
-            "end_accepted_pct": 100.0 * float(np.mean(np.array(at_end) >= head.threshold))}
+    return {"questions": len(questions), "pause_accepted_pct": 100.0 * float(np.mean(at_pause)),
+            "end_accepted_pct": 100.0 * float(np.mean(at_end))}
 
 
 def measure_voice(head: EndOfTurnHead, backend, texts: Sequence[str],
                   speak: Callable[[str], np.ndarray]) -> dict:
     """Shares of ``texts`` cut at every word boundary (accepted) and whole (recognised),
-    each spoken in one go by ``speak`` (text -> 16 kHz audio)."""
+    each spoken in one go by ``speak`` (text -> 16 kHz audio), on the utterances the
+    end-pointer cuts (:func:`end_pointer_feature`)."""
     cuts, ends = [], []
     for text in texts:
         words = text.split()
         for k in [0] + cut_points(text):
-            p = head.probability(prompt_feature(backend, speak(" ".join(words[:k]) if k
-                                                               else text)))
-            (cuts if k else ends).append(p >= head.threshold)
+            feature = end_pointer_feature(backend, speak(" ".join(words[:k]) if k else text))
+            (cuts if k else ends).append(_accepted(head, feature))
     return {"cuts": len(cuts), "cut_accepted_pct": 100.0 * float(np.mean(cuts)),
             "questions": len(ends), "end_accepted_pct": 100.0 * float(np.mean(ends))}
 
