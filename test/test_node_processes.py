@@ -122,3 +122,30 @@ def test_process_options_are_not_node_parameters():
     with pytest.raises(SystemExit):
         process_options(["a2llm_node", "--gil-switch-interval-ms", "-1"])
     assert not any("gil" in name for name in flatten(A2llmNodeConfig()))
+
+
+@pytest.mark.ros
+def test_an_executor_error_right_before_a_signal_shutdown_still_exits_zero():
+    """A signal that interrupts a message conversion surfaces as a RuntimeError a moment
+    before rclpy shuts the context down: still a clean exit (run_executable returns 0).
+    The same error with no shutdown coming is a real failure and propagates."""
+    import threading
+
+    from conftest import require_ros
+    rclpy = require_ros(interfaces=False)
+    from a2llm_ros.ros.spin import SHUTDOWN_GRACE_S, run_executable
+
+    def make_node(shutdown: bool):
+        def build():
+            node = rclpy.create_node("spin_error_probe")
+
+            def fail():
+                if shutdown:  # as rclpy's signal handler: the context goes down shortly
+                    threading.Timer(SHUTDOWN_GRACE_S / 5, rclpy.try_shutdown).start()
+                raise RuntimeError("Unable to convert call argument '0' to Python object")
+            node.create_timer(0.01, fail)
+            return node
+        return build
+    assert run_executable(make_node(True), ["probe"]) == 0
+    with pytest.raises(RuntimeError, match="Unable to convert"):
+        run_executable(make_node(False), ["probe"])

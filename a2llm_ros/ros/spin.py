@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from typing import Callable, List, Optional, Sequence
 
 import rclpy
@@ -29,6 +30,10 @@ DEFAULT_GIL_SWITCH_MS = 0.5
 MAX_GIL_SWITCH_MS = 100.0
 #: The spin loop checks the context at least this often (s).
 SPIN_POLL_S = 0.1
+#: How long an executor error may precede the signal's context shutdown, and how often
+#: :func:`shutting_down` looks (s).
+SHUTDOWN_GRACE_S = 0.5
+SHUTDOWN_POLL_S = 0.01
 
 
 def process_options(argv: Sequence[str]) -> argparse.Namespace:
@@ -74,9 +79,11 @@ def run_executable(make_node: Callable[[], "rclpy.node.Node"],
         pass
     except Exception:  # noqa: BLE001
         # A signal that shuts the context down while the node is built or the executor
-        # builds its wait set surfaces as RCLError ("the given context is not valid"):
-        # still a shutdown.  Anything else is a real failure.
-        if rclpy.ok():
+        # builds its wait set surfaces as RCLError ("the given context is not valid"); one
+        # that interrupts a message conversion as a RuntimeError from pybind11 ("Unable to
+        # convert call argument"), a moment before rclpy's handler shuts the context down.
+        # Both are still a shutdown.  Anything else is a real failure.
+        if not shutting_down():
             raise
     finally:
         if node is not None:
@@ -86,6 +93,17 @@ def run_executable(make_node: Callable[[], "rclpy.node.Node"],
         executor.shutdown()
         rclpy.try_shutdown()
     return 0
+
+
+def shutting_down(grace_s: float = SHUTDOWN_GRACE_S) -> bool:
+    """Whether the default context is shut down, or is within ``grace_s`` (a signal's
+    handler shuts it down a moment after the signal interrupted the executor)."""
+    deadline = time.monotonic() + grace_s
+    while rclpy.ok():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(SHUTDOWN_POLL_S)
+    return True
 
 
 def exit_now(code: int) -> None:
