@@ -169,8 +169,8 @@ class _Scripted(TorchBackend):
         self.i += 1
         return logits
 
-    def llm_prefill(self, embeds):
-        logits, hidden, cache = super().llm_prefill(embeds)
+    def llm_prefill(self, embeds, tail=0):
+        logits, hidden, cache = super().llm_prefill(embeds, tail)
         return self._forced(logits), hidden, cache
 
     def llm_decode(self, token_id, cache):

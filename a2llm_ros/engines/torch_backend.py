@@ -47,8 +47,7 @@ class TorchBackend(Backend):
         return torch.Generator(device=self.model.device).manual_seed(int(seed))
 
     def prefill(self, wave, pick: Pick, rng) -> LLMStep:
-        with torch.no_grad():
-            logits, tail, cache = self._run(prompt_embeds(self, wave), tail=self.prompt_tail)
+        logits, tail, cache = self.llm_prefill(prompt_embeds(self, wave), self.prompt_tail)
         return self.choose(logits, pick, rng), tail, cache
 
     def decode(self, token: int, cache, pick: Pick, rng) -> LLMStep:
@@ -117,9 +116,10 @@ class TorchBackend(Backend):
         return llm_logits(self.model.llm, hidden[0, -1]).float(), out, cache
 
     @torch.no_grad()
-    def llm_prefill(self, embeds: torch.Tensor):
-        """Prompt embeddings [1, P, H] -> (logits [V], hidden [H], cache)."""
-        return self._run(embeds)
+    def llm_prefill(self, embeds: torch.Tensor, tail: int = 0):
+        """Prompt embeddings [1, P, H] -> (logits [V], hidden [H] of the last position, or
+        [tail, H] of the last ``tail`` positions, cache)."""
+        return self._run(embeds, tail=tail)
 
     @torch.no_grad()
     def llm_decode(self, token_id: int, cache):

@@ -68,9 +68,9 @@ class TimedBackend(Backend):
                 setattr(inner, method, self._timer(name, getattr(inner, method)))
 
     def _timer(self, name: str, fn):
-        def timed(*args):
+        def timed(*args, **kwargs):
             t0 = time.perf_counter()
-            out = fn(*args)
+            out = fn(*args, **kwargs)
             self.times[name].append((time.perf_counter() - t0) * 1e3)
             return out
         return timed
