@@ -20,6 +20,8 @@ from typing import Optional
 
 import numpy as np
 
+from a2llm_ros.model.chat import prompt_tail
+
 #: File of the head in a checkpoint directory.
 HEAD_FILE = "end_of_turn.json"
 
@@ -57,7 +59,7 @@ class EndOfTurnHead:
     def check_model(self, model) -> "EndOfTurnHead":
         """Raise ValueError unless it reads ``model``'s hidden states (an ``A2LLM`` or an
         engine's ``ModelInfo``: ``cfg.llm.hidden_size``, ``prompt(n).tail``)."""
-        hidden, tail = int(model.cfg.llm.hidden_size), int(model.prompt(1).tail)
+        hidden, tail = int(model.cfg.llm.hidden_size), prompt_tail(model)
         if self.weight.size != self.positions * hidden or self.positions > tail:
             raise ValueError(f"{HEAD_FILE}: the head reads {self.positions} positions of "
                              f"{self.weight.size // self.positions} values; the model has "

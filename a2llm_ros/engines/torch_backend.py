@@ -24,7 +24,7 @@ from a2llm_ros.generation import (AnswerReader, GenerationConfig, TokenChooser, 
                                   check_question)
 from a2llm_ros.model.a2llm import A2LLM
 from a2llm_ros.model.audio_llm import llm_hidden, llm_logits
-from a2llm_ros.model.chat import SPEECH, TEXT, n_positions, splice_audio
+from a2llm_ros.model.chat import SPEECH, TEXT, n_positions, prompt_tail, splice_audio
 from a2llm_ros.model.connector import sample_codes
 
 
@@ -40,7 +40,7 @@ class TorchBackend(Backend):
             k: torch.from_numpy(model.vocab.kind_mask(k)).to(model.device) for k in (TEXT, SPEECH)}
         #: Prompt positions :meth:`prefill` returns hidden states of (the prefill graphs'
         #: ``tail``: the last audio position and the chat template after it).
-        self.prompt_tail = model.prompt(1).tail
+        self.prompt_tail = prompt_tail(model)
 
     # -- Backend -------------------------------------------------------------------------
     def rng(self, seed: int) -> torch.Generator:

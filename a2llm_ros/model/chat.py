@@ -194,6 +194,12 @@ class Prompt:
         return len(self.ids) - (self.patch_start + self.n_patches) + 1
 
 
+def prompt_tail(model) -> int:
+    """:attr:`Prompt.tail` of ``model``'s chat template (an ``A2LLM`` or an engine's
+    ``ModelInfo``): the prefill's hidden states the end-of-turn head reads."""
+    return model.prompt(1).tail
+
+
 def build_prompt(tok: TextTokenizer, vocab: Vocab, n_patches: int,
                  task: int = TASK_ANSWER, system: str = SYSTEM_PROMPT) -> Prompt:
     """Token ids of the chat prompt (each piece tokenised on its own)."""

@@ -69,7 +69,7 @@ from torch import nn
 
 from a2llm_ros.constants import MEL_FRAME_RATE, SAMPLES_PER_SPEECH_TOKEN
 from a2llm_ros.engines.config import BackendConfig
-from a2llm_ros.model.chat import n_positions
+from a2llm_ros.model.chat import n_positions, prompt_tail
 from a2llm_ros.engines.manifest import GRAPHS, KIND_INDEX, MAX_EMBED_IDS, TOP_K
 from a2llm_ros.model.audio_llm import base_causal_lm
 from a2llm_ros.model.qwen2 import MASK_MIN
@@ -663,12 +663,6 @@ def _llm_outputs(model, kv_len, tail: Optional[Dim] = None):
             IOSpec("present_kv", "float32", kv_shape(model, kv_len)),
             IOSpec("top_values", "float32", (1, K)), IOSpec("top_ids", "int32", (1, K))]
     return outs if tail is None else outs + [IOSpec("tail", "float32", (1, tail, H))]
-
-
-def prompt_tail(model) -> int:
-    """Positions the prefill graphs return in ``tail``: the prompt's last audio position
-    and every position after it (:attr:`~a2llm_ros.model.chat.Prompt.tail`)."""
-    return model.prompt(1).tail
 
 
 #: The LLM graphs' pick inputs (the schedule's kind, a banned id) and their example values.

@@ -115,7 +115,8 @@ def _torch_kv(cache) -> np.ndarray:
 
 
 def _llm(name, path, model, cfg, tol):
-    from a2llm_ros.tools.export.graphs import kv_shape, prompt_overhead, prompt_tail
+    from a2llm_ros.model.chat import prompt_tail
+    from a2llm_ros.tools.export.graphs import kv_shape, prompt_overhead
     from a2llm_ros.engines.torch_backend import TorchBackend
     backend = TorchBackend(model)
     s = session(path)

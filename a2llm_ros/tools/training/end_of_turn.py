@@ -52,10 +52,8 @@ PAD_MS = 96.0
 #: 100 %).
 #: Seed of the noise floor under :func:`end_pointer_feature`.
 NOISE_SEED = 96
-#: Samples fed to the end-pointer at a time by :func:`end_pointer_feature`, and its
-#: fallback silence (``config/fast_turns.yaml``).
+#: Samples fed to the end-pointer at a time by :func:`end_pointer_feature`.
 VAD_FEED = 512
-END_POINTER_SILENCE_MS = 800.0
 #: L2 weight of the logistic regression (on standardised features).  On the 15 tail
 #: positions of the default checkpoint (2026-12-05, 16 training voices, threshold 0.8),
 #: 0.5 / 2 / 5 / 17 recognised 96 / 96 / 94 / 88 % of the held-out voice's plain
@@ -75,8 +73,9 @@ MAX_CUT_ACCEPTED = 0.0
 MAX_HELD_OUT_CUT = 0.012
 #: Training voices of the head: every question voice.  With the last prompt position
 #: only, all sixteen gave a worse head than the first eight (training cut scores above
-#: 0.98); with the tail positions they give a better one (2026-12-05: held-out voice's
-#: plain questions 96 % against 92 % with eight).
+#: 0.98); with the tail positions they give a better one (2026-12-05, offline, threshold
+#: 0.85: held-out / bench voice's plain questions 92 % / 98 % of the ends against 84 % /
+#: 92 % with eight).
 HEAD_VOICES = len(QUESTION_VOICES)
 #: Each training voice also speaks every question whole *with a silence inside* (label 1):
 #: the two parts on either side of a seeded random word boundary, this many seconds apart
@@ -107,26 +106,31 @@ def prompt_feature(backend, audio: np.ndarray) -> np.ndarray:
     72 % of the ends recognised on the pause fixture / bench voice against 94 % / 74 % for
     a head trained this way, last position only, 2026-12-05.)"""
     from a2llm_ros.audio.signals import trim_silence
-    from a2llm_ros.engines.backend import Pick
     from a2llm_ros.tools.data.pause_fixture import SILENCE_LEVEL
     pad = np.zeros(int(round(PAD_MS * SAMPLE_RATE / 1000.0)), np.float32)
     wave = np.concatenate([pad, trim_silence(np.asarray(audio, np.float32), SILENCE_LEVEL),
                            pad])
+    return _prompt_hidden(backend, wave)
+
+
+def _prompt_hidden(backend, wave: np.ndarray) -> np.ndarray:
+    """The prompt's last hidden states [E, H] after prefilling ``wave``."""
+    from a2llm_ros.engines.backend import Pick
     _, hidden, _ = backend.prefill(wave, Pick(), backend.rng(0))
     return backend.host(hidden).reshape(-1, backend.model.cfg.llm.hidden_size)
 
 
 def end_pointer_feature(backend, audio: np.ndarray) -> Optional[np.ndarray]:
     """The prompt's last hidden states [E, H] for the utterance the fast profile's
-    end-pointer (silero VAD, :data:`PAD_MS` of padding) hands the head when ``audio`` is
-    spoken between silences over a -60 dBFS noise floor: the segment of its last
-    :class:`~a2llm_ros.conversation.turns.PauseStart` (None: it found no speech)."""
+    end-pointer (silero VAD, the ``vad.*`` of ``config/fast_turns.yaml``) hands the head
+    when ``audio`` is spoken between silences over a -60 dBFS noise floor: the segment of
+    its last :class:`~a2llm_ros.conversation.turns.PauseStart` (None: it found no
+    speech)."""
     from a2llm_ros.conversation.turns import PauseStart, TurnDetector
     from a2llm_ros.conversation.vad import VadConfig
-    from a2llm_ros.engines.backend import Pick
     from a2llm_ros.tools.bags.fixtures import NOISE_FLOOR_RMS
-    cfg = VadConfig(speech_pad_ms=PAD_MS, speculate_after_ms=PAD_MS, end_of_turn=True,
-                    min_silence_ms=END_POINTER_SILENCE_MS)
+    from a2llm_ros.tools.bench.turns import vad_overrides
+    cfg = VadConfig(**vad_overrides())
     quiet = np.zeros(SAMPLE_RATE, np.float32)
     wave = np.concatenate([quiet, np.asarray(audio, np.float32), quiet])
     wave += np.random.default_rng(NOISE_SEED).normal(0, NOISE_FLOOR_RMS, len(wave)).astype(
@@ -136,8 +140,7 @@ def end_pointer_feature(backend, audio: np.ndarray) -> Optional[np.ndarray]:
               for e in detector.process(wave[i:i + VAD_FEED]) if isinstance(e, PauseStart)]
     if not pauses:
         return None
-    _, hidden, _ = backend.prefill(pauses[-1].segment, Pick(), backend.rng(0))
-    return backend.host(hidden).reshape(-1, backend.model.cfg.llm.hidden_size)
+    return _prompt_hidden(backend, pauses[-1].segment)
 
 
 def paused_whole(text: str, voice, rng: np.random.Generator) -> np.ndarray:
