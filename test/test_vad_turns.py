@@ -153,6 +153,40 @@ def test_blips_ignored_and_short_gaps_bridged():
     assert np.abs(end.segment).max() == pytest.approx(0.9)
 
 
+@pytest.mark.parametrize("bridge_ms", [0.0, 96.0])
+def test_onset_bridge_keeps_a_short_first_word(bridge_ms):
+    """A first word voiced for less than min_speech_ms, then 64 ms the VAD calls silence,
+    then the rest: with onset_bridge_ms the utterance starts at the word (its samples are
+    in the segment), without it at the rest (the pre-roll holds a bit of the word).  A
+    blip a second before the speech is too far to bridge either way."""
+    cfg = VadConfig(min_speech_ms=250, min_silence_ms=600, speech_pad_ms=96,
+                    onset_bridge_ms=bridge_ms)
+    det = TurnDetector(cfg, StreamingVad(cfg, AmplitudeBackend()))
+    word, rest = 0.096, 0.6  # s: three voiced decisions, then the rest of the question
+    audio = np.concatenate([_silence(0.512), _block(0.064, 0.7), _silence(1.024),  # far blip
+                            _block(word, 0.8), _silence(0.064),  # the first word, lost
+                            _block(rest, 0.9), _silence(1.0)])
+    events = _non_activity(_run(det, audio, chunk=400))
+    assert [type(e) for e in events] == [SpeechStart, UtteranceEnd]
+    word_at = int((0.512 + 0.064 + 1.024) * SAMPLE_RATE)
+    rest_at = word_at + int((word + 0.064) * SAMPLE_RATE)
+    onset = word_at if bridge_ms else rest_at
+    assert events[0].sample == onset
+    end = events[1]
+    assert end.start_sample == onset - int(0.096 * SAMPLE_RATE)
+    kept = int((np.abs(end.segment) == np.float32(0.8)).sum())  # samples of the word
+    word_samples = int(word * SAMPLE_RATE)
+    assert kept == word_samples if bridge_ms else kept < word_samples // 2  # pre-roll only
+    assert not (np.abs(end.segment) == np.float32(0.7)).any()  # the far blip stays out
+
+
+def test_onset_bridge_does_not_hold_audio_in_long_silence():
+    cfg = VadConfig(onset_bridge_ms=96.0)
+    det = TurnDetector(cfg, StreamingVad(cfg, AmplitudeBackend()))
+    _run(det, np.concatenate([_block(0.064, 0.9), _silence(5.0)]))
+    assert det.buffered_samples < SAMPLE_RATE  # the blip's audio is let go
+
+
 def test_forced_end_at_max_utterance():
     cfg = VadConfig(max_utterance_s=2.0)
     det = TurnDetector(cfg, StreamingVad(cfg, AmplitudeBackend()))

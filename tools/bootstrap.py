@@ -236,8 +236,10 @@ def system_has_audio_msgs(mode: str) -> bool:
 def colcon_build(mode: str) -> None:
     """Build the interfaces (and the fallback audio_common_msgs where needed)."""
     fallback = not system_has_audio_msgs(mode)
+    # config/ and launch/ are installed into share/ (config_file reads them there): a
+    # change to them must rebuild, or the install keeps serving the old files.
     inputs = [ROOT / "msg", ROOT / "CMakeLists.txt", ROOT / "package.xml", ROOT / "scripts",
-              VENDOR_AUDIO_MSGS]
+              ROOT / "config", ROOT / "launch", VENDOR_AUDIO_MSGS]
     distro = os.environ.get("ROS_DISTRO", "") if mode == "system" else ""
     key = digest(inputs, extra=f"{mode}:{fallback}:{distro}")
     if stamp_ok("colcon", key) and (WS / "install" / "local_setup.sh").exists():

@@ -20,7 +20,9 @@ silence would have ended it anyway.  If the user speaks again before that, the
 session may call :meth:`TurnDetector.rejoin` (on barge-in): the new speech
 continues the same utterance, so its segment holds the whole question.
 
-A candidate interrupted by an unvoiced chunk is a blip and is forgotten.  Once
+A candidate interrupted by an unvoiced chunk is a blip and is forgotten, unless
+``onset_bridge_ms`` > 0 and the next candidate starts within that much silence of it:
+the onset then stays the blip's (chained over several blips).  Once
 in speech, chunks count as voiced down to ``threshold - hysteresis``.  An
 utterance reaching ``max_utterance_s`` is force-ended (``forced=True``).  The
 returned segment runs from ``speech_pad_ms`` before the onset (pre-roll) to
@@ -30,7 +32,7 @@ as an :class:`Activity` event (used for nods and barge-in).
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional, Union
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -98,6 +100,7 @@ class TurnDetector:
         self.config = config or VadConfig()
         self.vad = vad if vad is not None else StreamingVad(self.config)
         self._pad = _ms_to_samples(self.config.speech_pad_ms)
+        self._bridge = _ms_to_samples(self.config.onset_bridge_ms)
         #: Silence (ms) after which a pause is speculated on (0: never).
         self._speculate_ms = (max(self.config.speculate_after_ms, self.config.speech_pad_ms)
                               if self.config.speculate_after_ms > 0 else 0.0)
@@ -113,6 +116,8 @@ class TurnDetector:
         self._voiced_ms = 0.0    # voiced time of the candidate
         self._silence_ms = 0.0   # unvoiced run inside speech
         self._last_voiced_end = 0
+        #: (onset, end sample) of the last blip, for ``onset_bridge_ms``.
+        self._blip: Optional[Tuple[int, int]] = None
         self._paused = False     # a PauseStart was emitted for the current pause
         #: Onset of an utterance ended by the session at a pause (``end_utterance``)
         #: that speech may still continue (``rejoin``); None once the pause has lasted
@@ -151,15 +156,21 @@ class TurnDetector:
                 frame.end_sample - self._last_voiced_end >= _ms_to_samples(
                     self.config.min_silence_ms):
             self._rejoin_onset = None  # the silence end-pointer would have ended it here
+        if self._blip is not None and frame.start_sample - self._blip[1] > self._bridge:
+            self._blip = None  # too long ago to belong to the next speech
         if voiced:
             if self.state == "silence":
                 self.state, self._onset, self._voiced_ms = "candidate", frame.start_sample, 0.0
+                if self._blip is not None:
+                    self._onset = self._blip[0]  # a short first word the VAD lost
             self._voiced_ms += CHUNK_MS
             if self._voiced_ms >= self.config.min_speech_ms:
-                self.state, self._silence_ms = "speech", 0.0
+                self.state, self._silence_ms, self._blip = "speech", 0.0, None
                 self._last_voiced_end = frame.end_sample
                 events.append(SpeechStart(self._onset))
         else:
+            if self.state == "candidate" and self._bridge:
+                self._blip = (self._onset, frame.start_sample)
             self.state = "silence"  # blip (or nothing) forgotten
 
     def _in_speech(self, frame: VadFrame, voiced: bool, events: List[TurnEvent]) -> None:
@@ -220,6 +231,8 @@ class TurnDetector:
             keep_from = self._onset - self._pad
         else:
             keep_from = self.vad.next_sample - self._pad
+            if self._blip is not None:  # it may still start the next utterance
+                keep_from = min(keep_from, self._blip[0] - self._pad)
         drop = max(0, keep_from - self._buf_start)
         if drop:
             self._buf = self._buf[drop:]

@@ -55,6 +55,11 @@ class VadConfig(ConfigBase):
     min_silence_ms: float = 600.0
     #: Audio kept before the detected onset and after the last speech chunk.
     speech_pad_ms: float = 200.0
+    #: A blip (voiced for less than ``min_speech_ms``) followed within this much silence
+    #: by the speech that is confirmed moves that speech's onset back to the blip's: a
+    #: short first word ("What", "The") the VAD loses for a decision or two stays in the
+    #: utterance.  0: blips are forgotten.
+    onset_bridge_ms: float = 0.0
     #: Speculation: after this much silence inside speech (at least ``speech_pad_ms``)
     #: the answer starts privately, published only if the pause reaches
     #: ``min_silence_ms`` and dropped if the user goes on; 0: off (answer at the end).
@@ -73,6 +78,7 @@ class VadConfig(ConfigBase):
     BOUNDS = {"threshold": Bound(0.0, 1.0, low_open=True, high_open=True),
               "hysteresis": Bound(0.0, 1.0, high_open=True), "min_speech_ms": at_least(0.0),
               "min_silence_ms": at_least(0.0), "speech_pad_ms": at_least(0.0),
+              "onset_bridge_ms": at_least(0.0),
               "speculate_after_ms": at_least(0.0),
               "max_utterance_s": above(0.0), "energy_margin_db": at_least(0.0),
               "energy_min_dbfs": Bound(high=0.0)}
