@@ -59,9 +59,6 @@ PAD_MS = 96.0
 #: 88-96 % and 2-5 % depending on the variants drawn: no reliable gain.
 #: Seed of the noise floors, grid places and silences of :func:`end_pointer_segment`.
 NOISE_SEED = 96
-#: Samples fed to the end-pointer at a time by :func:`end_pointer_segment`: a bag
-#: fixture's message (``FixtureAudio.chunk_frames``).
-VAD_FEED = 400
 #: Silence before a sample in :func:`end_pointer_segment` (s, uniform, whole samples): the
 #: end-pointer restarts after each answer wherever the stream is, so the speech lands
 #: anywhere on its 32 ms grid.  The segment it cuts then moves by up to two decisions at
@@ -140,21 +137,22 @@ def end_pointer_segment(audio: np.ndarray, rng: np.random.Generator) -> Optional
     """The utterance the fast profile's end-pointer (silero VAD, the ``vad.*`` of
     ``config/fast_turns.yaml``) hands the head when ``audio`` arrives as a bag carries it:
     after :data:`LEAD_S` of silence (a random place on the VAD's grid), followed by a
-    second of silence, over a -60 dBFS noise floor, quantised to int16 and fed in
-    :data:`VAD_FEED`-sample messages.  The segment of its last
-    :class:`~a2llm_ros.conversation.turns.PauseStart` (None: it found no speech)."""
+    second of silence, over a -60 dBFS noise floor, quantised and cut into messages as a
+    bag fixture carries it (:class:`~a2llm_ros.tools.bags.fixtures.FixtureAudio`).  The
+    segment of its last :class:`~a2llm_ros.conversation.turns.PauseStart` (None: it found
+    no speech)."""
     from a2llm_ros.conversation.turns import PauseStart, TurnDetector
     from a2llm_ros.conversation.vad import VadConfig
-    from a2llm_ros.tools.bags.export import INT16_SCALE, to_int16
-    from a2llm_ros.tools.bags.fixtures import NOISE_FLOOR_RMS
+    from a2llm_ros.tools.bags.fixtures import NOISE_FLOOR_RMS, FixtureAudio
     from a2llm_ros.tools.bench.turns import vad_overrides
     lead = np.zeros(int(rng.uniform(*LEAD_S) * SAMPLE_RATE))
     wave = np.concatenate([lead, np.asarray(audio, np.float64), np.zeros(SAMPLE_RATE)])
     wave = wave + rng.normal(0.0, NOISE_FLOOR_RMS, len(wave))
-    wave = (to_int16(wave) / INT16_SCALE).astype(np.float32)  # [n] as the bag carries it
+    bag = FixtureAudio("end_of_turn", wave[:, None], SAMPLE_RATE)
+    wave, step = bag.quantised()[:, 0].astype(np.float32), bag.chunk_frames  # [n], message
     detector = TurnDetector(VadConfig(**vad_overrides()))
-    pauses = [e for i in range(0, len(wave), VAD_FEED)
-              for e in detector.process(wave[i:i + VAD_FEED]) if isinstance(e, PauseStart)]
+    pauses = [e for i in range(0, len(wave), step)
+              for e in detector.process(wave[i:i + step]) if isinstance(e, PauseStart)]
     return pauses[-1].segment if pauses else None
 
 
